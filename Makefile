@@ -1,0 +1,29 @@
+# Two commands matter: `make demo` and `make test`. Both set up .venv when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ENV ?= base
+
+.PHONY: setup demo test lint bench clean-runs
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	$(PY) -m sparkvision.cli pipeline pipelines/demo.yaml --env $(ENV)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check sparkvision jobs tests benchmarks
+	$(VENV)/bin/ruff format --check sparkvision jobs tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/score.py
+
+clean-runs:
+	$(PY) -m sparkvision.cli mlflow stop || true
+	$(PY) -m sparkvision.cli cluster down || true
+	rm -rf runs data

@@ -1,0 +1,383 @@
+"""Typed, frozen configuration loaded from ``conf/<env>`` layers plus ``key=value`` overrides.
+
+Layers, lowest first: ``conf/base/*.yaml`` (committed), ``conf/<env>/*.yaml`` when ``env`` is
+not ``base`` (``test`` is committed, ``local`` is git-ignored), then ``--set section.key=value``
+overrides. Every file holds top-level sections; each section maps onto one frozen dataclass
+below. Unknown keys fail with the nearest valid name; numbers are range-checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names where and why."""
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the SparkSession is built (``sparkvision.spark`` is the only reader)."""
+
+    master: str = "local[2]"
+    app_name: str = "sparkvision"
+    log_level: str = "WARN"
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where data, runs and services live; relative paths are resolved against ``root``."""
+
+    root: str = "."
+    data: str = "data"
+    runs: str = "runs"
+    store: str = "runs/store"
+    mlflow: str = "runs/mlflow"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Decode, validate, crop, resize, tile and split images into Parquet."""
+
+    image_size: int = field(default=128, metadata=_range(8, 2048))
+    crop: Literal["center_square", "none", "bbox"] = "center_square"
+    celeba_image_dir: str = "img_align_celeba"
+    celeba_landmarks_file: str = "list_landmarks_align_celeba.txt"
+    expected_size: Sequence[int] = ()
+    allowed_modes: Sequence[str] = ("RGB", "L", "RGBA", "P")
+    min_side: int = field(default=16, metadata=_range(1, None))
+    tile_size: int = field(default=128, metadata=_range(8, 4096))
+    tile_stride: int = field(default=128, metadata=_range(1, 4096))
+    tile_resize: int = field(default=0, metadata=_range(0, 4096))
+    min_defect_coverage: float = field(default=0.001, metadata=_range(0.0, 1.0))
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    split_by_identity: bool = False
+    split_by_source_image: bool = True
+    min_row_groups: int = field(default=8, metadata=_range(1, 100000))
+    rows_per_row_group: int = field(default=512, metadata=_range(1, 10_000_000))
+    png_compress_level: int = field(default=1, metadata=_range(0, 9))
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Synthetic data sets written in the public on-disk formats."""
+
+    celeba_count: int = field(default=2000, metadata=_range(1, 10_000_000))
+    celeba_images_per_identity: int = field(default=8, metadata=_range(1, 1000))
+    fabric_train_count: int = field(default=40, metadata=_range(1, 100_000))
+    fabric_test_count: int = field(default=8, metadata=_range(0, 100_000))
+    fabric_image_size: int = field(default=512, metadata=_range(64, 8192))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Horovod-on-Spark training; see conf/base/train.yaml for the meaning of each key."""
+
+    model: str = "vae"
+    workers: int = field(default=2, metadata=_range(1, 1024))
+    epochs: int = field(default=10, metadata=_range(1, 100000))
+    batch_size: int = field(default=32, metadata=_range(1, 65536))
+    steps_per_epoch: int = field(default=0, metadata=_range(0, None))
+    validation_steps: int = field(default=0, metadata=_range(0, None))
+    learning_rate: float = field(default=5e-4, metadata=_range(0.0, 10.0))
+    warmup_epochs: int = field(default=1, metadata=_range(0, 1000))
+    seed: int = 42
+    shuffle_buffer: int = field(default=1000, metadata=_range(0, 10_000_000))
+    augment_flip: bool = True
+    augment_shift: float = field(default=0.05, metadata=_range(0.0, 0.5))
+    augment_color: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    early_stopping_patience: int = field(default=0, metadata=_range(0, 1000))
+    reduce_lr_patience: int = field(default=0, metadata=_range(0, 1000))
+    reduce_lr_factor: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    image_size: int = field(default=128, metadata=_range(8, 2048))
+    latent_dim: int = field(default=200, metadata=_range(1, 100000))
+    r_loss_factor: float = field(default=10000.0, metadata=_range(0.0, None))
+    dropout: float = field(default=0.25, metadata=_range(0.0, 0.99))
+    attributes: Sequence[str] = ()
+    detector_target: Literal["bbox", "landmarks"] = "bbox"
+    anomaly_quantile: float = field(default=0.99, metadata=_range(0.5, 1.0))
+    registered_model_prefix: str = "sparkvision"
+    alias: str = "candidate"
+    experiment: str = "sparkvision"
+    pictures: bool = True
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """The project's MLflow server; ``MLFLOW_TRACKING_URI`` overrides ``tracking_uri``."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=5000, metadata=_range(0, 65535))
+    tracking_uri: str = ""
+    start_timeout_s: float = field(default=90.0, metadata=_range(1.0, 3600.0))
+    workers: int = field(default=1, metadata=_range(1, 64))
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Batch scoring with a registered model."""
+
+    batch_size: int = field(default=64, metadata=_range(1, 65536))
+    max_records_per_batch: int = field(default=256, metadata=_range(1, 1_000_000))
+    incremental: bool = False
+    partitions: int = field(default=0, metadata=_range(0, 100000))
+
+
+@dataclass(frozen=True)
+class FacesConfig:
+    """Face identification from embedding vectors."""
+
+    model_uri: str = ""
+    threshold: float = field(default=-1.0, metadata=_range(-1.0, 1.0))
+    target_far: float = field(default=0.05, metadata=_range(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The local Spark standalone cluster started by ``sparkvision cluster up``."""
+
+    host: str = "127.0.0.1"
+    master_port: int = field(default=0, metadata=_range(0, 65535))
+    workers: int = field(default=2, metadata=_range(1, 64))
+    worker_cores: int = field(default=1, metadata=_range(1, 256))
+    worker_memory: str = "2g"
+    start_timeout_s: float = field(default=90.0, metadata=_range(1.0, 3600.0))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration; pass each step only its own section."""
+
+    env: str = "base"
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def path(self, key: str) -> Path:
+        """Absolute path of ``paths.<key>``, resolved against ``paths.root``."""
+        root = Path(self.paths.root)
+        if not root.is_absolute():
+            root = (PROJECT_ROOT / root).resolve()
+        value = Path(getattr(self.paths, key))
+        return value if value.is_absolute() else root / value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists, not tuples): YAML/JSON friendly."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """Stable SHA-256 of the resolved configuration (excluding ``env``)."""
+        data = self.to_dict()
+        data.pop("env", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def replace(self, **overrides: str) -> Config:
+        """A copy with ``section.key=value`` string overrides applied (like ``--set``)."""
+        raw = self.to_dict()
+        env = raw.pop("env")
+        for key, value in overrides.items():
+            _apply_override(raw, f"{key}={value}")
+        return _build(raw, env, source="replace()")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    env: str = "base",
+    overrides: Sequence[str] = (),
+    conf_dir: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Load ``conf/base`` then ``conf/<env>``, apply ``key=value`` overrides, validate.
+
+    Args:
+        env: The layer on top of base: ``test``, ``local`` or any folder under ``conf/``.
+        overrides: ``section.key=value`` strings; values are parsed as YAML scalars/lists.
+        conf_dir: The folder holding ``base/`` and the env layers; default ``<project>/conf``.
+
+    Returns:
+        The frozen, validated configuration.
+
+    Raises:
+        ConfigError: On a missing env folder, bad YAML, an unknown key or an out-of-range value.
+    """
+    root = Path(conf_dir) if conf_dir else Path(os.environ.get("SPARKVISION_CONF", DEFAULT_CONF_DIR))
+    layers = [root / "base"]
+    if env != "base":
+        if not (root / env).is_dir():
+            known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            raise ConfigError(f"configuration env '{env}' not found: no folder {root / env} (have: {known})")
+        layers.append(root / env)
+    raw: dict[str, Any] = {}
+    for layer in layers:
+        for file in sorted(layer.glob("*.yaml")):
+            try:
+                data = yaml.safe_load(file.read_text()) or {}
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f"{file}:{mark.line + 1}" if mark else str(file)
+                raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+            if not isinstance(data, dict):
+                raise ConfigError(f"{file}: expected a mapping of sections, found {type(data).__name__}")
+            _check_keys(data, Config, str(file))
+            _deep_merge(raw, data)
+    for item in overrides:
+        _apply_override(raw, item)
+    return _build(raw, env, source="overrides")
+
+
+def _build(raw: dict[str, Any], env: str, source: str) -> Config:
+    _check_keys(raw, Config, source)
+    sections = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "env":
+            continue
+        cls = _section_type(f)
+        sections[f.name] = _make_section(cls, raw.get(f.name) or {}, f.name)
+    return Config(env=env, **sections)
+
+
+def _section_type(f: dataclasses.Field[Any]) -> type:
+    hints = typing.get_type_hints(Config)
+    return hints[f.name]
+
+
+def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and key != "conf":
+            _deep_merge(into[key], value)
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key] = {**into[key], **value}
+        else:
+            into[key] = value
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected section.key=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if len(parts) < 2:
+        raise ConfigError(f"override '{item}': expected section.key=value, found no section in '{key}'")
+    section, name = parts[0], parts[1]
+    _check_keys({section: {name: None}}, Config, f"override '{item}'")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
+    target = raw.setdefault(section, {})
+    if section == "spark" and name == "conf" and len(parts) > 2:
+        target.setdefault("conf", {})[".".join(parts[2:])] = str(value)
+    elif len(parts) > 2:
+        raise ConfigError(f"override '{item}': '{name}' is not a mapping; use {section}.{name}=value")
+    else:
+        target[name] = value
+
+
+def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in valid:
+            near = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{where}: unknown key '{key}' in {cls.__name__}{hint}")
+        sub = hints[key]
+        if dataclasses.is_dataclass(sub) and isinstance(value, Mapping):
+            _check_keys(value, sub, f"{where}: section '{key}'")
+
+
+def _make_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        kwargs[f.name] = _coerce(values[f.name], hints[f.name], f"{section}.{f.name}")
+        lo, hi = f.metadata.get("range", (None, None))
+        v = kwargs[f.name]
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(f"{section}.{f.name}: expected a value in {bounds}, found {v!r}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"{name}: expected one of {list(args)}, found {value!r}{hint}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}: expected {tp}, found {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, found {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, found {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, found {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{name}: expected a string, found {value!r}")
+        return "" if value is None else str(value)
+    if origin in (Sequence, list, tuple, typing.Sequence) or (origin is not None and origin.__name__ == "Sequence"):
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, found {value!r}")
+        return tuple(_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)) if args else tuple(value)
+    if origin in (Mapping, dict) or (origin is not None and origin.__name__ == "Mapping"):
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping, found {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    return value

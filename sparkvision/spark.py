@@ -1,0 +1,66 @@
+"""The only place that builds a SparkSession; every setting comes from ``SparkConfig``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sparkvision.config import SparkConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def python_executable() -> str:
+    """The interpreter executors must use: this virtual environment's own ``python``.
+
+    ``sys.executable`` is kept as is: resolving the venv symlink lands on the base
+    interpreter, where executors fail with ``No module named 'horovod'``.
+    """
+    return os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
+def spark_home() -> Path:
+    """``SPARK_HOME``, or the folder of the installed ``pyspark`` package (it ships bin/ and jars/)."""
+    if os.environ.get("SPARK_HOME"):
+        return Path(os.environ["SPARK_HOME"])
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+def get_spark(cfg: SparkConfig, master: str | None = None) -> SparkSession:
+    """Build (or reuse) the SparkSession described by ``cfg``.
+
+    Args:
+        cfg: The ``spark`` section of the configuration.
+        master: Overrides ``cfg.master``; ignored when spark-submit already set one.
+
+    Returns:
+        The active SparkSession.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", python_executable())
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", python_executable())
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(cfg.app_name)
+    submitted = "spark.master" in _submit_conf()
+    if not submitted:
+        builder = builder.master(master or cfg.master)
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
+    builder = builder.config("spark.executorEnv.PYSPARK_PYTHON", python_executable())
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    return spark
+
+
+def _submit_conf() -> dict[str, str]:
+    """Settings spark-submit passed to this driver (empty when run as plain python)."""
+    from pyspark import SparkConf
+
+    if os.environ.get("SPARK_ENV_LOADED") is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return {}
+    return dict(SparkConf().getAll())
