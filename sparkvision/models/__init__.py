@@ -1,0 +1,1 @@
+"""Model families: one Task per registry entry (see base.Task)."""
