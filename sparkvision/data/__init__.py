@@ -1,0 +1,1 @@
+"""On-disk formats, generators, ingest steps and the Parquet schemas."""

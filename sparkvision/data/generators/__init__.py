@@ -1,0 +1,1 @@
+"""Synthetic data sets written in the public on-disk formats."""
