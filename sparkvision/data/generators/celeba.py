@@ -1,0 +1,187 @@
+"""CelebA in its public on-disk layout, drawn deterministically from a seed.
+
+Written under ``OUT`` (same names and line formats as the official download)::
+
+    img_align_celeba/000001.jpg ...      178 x 218 RGB JPEG, 6-digit names
+    list_attr_celeba.txt                 count, 40 names, "000001.jpg -1  1 ..." rows
+    list_bbox_celeba.txt                 count, "image_id x_1 y_1 width height", rows
+    list_landmarks_align_celeba.txt      count, 10 landmark column names, rows of 10 ints
+    list_eval_partition.txt              "000001.jpg 0" (0 train, 1 val, 2 test)
+    identity_CelebA.txt                  "000001.jpg 2880"
+
+Partitions are identity-disjoint (about 80/10/10 of identities) and contiguous in file
+number (train first), like the real set. In the official download ``list_bbox_celeba.txt``
+refers to the in-the-wild ``img_celeba`` images; here the box is the face box of the
+aligned image, because only aligned images are written.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sparkvision.data.generators.faces import HEIGHT, WIDTH, render_face, sample_identity, sample_look
+from sparkvision.data.schema import CELEBA_ATTRIBUTES, LANDMARK_NAMES
+
+IMAGE_DIR = "img_align_celeba"
+ATTR_FILE = "list_attr_celeba.txt"
+BBOX_FILE = "list_bbox_celeba.txt"
+LANDMARKS_FILE = "list_landmarks_align_celeba.txt"
+PARTITION_FILE = "list_eval_partition.txt"
+IDENTITY_FILE = "identity_CelebA.txt"
+
+BBOX_HEADER = "image_id x_1 y_1 width height"
+LANDMARKS_HEADER = " ".join(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in ("x", "y"))
+JPEG_QUALITY = 92
+_MAX_CELEBA_IDENTITY = 10177
+
+# Independent random streams, so one image does not depend on how many others are drawn.
+_STREAM_LAYOUT, _STREAM_IDENTITY, _STREAM_IMAGE, _STREAM_NEW = 0, 1, 2, 3
+
+
+def _plan(count: int, seed: int, images_per_identity: int) -> list[tuple[int, int, int]]:
+    """``(identity_index, identity_number, partition)`` per output image, in file order."""
+    n_ids = math.ceil(count / images_per_identity)
+    rng = np.random.default_rng([seed, _STREAM_LAYOUT])
+    numbers = rng.choice(np.arange(1, max(_MAX_CELEBA_IDENTITY, 2 * n_ids) + 1), size=n_ids, replace=False)
+    order = rng.permutation(n_ids)
+    n_val = n_test = round(0.1 * n_ids) if n_ids >= 10 else int(n_ids >= 3)
+    partition = np.zeros(n_ids, np.int64)
+    partition[order[n_ids - n_val - n_test : n_ids - n_test]] = 1
+    partition[order[n_ids - n_test :]] = 2
+    sizes = [images_per_identity] * (n_ids - 1) + [count - images_per_identity * (n_ids - 1)]
+    rows: list[tuple[int, int, int]] = []
+    for part in (0, 1, 2):
+        block = [(k, int(numbers[k]), part) for k in range(n_ids) if partition[k] == part for _ in range(sizes[k])]
+        rows.extend(block[i] for i in rng.permutation(len(block)))
+    return rows
+
+
+def generate_celeba(out: Path, count: int, seed: int, images_per_identity: int = 8) -> Path:
+    """Write a CelebA-format folder of ``count`` drawn faces.
+
+    Args:
+        out: Folder to write (created; existing files of the same names are replaced).
+        count: Number of images.
+        seed: Seed; the same seed writes byte-identical files.
+        images_per_identity: Images of each identity (the last identity takes the remainder).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: When ``count`` or ``images_per_identity`` is below 1 or ``count`` needs
+            more than 6 digits.
+    """
+    if count < 1 or images_per_identity < 1:
+        raise ValueError(f"expected count >= 1 and images_per_identity >= 1, found {count} and {images_per_identity}")
+    if count > 999_999:
+        raise ValueError(f"CelebA file names have 6 digits: expected count <= 999999, found {count}")
+    out = Path(out)
+    img_dir = out / IMAGE_DIR
+    img_dir.mkdir(parents=True, exist_ok=True)
+    plan = _plan(count, seed, images_per_identity)
+    identities = {}
+    attr_rows, bbox_rows, lm_rows, part_rows, id_rows = [], [], [], [], []
+    for index, (k, number, part) in enumerate(plan):
+        if k not in identities:
+            identities[k] = sample_identity(np.random.default_rng([seed, _STREAM_IDENTITY, k]))
+        rng = np.random.default_rng([seed, _STREAM_IMAGE, index])
+        face = render_face(identities[k], sample_look(rng, identities[k]), rng)
+        name = f"{index + 1:06d}.jpg"
+        face.image.save(img_dir / name, format="JPEG", quality=JPEG_QUALITY)
+        attr_rows.append(name + " " + " ".join(f"{1 if face.attributes[a] else -1:2d}" for a in CELEBA_ATTRIBUTES))
+        x, y, w, h = face.bbox
+        bbox_rows.append(f"{name:<10}{x:>6d}{y:>4d}{w:>4d}{h:>4d}")
+        points = np.rint(face.landmarks).astype(int).ravel()
+        lm_rows.append(name + "".join(f"{v:>5d}" for v in points))
+        part_rows.append(f"{name} {part}")
+        id_rows.append(f"{name} {number}")
+    _write(out / ATTR_FILE, [str(count), " ".join(CELEBA_ATTRIBUTES), *attr_rows])
+    _write(out / BBOX_FILE, [str(count), BBOX_HEADER, *bbox_rows])
+    _write(out / LANDMARKS_FILE, [str(count), LANDMARKS_HEADER, *lm_rows])
+    _write(out / PARTITION_FILE, part_rows)
+    _write(out / IDENTITY_FILE, id_rows)
+    return out
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+
+
+# --------------------------------------------------------------------------- new images
+
+NEW_IMAGE_KINDS = ("jpeg_rgb", "png_rgb", "jpeg_gray", "png_rgba", "jpeg_exif6", "png_gray", "jpeg_exif8")
+"""Cycle of file kinds written by :func:`generate_new_images`."""
+
+EXIF_ORIENTATION_TAG = 0x0112
+# Pixels are stored so that PIL's ``ImageOps.exif_transpose`` (which applies this transpose)
+# brings the face upright: orientation 6 = display rotated 90 degrees clockwise, 8 = counter.
+_STORE_TRANSPOSE = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+def generate_new_images(out: Path, count: int, seed: int) -> list[Path]:
+    """Write a flat folder of "new" face images for batch scoring, mixing what real uploads hold.
+
+    Kinds cycle through ``NEW_IMAGE_KINDS``: RGB JPEG, RGB PNG, grayscale (mode L) JPEG and
+    PNG, RGBA PNG with a transparent background, and JPEGs with an EXIF Orientation of 6 or
+    8 whose pixels are stored rotated so that EXIF transposition restores the upright face.
+    Sizes vary (scaled 0.6x to 2x from 178x218, some cropped square). Identities are new.
+
+    Args:
+        out: Folder to write (created).
+        count: Number of images.
+        seed: Seed; the same seed writes byte-identical files.
+
+    Returns:
+        The written paths, in order (``new_00000.jpg``, ``new_00001.png``, ...).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        rng = np.random.default_rng([seed, _STREAM_NEW, index])
+        ident = sample_identity(rng)
+        face = render_face(ident, sample_look(rng, ident), rng)
+        img = face.image
+        if rng.random() < 0.3:  # a square crop around the face, like a phone thumbnail
+            top = int(rng.integers(0, HEIGHT - WIDTH + 1))
+            img = img.crop((0, top, WIDTH, top + WIDTH))
+        factor = float(rng.uniform(0.6, 2.0))
+        img = img.resize((max(16, round(img.width * factor)), max(16, round(img.height * factor))),
+                         Image.Resampling.BICUBIC)  # fmt: skip
+        kind = NEW_IMAGE_KINDS[index % len(NEW_IMAGE_KINDS)]
+        buf = io.BytesIO()
+        if kind == "jpeg_rgb":
+            img.save(buf, format="JPEG", quality=90)
+        elif kind == "png_rgb":
+            img.save(buf, format="PNG")
+        elif kind == "jpeg_gray":
+            img.convert("L").save(buf, format="JPEG", quality=90)
+        elif kind == "png_gray":
+            img.convert("L").save(buf, format="PNG")
+        elif kind == "png_rgba":
+            rgba = img.convert("RGBA")
+            rgba.putalpha(_head_alpha(img.size))
+            rgba.save(buf, format="PNG")
+        else:
+            orientation = 6 if kind == "jpeg_exif6" else 8
+            exif = Image.Exif()
+            exif[EXIF_ORIENTATION_TAG] = orientation
+            img.transpose(_STORE_TRANSPOSE[orientation]).save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+        path = out / f"new_{index:05d}.{'png' if kind.startswith('png') else 'jpg'}"
+        path.write_bytes(buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def _head_alpha(size: tuple[int, int]) -> Image.Image:
+    """Opaque ellipse around the head and shoulders, transparent corners."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = ((xx - w / 2) / (0.48 * w)) ** 2 + ((yy - h * 0.5) / (0.52 * h)) ** 2
+    return Image.fromarray((np.clip((1.15 - r) / 0.15, 0, 1) * 255).astype(np.uint8), "L")

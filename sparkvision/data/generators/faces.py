@@ -1,0 +1,568 @@
+"""Drawn synthetic faces whose CelebA attributes are visible in the pixels.
+
+A face is an :class:`Identity` (geometry, skin, hair and other identity-bound attributes)
+plus a :class:`Look` (per-image attributes, pose and lighting). :func:`render_face` draws it
+with PIL at ``SUPERSAMPLE`` times the output size, reduces (antialiasing) and returns the
+image together with the landmarks and the face box of what was drawn, in output pixels.
+
+Every shape is a polygon in face-local coordinates (output pixels, origin at the face
+centre) sent through one similarity transform, so the landmarks and the box come from the
+very geometry that is painted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from sparkvision.data.schema import CELEBA_ATTRIBUTES
+
+WIDTH, HEIGHT = 178, 218
+"""Size of an aligned CelebA image (``img_align_celeba``)."""
+
+SUPERSAMPLE = 2
+
+HAIR_COLOURS: dict[str, tuple[int, int, int]] = {
+    "Black_Hair": (28, 22, 20),
+    "Brown_Hair": (104, 66, 38),
+    "Blond_Hair": (226, 196, 120),
+    "Gray_Hair": (170, 170, 172),
+    "": (150, 62, 30),  # auburn: none of the four CelebA hair colours
+}
+
+_SKIN = np.array([[236, 196, 168], [224, 172, 138], [198, 144, 106], [160, 108, 76], [112, 74, 52]], np.float64)
+_PALE_SKIN = np.array([[248, 226, 214], [244, 220, 206]], np.float64)
+_IRIS = [(70, 45, 25), (40, 28, 20), (60, 100, 150), (80, 110, 70)]
+_LIPSTICK = [(178, 24, 48), (200, 40, 80), (150, 20, 40)]
+
+IDENTITY_ATTRIBUTES = (
+    "Male", "Young", "Pale_Skin", "Bald", "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair",
+    "Straight_Hair", "Wavy_Hair", "Bangs", "Receding_Hairline", "Big_Nose", "Pointy_Nose", "Big_Lips",
+    "Narrow_Eyes", "Bushy_Eyebrows", "Arched_Eyebrows", "Bags_Under_Eyes", "Chubby", "Double_Chin",
+    "Oval_Face", "Attractive", "No_Beard", "Mustache", "Goatee", "Sideburns",
+)  # fmt: skip
+"""Attributes fixed for an identity; the others vary from image to image."""
+
+DRAWN_ATTRIBUTES = frozenset(CELEBA_ATTRIBUTES) - {"Attractive"}
+"""Every attribute except ``Attractive`` changes the drawing (see docs/datasets.md)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Identity-bound geometry, colours and attributes (``attrs`` holds 0/1 per name)."""
+
+    attrs: dict[str, int]
+    face_rx: float
+    face_ry: float
+    jaw_power: float
+    eye_dx: float
+    eye_y: float
+    eye_rx: float
+    eye_ry: float
+    nose_len: float
+    mouth_drop: float
+    mouth_w: float
+    skin: tuple[int, int, int]
+    hair: tuple[int, int, int]
+    hair_length: float
+    iris: tuple[int, int, int]
+    glasses_wearer: bool
+    hat_wearer: bool
+    hair_phase: float
+
+
+@dataclass(frozen=True)
+class Look:
+    """Per-image attributes, pose, background and lighting."""
+
+    attrs: dict[str, int]
+    angle: float
+    scale: float
+    shift: tuple[float, float]
+    background: tuple[tuple[int, int, int], ...]
+    light_gain: float
+    light_dir: float
+    light_strength: float
+    hat_colour: tuple[int, int, int]
+    cloth_colour: tuple[int, int, int]
+    frame_colour: tuple[int, int, int]
+    lip_colour: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class DrawnFace:
+    """A rendered face: the RGB image and the geometry that was painted, in output pixels."""
+
+    image: Image.Image
+    landmarks: np.ndarray  # (5, 2): left eye, right eye, nose tip, left mouth, right mouth
+    bbox: tuple[int, int, int, int]  # x_1, y_1, width, height (tight around the face oval)
+    attributes: dict[str, int]  # all 40, 0/1
+
+
+def _p(rng: np.random.Generator, p: float) -> int:
+    return int(rng.random() < p)
+
+
+def sample_identity(rng: np.random.Generator) -> Identity:
+    """Draw one identity's fixed attributes and geometry.
+
+    Frequencies follow CelebA roughly; rare visible attributes are raised so that small
+    sets contain them (see docs/datasets.md).
+    """
+    a: dict[str, int] = {}
+    male = a["Male"] = _p(rng, 0.42)
+    young = a["Young"] = _p(rng, 0.77)
+    a["Pale_Skin"] = _p(rng, 0.08)
+    a["Bald"] = _p(rng, 0.08 if young else 0.3) if male else 0
+    a["Receding_Hairline"] = 0 if a["Bald"] else _p(rng, (0.2 if not young else 0.06) if male else 0.04)
+    for name in ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"):
+        a[name] = 0
+    if not a["Bald"]:
+        if not young and rng.random() < 0.45:
+            a["Gray_Hair"] = 1
+        else:
+            weights = np.array([0.30, 0.30 if not male else 0.10, 0.26, 0.0])
+            rest = 1.0 - weights.sum()
+            pick = rng.choice(5, p=np.append(weights, rest) / (weights.sum() + rest))
+            if pick < 3:
+                a[("Black_Hair", "Blond_Hair", "Brown_Hair")[pick]] = 1
+    style = rng.random()
+    a["Straight_Hair"] = int(not a["Bald"] and style < 0.24)
+    a["Wavy_Hair"] = int(not a["Bald"] and 0.24 <= style < 0.58 and not (male and rng.random() < 0.5))
+    a["Bangs"] = int(not a["Bald"] and not a["Receding_Hairline"] and rng.random() < 0.18)
+    a["Big_Nose"] = _p(rng, 0.35 if male else 0.15)
+    a["Pointy_Nose"] = 0 if a["Big_Nose"] else _p(rng, 0.32)
+    a["Big_Lips"] = _p(rng, 0.24)
+    a["Narrow_Eyes"] = _p(rng, 0.12)
+    a["Bushy_Eyebrows"] = _p(rng, 0.25 if male else 0.08)
+    a["Arched_Eyebrows"] = 0 if a["Bushy_Eyebrows"] else _p(rng, 0.05 if male else 0.45)
+    a["Bags_Under_Eyes"] = _p(rng, 0.12 if young else 0.45)
+    a["Chubby"] = _p(rng, 0.04 if young else 0.15)
+    a["Double_Chin"] = _p(rng, 0.6 if a["Chubby"] else (0.01 if young else 0.08))
+    a["Oval_Face"] = 0 if a["Chubby"] else _p(rng, 0.2 if male else 0.38)
+    a["Attractive"] = _p(rng, 0.6 if young else 0.2)
+    beard = bool(male and rng.random() < 0.35)
+    a["No_Beard"] = int(not beard)
+    a["Mustache"] = int(male and rng.random() < (0.55 if beard else 0.12))
+    a["Goatee"] = int(male and not beard and rng.random() < 0.22)
+    a["Sideburns"] = int(male and not a["Bald"] and rng.random() < (0.5 if beard else 0.12))
+
+    rx = rng.uniform(34, 40) + (2.5 if male else 0) + (5 if a["Chubby"] else 0) - (2.5 if a["Oval_Face"] else 0)
+    ry = rng.uniform(47, 53) + (2 if male else 0) + (2 if a["Oval_Face"] else 0)
+    jaw = (2.9 if male else 1.9) + rng.uniform(-0.2, 0.2) - (0.4 if a["Oval_Face"] else 0)
+    if a["Pale_Skin"]:
+        skin = _PALE_SKIN[rng.integers(len(_PALE_SKIN))]
+    else:
+        k = rng.uniform(0, len(_SKIN) - 1)
+        lo = int(k)
+        skin = _SKIN[lo] * (1 - (k - lo)) + _SKIN[min(lo + 1, len(_SKIN) - 1)] * (k - lo)
+    if not young:  # older skin: a little greyer
+        skin = skin * 0.85 + np.array([160, 150, 145]) * 0.15
+    hair_key = next((n for n in ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair") if a[n]), "")
+    hair = np.array(HAIR_COLOURS[hair_key], np.float64) * rng.uniform(0.88, 1.08, 3)
+    return Identity(
+        attrs=a,
+        face_rx=rx,
+        face_ry=ry,
+        jaw_power=jaw,
+        eye_dx=rng.uniform(16, 20),
+        eye_y=rng.uniform(-11, -7),
+        eye_rx=rng.uniform(6.5, 8.5),
+        eye_ry=rng.uniform(3.6, 4.6) * (0.55 if a["Narrow_Eyes"] else 1.0),
+        nose_len=rng.uniform(19, 25) + (3 if a["Pointy_Nose"] else 0),
+        mouth_drop=rng.uniform(13, 16),
+        mouth_w=rng.uniform(13, 16.5),
+        skin=tuple(int(c) for c in np.clip(skin, 0, 255)),  # type: ignore[arg-type]
+        hair=tuple(int(c) for c in np.clip(hair, 0, 255)),  # type: ignore[arg-type]
+        hair_length=(rng.uniform(2, 10) if male else rng.uniform(25, 55)),
+        iris=_IRIS[rng.integers(len(_IRIS))],
+        glasses_wearer=rng.random() < 0.24,
+        hat_wearer=rng.random() < 0.22,
+        hair_phase=rng.uniform(0, 2 * math.pi),
+    )
+
+
+def sample_look(rng: np.random.Generator, ident: Identity, pose_jitter: float = 1.0) -> Look:
+    """Draw one image's variable attributes, pose, background and lighting for ``ident``."""
+    male = ident.attrs["Male"]
+    a: dict[str, int] = {}
+    smiling = a["Smiling"] = _p(rng, 0.48)
+    a["Mouth_Slightly_Open"] = _p(rng, 0.72 if smiling else 0.25)
+    a["High_Cheekbones"] = _p(rng, 0.75 if smiling else 0.12)
+    a["Eyeglasses"] = int(ident.glasses_wearer and rng.random() < 0.65)
+    a["Wearing_Hat"] = int(ident.hat_wearer and rng.random() < 0.5)
+    a["Wearing_Lipstick"] = 0 if male else _p(rng, 0.8)
+    a["Heavy_Makeup"] = 0 if male else _p(rng, 0.7 if a["Wearing_Lipstick"] else 0.1)
+    a["Wearing_Earrings"] = _p(rng, 0.03 if male else 0.33)
+    a["Wearing_Necklace"] = _p(rng, 0.01 if male else 0.22)
+    a["Wearing_Necktie"] = _p(rng, 0.18 if male else 0.005)
+    a["Rosy_Cheeks"] = 0 if male else _p(rng, 0.12)
+    a["5_o_Clock_Shadow"] = int(male and ident.attrs["No_Beard"] and rng.random() < 0.35)
+    a["Blurry"] = _p(rng, 0.05)
+    n_bg = 4
+    base = rng.integers(20, 236, 3)
+    bg = tuple(tuple(int(c) for c in np.clip(base + rng.integers(-70, 71, 3), 0, 255)) for _ in range(n_bg))
+    lip = _LIPSTICK[rng.integers(len(_LIPSTICK))]
+    return Look(
+        attrs=a,
+        angle=rng.normal(0, 4.0) * pose_jitter,
+        scale=float(rng.uniform(0.94, 1.06)),
+        shift=(float(rng.normal(0, 2.0) * pose_jitter), float(rng.normal(0, 2.0) * pose_jitter)),
+        background=bg,  # type: ignore[arg-type]
+        light_gain=float(rng.uniform(0.85, 1.12)),
+        light_dir=float(rng.uniform(0, 2 * math.pi)),
+        light_strength=float(rng.uniform(0.0, 0.18)),
+        hat_colour=tuple(int(c) for c in rng.integers(20, 230, 3)),  # type: ignore[arg-type]
+        cloth_colour=tuple(int(c) for c in rng.integers(15, 240, 3)),  # type: ignore[arg-type]
+        frame_colour=(20, 20, 24) if rng.random() < 0.6 else (110, 60, 30),
+        lip_colour=lip,
+    )
+
+
+def attributes_of(ident: Identity, look: Look) -> dict[str, int]:
+    """All 40 CelebA attributes (0/1) of one image, in ``CELEBA_ATTRIBUTES`` order."""
+    merged = {**ident.attrs, **look.attrs}
+    missing = set(CELEBA_ATTRIBUTES) - merged.keys()
+    if missing:  # a programming error: every attribute must be decided by identity or look
+        raise AssertionError(f"attributes not sampled: {sorted(missing)}")
+    return {name: int(merged[name]) for name in CELEBA_ATTRIBUTES}
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 28, t0: float = 0.0, t1: float = 2 * math.pi):
+    t = np.linspace(t0, t1, n, endpoint=(t1 - t0) < 2 * math.pi - 1e-9)
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
+
+
+def _face_outline(ident: Identity, n: int = 64, grow: float = 0.0) -> np.ndarray:
+    """Face oval: an ellipse on top, a superellipse jaw below (square for male, pointed for female)."""
+    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    c, s = np.cos(t), np.sin(t)
+    rx, ry = ident.face_rx + grow, ident.face_ry + grow
+    power = np.where(s > 0, ident.jaw_power, 2.0)  # y grows downwards: s > 0 is the lower half
+    x = rx * np.sign(c) * np.abs(c) ** (2.0 / power)
+    y = ry * np.sign(s) * np.abs(s) ** (2.0 / power)
+    return np.stack([x, y], axis=1)
+
+
+class _Canvas:
+    """One similarity transform (face-local output pixels -> supersampled canvas) plus drawing."""
+
+    def __init__(self, img: Image.Image, cx: float, cy: float, scale: float, angle_deg: float) -> None:
+        self.img = img
+        self.draw = ImageDraw.Draw(img, "RGBA")
+        self.cx, self.cy, self.scale = cx, cy, scale
+        a = math.radians(angle_deg)
+        self.rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+
+    def to_out(self, pts: np.ndarray) -> np.ndarray:
+        """Face-local points -> output pixel coordinates."""
+        pts = np.asarray(pts, np.float64).reshape(-1, 2)
+        return pts @ self.rot.T * self.scale + np.array([self.cx, self.cy])
+
+    def _xy(self, pts: np.ndarray) -> list[float]:
+        return (self.to_out(pts) * SUPERSAMPLE).ravel().tolist()
+
+    def poly(self, pts: np.ndarray, fill: tuple[int, ...]) -> None:
+        self.draw.polygon(self._xy(pts), fill=fill)
+
+    def line(self, pts: np.ndarray, fill: tuple[int, ...], width: float) -> None:
+        w = max(1, round(width * self.scale * SUPERSAMPLE))
+        self.draw.line(self._xy(pts), fill=fill, width=w, joint="curve")
+
+    def circle(self, centre: tuple[float, float], r: float, fill: tuple[int, ...]) -> None:
+        x, y = (self.to_out(np.array(centre)) * SUPERSAMPLE)[0]
+        rr = r * self.scale * SUPERSAMPLE
+        self.draw.ellipse([x - rr, y - rr, x + rr, y + rr], fill=fill)
+
+
+def _shade(c: tuple[int, ...], k: float, alpha: int | None = None) -> tuple[int, ...]:
+    rgb = tuple(int(min(255, max(0, v * k))) for v in c[:3])
+    return rgb if alpha is None else (*rgb, alpha)
+
+
+def _mix(c1: tuple[int, ...], c2: tuple[int, ...], t: float) -> tuple[int, int, int]:
+    return tuple(int(a * (1 - t) + b * t) for a, b in zip(c1[:3], c2[:3], strict=True))  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnFace:
+    """Draw one face image of ``WIDTH`` x ``HEIGHT`` pixels.
+
+    Args:
+        ident: The identity (geometry, colours, identity-bound attributes).
+        look: The per-image attributes, pose, background and lighting.
+        rng: Randomness for small details (hair strands, noise); seeded by the caller.
+
+    Returns:
+        The image with the landmarks and face box of exactly what was drawn.
+    """
+    a = attributes_of(ident, look)
+    W, H = WIDTH * SUPERSAMPLE, HEIGHT * SUPERSAMPLE
+    corners = np.array(look.background, np.uint8).reshape(2, 2, 3)
+    img = Image.fromarray(corners, "RGB").resize((W, H), Image.Resampling.BILINEAR)
+    cx = WIDTH / 2 + look.shift[0]
+    cy = 121 + look.shift[1]
+    cv = _Canvas(img, cx, cy, look.scale, look.angle)
+    d = cv.draw
+    for _ in range(2):  # soft background shapes
+        x, y, r = rng.uniform(0, W), rng.uniform(0, H), rng.uniform(20, 90)
+        col = tuple(int(c) for c in rng.integers(0, 256, 3))
+        d.ellipse([x - r, y - r, x + r, y + r], fill=(*col, 40))
+
+    rx, ry = ident.face_rx, ident.face_ry
+    skin = ident.skin
+    hair = ident.hair
+    bald = a["Bald"]
+    hat = a["Wearing_Hat"]
+    eye_y = ident.eye_y
+    nose_y = eye_y + ident.nose_len
+    mouth_y = nose_y + ident.mouth_drop
+    chin_y = ry
+    wavy = a["Wavy_Hair"]
+
+    # torso and neck
+    torso_top = chin_y + 26
+    torso = np.array(
+        [[-95, torso_top + 18], [-40, torso_top], [40, torso_top], [95, torso_top + 18], [110, 140], [-110, 140]]
+    )
+    cv.poly(torso, look.cloth_colour)
+    neck_w = rx * 0.55
+    cv.poly(np.array([[-neck_w, chin_y - 20], [neck_w, chin_y - 20], [neck_w * 1.1, torso_top + 4],
+                      [-neck_w * 1.1, torso_top + 4]]), _shade(skin, 0.86))  # fmt: skip
+    if a["Wearing_Necktie"]:
+        cv.poly(np.array([[-14, torso_top - 2], [0, torso_top + 10], [14, torso_top - 2], [10, torso_top + 4],
+                          [-10, torso_top + 4]]), (245, 245, 245))  # fmt: skip
+        tie = _mix(look.cloth_colour, (150, 20, 40), 0.7)
+        cv.poly(np.array([[-4, torso_top + 3], [4, torso_top + 3], [7, 140], [-7, 140]]), tie)
+        cv.poly(np.array([[-5, torso_top - 1], [5, torso_top - 1], [3, torso_top + 5], [-3, torso_top + 5]]), tie)
+    if a["Wearing_Necklace"]:
+        chain = _ellipse(0, torso_top - 14, neck_w * 1.25, 14, n=14, t0=0.15, t1=math.pi - 0.15)
+        cv.line(chain, (230, 200, 90), 1.2)
+        cv.circle((0, torso_top), 2.2, (235, 210, 100))
+
+    # hair behind the head (long hair falls below the jaw)
+    if not bald:
+        length = ident.hair_length
+        back = _ellipse(0, -ry * 0.15, rx + 9, ry + 6, n=40, t0=math.pi, t1=2 * math.pi)
+        side = np.array([[rx + 9 + (6 if length > 20 else 0), -ry * 0.15 + length],
+                         [-rx - 9 - (6 if length > 20 else 0), -ry * 0.15 + length]])  # fmt: skip
+        shape = np.vstack([back, side])
+        if wavy:
+            k = np.arange(len(shape))
+            shape = shape + np.stack([np.sin(k * 1.3 + ident.hair_phase) * 2.5, np.cos(k * 1.1) * 1.5], axis=1)
+        cv.poly(shape, _shade(hair, 0.85))
+
+    # ears and earrings
+    for sx in (-1, 1):
+        cv.poly(_ellipse(sx * (rx - 1), eye_y + 9, 5.5, 10, n=16), _shade(skin, 0.93))
+        if a["Wearing_Earrings"]:
+            cv.circle((sx * (rx - 0.5), eye_y + 21), 2.4, (240, 205, 80))
+
+    # the face
+    outline = _face_outline(ident)
+    cv.poly(outline, skin)
+    if a["Double_Chin"]:
+        cv.line(_ellipse(0, chin_y - 2, rx * 0.45, 7, n=12, t0=0.3, t1=math.pi - 0.3), _shade(skin, 0.78), 1.2)
+    light_side = 1 if math.cos(look.light_dir) > 0 else -1
+    cv.poly(_ellipse(-light_side * rx * 0.55, 8, rx * 0.5, ry * 0.75, n=20), _shade(skin, 0.9, 60))
+
+    # beard, goatee, shadow
+    beard = _shade(hair, 0.8) if not (bald and not a["Gray_Hair"]) else (60, 50, 45)
+    if not a["No_Beard"]:
+        jaw = outline[(outline[:, 1] > nose_y - 4)]
+        jaw = jaw[np.argsort(np.arctan2(jaw[:, 1], jaw[:, 0]))]
+        inner = _ellipse(0, mouth_y - 1, ident.mouth_w + 5, 9, n=18, t0=math.pi, t1=0)
+        cv.poly(np.vstack([jaw, inner]), beard)
+        cv.poly(np.vstack([jaw + np.array([0, 2.5]), jaw[::-1] * [1, 0.999]]), beard)
+    if a["Goatee"]:
+        cv.poly(_ellipse(0, chin_y - 9, 9, 9, n=16), beard)
+    if a["5_o_Clock_Shadow"]:
+        jaw = outline[(outline[:, 1] > nose_y)]
+        jaw = jaw[np.argsort(np.arctan2(jaw[:, 1], jaw[:, 0]))]
+        cv.poly(np.vstack([jaw, _ellipse(0, mouth_y - 2, ident.mouth_w + 3, 7, n=14, t0=math.pi, t1=0)]),
+                (70, 70, 90, 70))  # fmt: skip
+    if a["Sideburns"]:
+        for sx in (-1, 1):
+            cv.poly(np.array([[sx * (rx - 1), -ry * 0.45], [sx * (rx - 8), -ry * 0.45], [sx * (rx - 7), eye_y + 20],
+                              [sx * (rx - 0.5), eye_y + 20]]), _shade(hair, 0.8))  # fmt: skip
+
+    # cheeks
+    if a["Rosy_Cheeks"]:
+        for sx in (-1, 1):
+            cv.poly(_ellipse(sx * rx * 0.55, nose_y + 2, 8, 5.5, n=16), (230, 80, 90, 90))
+    if a["High_Cheekbones"]:
+        for sx in (-1, 1):
+            cv.line(_ellipse(sx * rx * 0.6, nose_y - 4, 7, 4, n=8, t0=math.pi * 0.9, t1=math.pi * 1.6)
+                    * [sx, 1], _shade(skin, 1.12), 1.5)  # fmt: skip
+
+    # wrinkles (older)
+    if not a["Young"]:
+        wr = _shade(skin, 0.72, 150)
+        for k in range(3):
+            y = -ry * 0.42 + k * 4
+            cv.line(_ellipse(0, y + 12, rx * 0.5, 12, n=10, t0=math.pi * 1.25, t1=math.pi * 1.75), wr, 0.8)
+        for sx in (-1, 1):
+            cv.line(np.array([[sx * 9, nose_y - 3], [sx * (ident.mouth_w + 3), mouth_y + 3]]), wr, 0.9)
+            cv.line(np.array([[sx * (ident.eye_dx + ident.eye_rx + 2), eye_y - 2],
+                              [sx * (ident.eye_dx + ident.eye_rx + 6), eye_y + 1]]), wr, 0.7)  # fmt: skip
+
+    # hair on top of the head (front)
+    hairline = -ry * (0.78 if a["Receding_Hairline"] else 0.55)
+    if not bald:
+        cap = _ellipse(0, -ry * 0.02, rx + 3, ry + 4, n=36, t0=math.pi, t1=2 * math.pi)
+        cap = cap[cap[:, 1] <= hairline + 2]
+        if a["Receding_Hairline"]:
+            front = np.array([[rx * 0.5, hairline + 4], [rx * 0.25, hairline - 4], [0, hairline + 2],
+                              [-rx * 0.25, hairline - 4], [-rx * 0.5, hairline + 4]])  # fmt: skip
+        else:
+            front = _ellipse(0, hairline + 3, rx * 0.8, 6, n=9, t0=math.pi, t1=2 * math.pi)[::-1]
+        cap_poly = np.vstack([cap, [[rx + 2, hairline + 6]], front, [[-rx - 2, hairline + 6]]])
+        cv.poly(cap_poly, hair)
+        for k in range(7):  # strands
+            x0 = (k - 3) * rx * 0.22
+            pts = np.array([[x0 * 0.6, -ry - 2], [x0 * 0.9 + (2 if wavy else 0), hairline - 8], [x0, hairline - 1]])
+            cv.line(pts, _shade(hair, 0.7 if sum(hair) > 250 else 1.5), 0.8)
+        if a["Bangs"]:
+            n = 9
+            xs = np.linspace(-rx * 0.92, rx * 0.92, n)
+            low = eye_y - 11
+            teeth = np.stack([xs, np.where(np.arange(n) % 2 == 0, low, low - 5)], axis=1)
+            cv.poly(np.vstack([[[-rx, hairline - 6]], teeth, [[rx, hairline - 6]]]), hair)
+    else:
+        cv.poly(_ellipse(-rx * 0.3, -ry * 0.7, 8, 4, n=12), _shade(skin, 1.12, 120))  # scalp shine
+    if bald and not a["Young"]:
+        for sx in (-1, 1):
+            cv.poly(_ellipse(sx * (rx - 2), eye_y - 2, 4, 8, n=12), (150, 150, 150))
+
+    # eyebrows
+    brow = _shade(hair, 0.55) if (sum(hair) > 300 or bald) else _shade(hair, 0.9)
+    if bald:
+        brow = (70, 60, 55)
+    brow_w = 2.8 if a["Bushy_Eyebrows"] else 1.4
+    arch = 4.5 if a["Arched_Eyebrows"] else 1.5
+    for sx in (-1, 1):
+        ex = sx * ident.eye_dx
+        pts = np.array([[ex - sx * 9, eye_y - 7], [ex - sx * 2, eye_y - 8 - arch], [ex + sx * 9, eye_y - 6]])
+        cv.line(pts, brow, brow_w)
+
+    # eyes
+    for sx in (-1, 1):
+        ex = sx * ident.eye_dx
+        if a["Heavy_Makeup"]:
+            cv.poly(_ellipse(ex, eye_y - 2, ident.eye_rx + 2, ident.eye_ry + 3, n=16), (120, 60, 140, 110))
+        if a["Bags_Under_Eyes"]:
+            cv.line(_ellipse(ex, eye_y + 2, ident.eye_rx * 0.9, ident.eye_ry + 2.5, n=10, t0=0.3, t1=math.pi - 0.3),
+                    _shade(skin, 0.7, 170), 1.2)  # fmt: skip
+        cv.poly(_ellipse(ex, eye_y, ident.eye_rx, ident.eye_ry, n=20), (246, 246, 242))
+        r_iris = min(3.2, ident.eye_ry * 0.95)
+        cv.circle((ex, eye_y), r_iris, ident.iris)
+        cv.circle((ex, eye_y), r_iris * 0.45, (10, 10, 10))
+        cv.line(_ellipse(ex, eye_y, ident.eye_rx, ident.eye_ry, n=12, t0=math.pi, t1=2 * math.pi),
+                (40, 30, 30), 1.1 if a["Heavy_Makeup"] else 0.7)  # fmt: skip
+
+    # nose
+    nose_dark = _shade(skin, 0.72)
+    half = 6.5 if a["Big_Nose"] else (3.8 if a["Pointy_Nose"] else 5.0)
+    cv.poly(np.array([[-2, eye_y + 3], [2, eye_y + 3], [half, nose_y - 1], [0, nose_y + 1], [-half, nose_y - 1]]),
+            _shade(skin, 0.94))  # fmt: skip
+    for sx in (-1, 1):
+        cv.line(np.array([[sx * 2.5, eye_y + 4], [sx * half * 0.7, nose_y - 3], [sx * half, nose_y]]), nose_dark, 0.8)
+        cv.circle((sx * half * 0.5, nose_y + 1), 1.4 if not a["Big_Nose"] else 2.0, _shade(skin, 0.5))
+    if a["Pointy_Nose"]:
+        cv.poly(np.array([[-1.5, nose_y - 4], [1.5, nose_y - 4], [0, nose_y + 1.5]]), _shade(skin, 0.85))
+
+    # mustache (drawn before the mouth so the lips stay visible)
+    if a["Mustache"]:
+        mw = ident.mouth_w
+        cv.poly(np.array([[-mw - 2, mouth_y + 1], [-mw * 0.5, mouth_y - 5.5], [0, nose_y + 3.5], [mw * 0.5, mouth_y - 5.5],
+                          [mw + 2, mouth_y + 1], [0, mouth_y - 2]]), beard)  # fmt: skip
+
+    # mouth
+    mw = ident.mouth_w + (2.5 if a["Smiling"] else 0)
+    lift = 4.5 if a["Smiling"] else 0.0
+    lip_h = 3.2 if a["Big_Lips"] else 2.0
+    lips = look.lip_colour if a["Wearing_Lipstick"] else _mix(skin, (170, 70, 70), 0.45)
+    left = np.array([-mw, mouth_y - lift])
+    right = np.array([mw, mouth_y - lift])
+    xs = np.linspace(-mw, mw, 13)
+    u = xs / mw
+    if a["Smiling"]:  # corners lifted, lower lip curved: a "U"-shaped mouth
+        upper_line = mouth_y - lift * u**2 - 0.5
+        open_depth = 8.0 if a["Mouth_Slightly_Open"] else 2.5
+        lower_line = mouth_y - lift * u**2 + open_depth * (1 - u**2)
+    else:
+        upper_line = mouth_y - 0.6 * (1 - u**2)
+        open_depth = 3.5 if a["Mouth_Slightly_Open"] else 0.0
+        lower_line = mouth_y + open_depth * (1 - u**2)
+    upper = np.stack([xs, upper_line], axis=1)
+    lower = np.stack([xs, lower_line], axis=1)
+    bulge = np.sqrt(np.clip(1 - u**2, 0, 1))
+    cv.poly(np.vstack([upper, np.stack([xs, upper_line - lip_h * 1.1 * bulge], axis=1)[::-1]]), lips)
+    cv.poly(np.vstack([lower, np.stack([xs, lower_line + lip_h * 1.4 * bulge], axis=1)[::-1]]), lips)
+    if open_depth > 0.5:
+        cv.poly(np.vstack([upper, lower[::-1]]), (70, 20, 25))
+        if a["Smiling"] or a["Mouth_Slightly_Open"]:
+            teeth_h = np.minimum(lower_line - upper_line, 3.2 if a["Smiling"] else 1.6)
+            inner = np.abs(u) < 0.8
+            t_up = upper[inner]
+            t_lo = np.stack([xs[inner], upper_line[inner] + teeth_h[inner]], axis=1)
+            cv.poly(np.vstack([t_up, t_lo[::-1]]), (244, 242, 232))
+    else:
+        cv.line(upper, _shade(lips, 0.55), 0.9)
+
+    # glasses
+    if a["Eyeglasses"]:
+        fr = look.frame_colour
+        gx, gy = ident.eye_rx + 4.5, ident.eye_ry + 5.0
+        for sx in (-1, 1):
+            ex = sx * ident.eye_dx
+            rim = _ellipse(ex, eye_y + 0.5, gx, gy, n=24)
+            rim = np.stack([ex + np.sign(rim[:, 0] - ex) * np.abs(rim[:, 0] - ex) ** 0.9 * gx**0.1, rim[:, 1]], axis=1)
+            cv.poly(rim, (200, 220, 240, 45))
+            cv.line(np.vstack([rim, rim[:1]]), fr, 1.6)
+            cv.line(np.array([[sx * (ident.eye_dx + gx), eye_y - 1], [sx * (rx + 1), eye_y - 3]]), fr, 1.4)
+        cv.line(np.array([[-ident.eye_dx + gx, eye_y - 1], [0, eye_y - 3], [ident.eye_dx - gx, eye_y - 1]]), fr, 1.4)
+
+    # hat
+    if hat:
+        brim_y = -ry * 0.62
+        crown = np.vstack([_ellipse(0, brim_y, rx * 0.95, ry * 0.75, n=24, t0=math.pi, t1=2 * math.pi),
+                           [[rx * 0.95, brim_y]]])  # fmt: skip
+        cv.poly(crown, look.hat_colour)
+        cv.poly(_ellipse(0, brim_y, rx + 16, 5.5, n=28), _shade(look.hat_colour, 0.8))
+        cv.line(np.array([[-rx * 0.93, brim_y - 6], [rx * 0.93, brim_y - 6]]), _shade(look.hat_colour, 0.6), 2.5)
+
+    out = img.reduce(SUPERSAMPLE)
+    if a["Blurry"]:
+        out = out.filter(ImageFilter.GaussianBlur(1.6))
+    out = _light(out, look, rng)
+
+    local = np.array([
+        [-ident.eye_dx, eye_y], [ident.eye_dx, eye_y], [0.0, nose_y], left, right,
+    ])  # fmt: skip
+    landmarks = cv.to_out(local)
+    face_pts = cv.to_out(_face_outline(ident, n=180))
+    x0, y0 = np.floor(face_pts.min(axis=0))
+    x1, y1 = np.ceil(face_pts.max(axis=0))
+    x0, y0 = max(0, int(x0)), max(0, int(y0))
+    x1, y1 = min(WIDTH, int(x1)), min(HEIGHT, int(y1))
+    return DrawnFace(out, landmarks, (x0, y0, x1 - x0, y1 - y0), a)
+
+
+def _light(img: Image.Image, look: Look, rng: np.random.Generator) -> Image.Image:
+    """Global gain, a directional light gradient and a little sensor noise."""
+    arr = np.asarray(img, np.float32)
+    h, w = arr.shape[:2]
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = ((gx / w - 0.5) * math.cos(look.light_dir) + (gy / h - 0.5) * math.sin(look.light_dir)) * 2
+    gain = look.light_gain * (1 + look.light_strength * ramp)
+    arr = arr * gain[..., None] + rng.normal(0, 2.0, (h, w, 1)).astype(np.float32)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
