@@ -1,0 +1,281 @@
+"""Self-contained HTML report of one MLflow run, logged back to the run as ``report/report.html``.
+
+The page needs nothing but itself: CSS is inline and every image (metric curves drawn from the
+metric history, the run's ``pictures/`` artifacts) is embedded as a base64 ``data:`` URI, so it
+can be mailed, attached to a ticket or opened from the MLflow UI's artifact view.
+
+Sections: run facts, parameters, final metrics, metric curves, pictures, registered model
+versions and aliases, and scoring summaries (``scoring/**/_summary.json`` artifacts written by
+``log_scoring_summary``, plus any passed in).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+PICTURE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+REPORT_ARTIFACT_DIR = "report"
+SCORING_ARTIFACT_DIR = "scoring"
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #e4e4e4;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.92em}th,td{border:1px solid #ddd;padding:.3em .7em;text-align:left;vertical-align:top}
+th{background:#f4f6f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:flex;flex-wrap:wrap;gap:1em}.grid figure{margin:0;border:1px solid #e4e4e4;padding:.5em;background:#fafafa}
+figure img{max-width:500px;display:block}figcaption{font-size:.85em;color:#555;margin-top:.3em}
+.muted{color:#777}pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:.85em}
+"""
+
+
+def _client(tracking_uri: str | None) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=_tracking_uri(tracking_uri))
+
+
+def _tracking_uri(tracking_uri: str | None) -> str:
+    """The given URI, else ``MLFLOW_TRACKING_URI``, else the project's server from the base configuration."""
+    if tracking_uri:
+        return tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from sparkvision.config import load_config
+    from sparkvision.tracking import tracking_uri as project_uri
+
+    return project_uri(load_config())
+
+
+def log_scoring_summary(
+    run_id: str, summary: Mapping[str, Any], tracking_uri: str | None = None, name: str | None = None
+) -> str:
+    """Log a scoring summary to a run as ``scoring/<name>/_summary.json``.
+
+    Args:
+        run_id: The run to attach the summary to (usually the run that trained the model).
+        summary: The dict returned by ``sparkvision.scoring.score`` (or ``faces.identify``).
+        tracking_uri: MLflow server; default ``MLFLOW_TRACKING_URI`` / the project's server.
+        name: Folder under ``scoring/``; default the output folder's name.
+
+    Returns:
+        The artifact path of the logged file.
+    """
+    label = name or Path(str(summary.get("output") or "job")).name or "job"
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "_summary.json"
+        path.write_text(json.dumps(summary, indent=2, default=str))
+        _client(tracking_uri).log_artifact(run_id, str(path), f"{SCORING_ARTIFACT_DIR}/{label}")
+    return f"{SCORING_ARTIFACT_DIR}/{label}/_summary.json"
+
+
+def _walk_artifacts(client: MlflowClient, run_id: str, path: str) -> list[str]:
+    """Every artifact file path under ``path`` (recursive), sorted."""
+    out: list[str] = []
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir:
+            out.extend(_walk_artifacts(client, run_id, info.path))
+        else:
+            out.append(info.path)
+    return sorted(out)
+
+
+def _download(run_id: str, artifact_path: str, dst: Path, tracking_uri: str) -> Path:
+    import mlflow
+
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=tracking_uri
+        )
+    )
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def metric_curves(histories: Mapping[str, Sequence[tuple[int, float]]]) -> list[tuple[str, bytes]]:
+    """PNG line charts of metric histories; ``x`` and ``val_x`` share one chart.
+
+    Args:
+        histories: Metric key → ``(step, value)`` points.
+
+    Returns:
+        ``(title, png bytes)`` per chart, for metrics with at least two points.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    groups: dict[str, list[str]] = {}
+    for key in sorted(histories):
+        if len(histories[key]) >= 2:
+            groups.setdefault(re.sub(r"^(val|validation|test)_", "", key), []).append(key)
+    charts = []
+    for title, keys in groups.items():
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=90)
+        for key in keys:
+            steps, values = zip(*sorted(histories[key]), strict=True)
+            ax.plot(steps, values, marker="o", markersize=3, label=key)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        charts.append((title, buf.getvalue()))
+    return charts
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f'<td class="num">{v:.6g}</td>'
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f'<td class="num">{v}</td>'
+        return f"<td>{html.escape('' if v is None else str(v))}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _time(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ms else ""
+
+
+def _summary_html(source: str, s: Mapping[str, Any]) -> str:
+    keys = ("output", "inputs", "scored", "failed", "skipped", "rows", "seconds", "images_per_s", "scored_at")
+    facts = [(k, s[k]) for k in keys if k in s]
+    model = s.get("model") if isinstance(s.get("model"), Mapping) else {}
+    for k in ("name", "version", "run_id", "task"):
+        if model.get(k) is not None:
+            facts.append((f"model {k}", model[k]))
+    for k, v in s.items():  # anything else scalar (accuracy, far, threshold, ...)
+        if k not in keys and isinstance(v, (int, float, str)) and k not in ("input", "version"):
+            facts.append((k, v))
+    reasons = s.get("failed_by_reason") or {}
+    extra = _table(["reason", "rows"], sorted(reasons.items())) if reasons else ""
+    return f"<h3>{html.escape(source)}</h3>" + _table(["key", "value"], facts) + extra
+
+
+def write_report(
+    run_id: str,
+    out: str | os.PathLike[str] | None = None,
+    tracking_uri: str | None = None,
+    summaries: Sequence[Mapping[str, Any]] = (),
+    log_to_run: bool = True,
+) -> Path:
+    """Write the HTML report of ``run_id`` and log it to the run as ``report/report.html``.
+
+    Args:
+        run_id: The MLflow run.
+        out: HTML file to write; default ``<paths.runs>/reports/<run_id>.html``.
+        tracking_uri: MLflow server; default ``MLFLOW_TRACKING_URI`` / the project's server.
+        summaries: Scoring summaries to show besides those logged under ``scoring/``.
+        log_to_run: Also log the file to the run.
+
+    Returns:
+        The path of the HTML file.
+
+    Raises:
+        mlflow.exceptions.MlflowException: Unknown run id (message from the server).
+    """
+    uri = _tracking_uri(tracking_uri)
+    client = _client(uri)
+    run = client.get_run(run_id)
+    if not out:
+        from sparkvision.config import Config
+
+        out = Config().path("runs") / "reports" / f"{run_id}.html"
+    out = Path(out)
+    experiment = client.get_experiment(run.info.experiment_id)
+
+    histories = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in run.data.metrics}
+    charts = metric_curves(histories)
+    artifacts = _walk_artifacts(client, run_id, "")
+    pictures: list[tuple[str, str]] = []
+    found: list[tuple[str, Mapping[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in artifacts:
+            suffix = Path(path).suffix.lower()
+            if path.startswith("pictures/") and suffix in PICTURE_TYPES:
+                data = _download(run_id, path, Path(tmp), uri).read_bytes()
+                pictures.append((path, _data_uri(data, PICTURE_TYPES[suffix])))
+            elif path.startswith(f"{SCORING_ARTIFACT_DIR}/") and path.endswith("_summary.json"):
+                found.append((path, json.loads(_download(run_id, path, Path(tmp), uri).read_text())))
+    found += [(f"passed in #{i + 1}", s) for i, s in enumerate(summaries)]
+
+    versions = []
+    for mv in client.search_model_versions(f"run_id='{run_id}'"):
+        full = client.get_model_version(mv.name, mv.version)
+        versions.append(
+            (full.name, int(full.version), ", ".join(sorted(getattr(full, "aliases", []) or [])), full.status,
+             _time(full.creation_timestamp), full.source)
+        )  # fmt: skip
+    versions.sort()
+
+    info = run.info
+    facts = [
+        ("run id", info.run_id), ("run name", info.run_name), ("experiment", experiment.name),
+        ("status", info.status), ("started", _time(info.start_time)), ("ended", _time(info.end_time)),
+        ("tracking server", uri),
+    ]  # fmt: skip
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>sparkvision run {html.escape(run_id)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Run {html.escape(info.run_name or run_id)}</h1>",
+        f"<p class='muted'>generated {datetime.now(UTC):%Y-%m-%d %H:%M:%S UTC} by sparkvision report</p>",
+        _table(["", ""], facts),
+        "<h2>Parameters</h2>",
+        _table(["parameter", "value"], sorted(run.data.params.items())) if run.data.params else "<p>none</p>",
+        "<h2 id='metrics'>Final metrics</h2>",
+        _table(["metric", "value", "step", "points"],
+               [(k, float(v), max((s for s, _ in histories[k]), default=0), len(histories[k]))
+                for k, v in sorted(run.data.metrics.items())])
+        if run.data.metrics else "<p>none</p>",
+        "<h2>Metric curves</h2>",
+        "<div class='grid'>" + "".join(
+            f"<figure><img alt='{html.escape(t)}' src='{_data_uri(png, 'image/png')}'><figcaption>{html.escape(t)}"
+            "</figcaption></figure>" for t, png in charts) + "</div>" if charts else "<p>no metric has two points</p>",
+        "<h2>Pictures</h2>",
+        "<div class='grid'>" + "".join(
+            f"<figure><img alt='{html.escape(p)}' src='{src}'><figcaption>{html.escape(p)}</figcaption></figure>"
+            for p, src in pictures) + "</div>" if pictures else "<p>no pictures/ artifacts</p>",
+        "<h2>Registered model versions</h2>",
+        _table(["model", "version", "aliases", "status", "created", "source"], versions)
+        if versions else "<p>no registered model version comes from this run</p>",
+        "<h2>Scoring</h2>",
+        "".join(_summary_html(src, s) for src, s in found) if found else "<p>no scoring summaries</p>",
+        "</body></html>",
+    ]  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp_out, out)
+    if log_to_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "report.html"
+            copy.write_bytes(out.read_bytes())
+            client.log_artifact(run_id, str(copy), REPORT_ARTIFACT_DIR)
+    log.info("report of run %s: %s (%d charts, %d pictures)", run_id, out, len(charts), len(pictures))
+    return out
