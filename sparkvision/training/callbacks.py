@@ -1,0 +1,235 @@
+"""Keras callbacks run on every Horovod rank (rank-0-only ones say so).
+
+Order matters: Horovod's ``MetricAverageCallback`` must come first so every later callback
+sees the metrics averaged over ranks, and all ranks then take the same decisions (lower the
+rate, stop early). ``callback_list`` builds the list in that order.
+
+TensorFlow is imported inside functions; the classes are built by ``make_classes`` on the
+worker, so importing this module stays cheap on the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from sparkvision.training.checkpoints import CheckpointState, Store
+
+
+@dataclass
+class PlateauState:
+    """State of warm-up, reduce-on-plateau and early stopping, saved in each checkpoint."""
+
+    scale: float = 1.0
+    """Product of all plateau reductions so far."""
+    best: float = math.inf
+    plateau_wait: int = 0
+    stop_wait: int = 0
+    stopped_epoch: int = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly (``inf`` as None)."""
+        return {"scale": self.scale, "best": None if math.isinf(self.best) else self.best,
+                "plateau_wait": self.plateau_wait, "stop_wait": self.stop_wait,
+                "stopped_epoch": self.stopped_epoch}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlateauState:
+        """Inverse of ``to_dict``."""
+        best = data.get("best")
+        return cls(scale=float(data.get("scale", 1.0)), best=math.inf if best is None else float(best),
+                   plateau_wait=int(data.get("plateau_wait", 0)), stop_wait=int(data.get("stop_wait", 0)),
+                   stopped_epoch=int(data.get("stopped_epoch", -1)))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning-rate policy: linear warm-up to ``target_lr``, then plateau reductions.
+
+    ``target_lr`` is already scaled by the number of workers. During the first
+    ``warmup_epochs`` the rate rises linearly per step from ``target_lr / warmup_steps`` to
+    ``target_lr`` (so 1 worker warms up too). ``patience`` 0 disables reduce-on-plateau,
+    ``stop_patience`` 0 disables early stopping.
+    """
+
+    target_lr: float
+    warmup_epochs: int
+    steps_per_epoch: int
+    monitor: str
+    patience: int = 0
+    factor: float = 0.5
+    stop_patience: int = 0
+    min_delta: float = field(default=0.0)
+
+    def lr(self, epoch: int, batch: int, scale: float) -> float:
+        """The rate for ``batch`` of ``epoch`` given the plateau ``scale``."""
+        warmup_steps = self.warmup_epochs * self.steps_per_epoch
+        step = epoch * self.steps_per_epoch + batch
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        return self.target_lr * warm * scale
+
+    def update(self, state: PlateauState, epoch: int, value: float | None) -> PlateauState:
+        """The state after an epoch whose monitored value is ``value`` (None: not reported)."""
+        if value is None or math.isnan(value):
+            return state
+        s = PlateauState(**vars(state))
+        if value < s.best - self.min_delta:
+            s.best, s.plateau_wait, s.stop_wait = value, 0, 0
+            return s
+        s.plateau_wait += 1
+        s.stop_wait += 1
+        if self.patience and s.plateau_wait >= self.patience:
+            s.scale *= self.factor
+            s.plateau_wait = 0
+        if self.stop_patience and s.stop_wait >= self.stop_patience:
+            s.stopped_epoch = epoch
+        return s
+
+
+def make_classes() -> dict[str, type]:
+    """The callback classes (built here so TensorFlow is imported only on the worker)."""
+    import tensorflow as tf
+
+    class LearningRateController(tf.keras.callbacks.Callback):
+        """Sets the optimizer's rate per step (warm-up) and per epoch (plateau); stops early.
+
+        Adds ``lr`` (the rate in effect at the end of the epoch) to the epoch logs.
+        """
+
+        def __init__(self, schedule: Schedule, state: PlateauState) -> None:
+            super().__init__()
+            self.schedule = schedule
+            self.state = state
+            self._epoch = 0
+
+        def _set(self, value: float) -> None:
+            self.model.optimizer.learning_rate.assign(value)
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self._epoch = epoch
+            self._set(self.schedule.lr(epoch, 0, self.state.scale))
+
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if epoch_in_warmup(self.schedule, self._epoch):
+                self._set(self.schedule.lr(self._epoch, batch, self.state.scale))
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = logs if logs is not None else {}
+            logs["lr"] = float(self.model.optimizer.learning_rate.numpy())
+            value = logs.get(self.schedule.monitor)
+            self.state = self.schedule.update(self.state, epoch, None if value is None else float(value))
+            if self.state.stopped_epoch == epoch:
+                self.model.stop_training = True
+
+    class EpochTimer(tf.keras.callbacks.Callback):
+        """Adds ``epoch_time_s`` (whole epoch, with validation) and ``images_per_s`` (training
+        images of all ranks per second of training) to the epoch logs."""
+
+        def __init__(self, images_per_epoch: int) -> None:
+            super().__init__()
+            self.images_per_epoch = images_per_epoch
+            self._start = 0.0
+            self._train_end: float | None = None
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self._start = time.perf_counter()
+            self._train_end = None
+
+        def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+            if self._train_end is None:
+                self._train_end = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = logs if logs is not None else {}
+            end = time.perf_counter()
+            train_time = (self._train_end or end) - self._start
+            logs["epoch_time_s"] = end - self._start
+            logs["images_per_s"] = self.images_per_epoch / max(train_time, 1e-9)
+
+    class CheckpointWriter(tf.keras.callbacks.Callback):
+        """Rank 0 only: writes weights + optimizer and ``state.json`` to the store every epoch."""
+
+        def __init__(self, store: Store, checkpoint: tf.train.Checkpoint, make_state: Callable[[int, dict], CheckpointState]) -> None:  # fmt: skip
+            super().__init__()
+            self.store = store
+            self.checkpoint = checkpoint
+            self.make_state = make_state
+            self.last: CheckpointState | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.last = self.store.save(self.checkpoint, self.make_state(epoch, dict(logs or {})))
+
+    class MlflowEpochLogger(tf.keras.callbacks.Callback):
+        """Rank 0 only: logs every numeric epoch metric to the run over HTTP, ``step=epoch``."""
+
+        def __init__(self, tracking_uri: str, run_id: str) -> None:
+            super().__init__()
+            from sparkvision.training.tracking_log import EpochLogger
+
+            self.logger = EpochLogger(tracking_uri, run_id)
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.logger.log(epoch, dict(logs or {}))
+
+    return {
+        "LearningRateController": LearningRateController,
+        "EpochTimer": EpochTimer,
+        "CheckpointWriter": CheckpointWriter,
+        "MlflowEpochLogger": MlflowEpochLogger,
+    }
+
+
+def epoch_in_warmup(schedule: Schedule, epoch: int) -> bool:
+    """Whether the rate still changes per step in ``epoch``."""
+    return epoch < schedule.warmup_epochs
+
+
+def callback_list(
+    *,
+    rank: int,
+    schedule: Schedule,
+    state: PlateauState,
+    images_per_epoch: int,
+    store: Store,
+    checkpoint: tf.train.Checkpoint,
+    make_state: Callable[[int, dict], CheckpointState],
+    tracking_uri: str,
+    run_id: str,
+) -> tuple[list[tf.keras.callbacks.Callback], Any]:
+    """All callbacks of a rank, in the order they must run, and the learning-rate controller.
+
+    Args:
+        rank: Horovod rank; checkpoints and MLflow logging happen on rank 0 only.
+        schedule: Learning-rate policy.
+        state: Plateau/early-stopping state to start from (restored on resume).
+        images_per_epoch: Training images of all ranks per epoch (for ``images_per_s``).
+        store: Checkpoint store of the registered model.
+        checkpoint: ``tf.train.Checkpoint`` over the model and optimizer.
+        make_state: Builds the ``CheckpointState`` to record after an epoch.
+        tracking_uri: MLflow server URL.
+        run_id: The training run.
+
+    Returns:
+        The callbacks for ``fit`` and the ``LearningRateController`` among them (its
+        ``state`` is what a checkpoint records).
+    """
+    import horovod.tensorflow.keras as hvd
+
+    classes = make_classes()
+    controller = classes["LearningRateController"](schedule, state)
+    callbacks: list[Any] = [
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        hvd.callbacks.MetricAverageCallback(),
+        classes["EpochTimer"](images_per_epoch),
+        controller,
+    ]
+    if rank == 0:
+        callbacks.append(classes["CheckpointWriter"](store, checkpoint, make_state))
+        callbacks.append(classes["MlflowEpochLogger"](tracking_uri, run_id))
+    return callbacks, controller

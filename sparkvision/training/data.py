@@ -1,0 +1,210 @@
+"""Input pipelines: petastorm shards of an ingested split → ``tf.data`` on each Horovod rank,
+and pandas frames of a split for evaluation on the driver.
+
+Petastorm's ``make_batch_reader`` reads the plain Parquet that ingest writes. It hands a
+binary (PNG) column to TensorFlow as ``tf.string`` and an ``array<float>`` column as a
+float matrix, one Parquet row group at a time; ``rows`` unbatches that into single rows
+(dicts of tensors keyed by column), which is what ``Task.parse_row`` takes. Only the
+rows of a few row groups are in memory at once: the pipeline streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import tensorflow as tf
+
+    from sparkvision.config import TrainConfig
+    from sparkvision.models.base import Meta, Task
+
+READER_THREADS = 1
+"""Petastorm reader threads per rank. The one thread already reads ahead of training (the
+expensive PNG decoding runs in ``tf.data``'s parallel map), and it keeps the row order of a
+seed repeatable, which more threads would not."""
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """What the Parquet footers of one split say: files, rows and row groups."""
+
+    split: str
+    path: Path
+    files: tuple[Path, ...]
+    rows: int
+    row_groups: int
+
+    @property
+    def url(self) -> str:
+        """The ``file://`` URL petastorm reads (not ``Path.as_uri``: it would escape ``split=``)."""
+        return f"file://{self.path.resolve()}"
+
+
+def inspect_split(data_dir: str | Path, split: str) -> SplitInfo:
+    """Count rows and row groups of ``data_dir/data/split=<split>`` from the Parquet footers.
+
+    Args:
+        data_dir: An ingested dataset folder (may be the published symlink).
+        split: ``train``, ``val`` or ``test``.
+
+    Returns:
+        The split's files, rows and row groups (all zero when the folder is missing or empty).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(data_dir) / "data" / f"split={split}"
+    files = tuple(sorted(path.glob("*.parquet"))) if path.is_dir() else ()
+    rows = groups = 0
+    for file in files:
+        meta = pq.ParquetFile(file).metadata
+        rows += meta.num_rows
+        groups += meta.num_row_groups
+    return SplitInfo(split=split, path=path, files=files, rows=rows, row_groups=groups)
+
+
+def check_shardable(info: SplitInfo, workers: int) -> None:
+    """Fail early when petastorm could not give every rank at least one row group.
+
+    Raises:
+        ValueError: naming the split folder, its row groups and the workers asked for.
+    """
+    if info.rows == 0:
+        raise ValueError(f"{info.path}: expected Parquet rows for split '{info.split}', found none")
+    if info.row_groups < workers:
+        raise ValueError(
+            f"{info.path}: split '{info.split}' has {info.row_groups} Parquet row group(s) in "
+            f"{len(info.files)} file(s) but {workers} workers were asked for; petastorm shards by row "
+            f"group, so each worker needs one. Re-ingest with ingest.min_row_groups >= {workers} "
+            f"or train with fewer workers."
+        )
+
+
+def steps_for(rows: int, batch_size: int, workers: int, configured: int) -> int:
+    """Steps per epoch: ``configured`` when set, else one pass over ``rows`` by all workers (>= 1)."""
+    if configured > 0:
+        return configured
+    return max(1, rows // (batch_size * workers))
+
+
+@contextlib.contextmanager
+def rows(
+    info: SplitInfo,
+    columns: Sequence[str],
+    *,
+    rank: int,
+    size: int,
+    seed: int,
+) -> Iterator[tf.data.Dataset]:
+    """An endless stream of this rank's rows of a split, as dicts of tensors keyed by column.
+
+    The reader loops over the rank's row groups (``num_epochs=None``) in an order shuffled
+    per pass; it is stopped when the context exits.
+
+    Args:
+        info: The split (from ``inspect_split``).
+        columns: Parquet columns to read (``Task.columns``).
+        rank: This Horovod rank; petastorm reads shard ``rank`` of ``size``.
+        size: Horovod world size.
+        seed: Seed of the row-group order.
+
+    Yields:
+        A ``tf.data.Dataset`` of single rows: string tensors for binary/string columns,
+        float32 vectors for float arrays, integers as stored.
+    """
+    import tensorflow as tf
+    from petastorm import make_batch_reader
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    reader = make_batch_reader(
+        info.url,
+        schema_fields=list(columns),
+        cur_shard=rank,
+        shard_count=size,
+        num_epochs=None,
+        shuffle_row_groups=True,
+        seed=seed,
+        reader_pool_type="thread",
+        workers_count=READER_THREADS,
+        results_queue_size=4,
+    )
+    try:
+
+        def as_dict(batch: Any) -> dict[str, tf.Tensor]:
+            # petastorm yields a namedtuple per row group; float arrays may come as float64
+            return {name: tf.cast(value, tf.float32) if value.dtype == tf.float64 else value
+                    for name, value in batch._asdict().items()}  # fmt: skip
+
+        batches = make_petastorm_dataset(reader).map(as_dict)
+        yield batches.unbatch()
+    finally:
+        reader.stop()
+        reader.join()
+
+
+def training_dataset(
+    stream: tf.data.Dataset, task: Task, meta: Meta, cfg: TrainConfig, *, seed: int
+) -> tf.data.Dataset:
+    """Rows → filtered, parsed (with augmentation), shuffled, batched ``(x, y)`` batches.
+
+    Args:
+        stream: Endless rows from ``rows``.
+        task: The model family.
+        meta: Its meta (``Task.prepare_meta``).
+        cfg: The ``train`` section (batch size, shuffle buffer).
+        seed: Seed of the shuffle buffer (differs per rank).
+    """
+    import tensorflow as tf
+
+    ds = stream.filter(task.keep_for_training)
+    ds = ds.map(lambda row: task.parse_row(row, meta, cfg, True), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)  # fmt: skip
+    if cfg.shuffle_buffer > 0:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_dataset(
+    stream: tf.data.Dataset, task: Task, meta: Meta, cfg: TrainConfig, steps: int
+) -> tf.data.Dataset:
+    """The first ``steps`` batches of this rank's validation rows, the same ones every epoch.
+
+    The raw rows (PNG bytes, small) are cached after the first pass, so every epoch is scored
+    on identical data (what early stopping and reduce-on-plateau compare) without reopening
+    the reader. The training filter applies, so ``val_loss`` measures the training objective.
+    """
+    import tensorflow as tf
+
+    ds = stream.filter(task.keep_for_training).take(steps * cfg.batch_size).cache()
+    ds = ds.map(lambda row: task.parse_row(row, meta, cfg, False), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)  # fmt: skip
+    return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def read_frame(info: SplitInfo, columns: Sequence[str] | None, limit: int) -> pd.DataFrame:
+    """The first ``limit`` rows of a split (file order) as pandas, reading ``columns`` (None: all).
+
+    Row groups are read one at a time and reading stops at ``limit``, so a large split is
+    never loaded whole.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables: list[Any] = []
+    remaining = limit
+    for file in info.files:
+        pf = pq.ParquetFile(file)
+        for group in range(pf.metadata.num_row_groups):
+            if remaining <= 0:
+                break
+            table = pf.read_row_group(group, columns=None if columns is None else list(columns))
+            tables.append(table.slice(0, remaining))
+            remaining -= min(remaining, table.num_rows)
+    if not tables:
+        return pd.DataFrame({c: [] for c in columns or ()})
+    return pa.concat_tables(tables).to_pandas()

@@ -1,0 +1,184 @@
+"""What a training job records in MLflow: parameters, inputs, per-epoch metrics and curves.
+
+The run is created on the driver; rank 0 of the Horovod job logs epoch metrics to it over
+HTTP with ``EpochLogger`` (never touching the server's database file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from sparkvision.config import Config
+
+CURVE_GROUPS: dict[str, tuple[str, ...]] = {
+    "loss": ("loss", "val_loss"),
+    "throughput": ("images_per_s",),
+    "lr": ("lr",),
+}
+"""Training-curve pictures: file stem → metrics drawn (each with its ``val_`` twin when logged)."""
+
+
+def resolve_tracking_uri(cfg: Config) -> str:
+    """The MLflow server runs are logged to (``sparkvision.tracking.tracking_uri``)."""
+    from sparkvision.tracking import tracking_uri
+
+    return tracking_uri(cfg)
+
+
+def train_params(cfg: Config, effective_lr: float, steps_per_epoch: int, validation_steps: int) -> dict[str, str]:
+    """The flattened ``train`` section plus derived values, as MLflow parameters."""
+    params: dict[str, str] = {}
+    for key, value in cfg.to_dict()["train"].items():
+        params[f"train.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    params.update({"workers": str(cfg.train.workers), "effective_lr": repr(effective_lr),
+                   "steps_per_epoch": str(steps_per_epoch), "validation_steps": str(validation_steps),
+                   "config_digest": cfg.digest(), "env": cfg.env})  # fmt: skip
+    return params
+
+
+def manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    """The dataset's content checksum: ``manifest['checksum']``, else a hash of the manifest."""
+    if manifest.get("checksum"):
+        return str(manifest["checksum"])
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_commit(path: str | Path) -> str | None:
+    """The commit checked out at ``path`` (with ``-dirty`` when changed), or None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def log_inputs(client: MlflowClient, run_id: str, cfg: Config, manifest: dict[str, Any], data_dir: Path,
+               params: Mapping[str, str], workdir: Path) -> None:  # fmt: skip
+    """Log parameters, tags, ``config.yaml`` and ``manifest.json`` of a new training run.
+
+    Args:
+        client: Client of the tracking server.
+        run_id: The run just created.
+        cfg: The resolved configuration.
+        manifest: The dataset manifest.
+        data_dir: The dataset version actually read (symlink resolved).
+        params: From ``train_params``.
+        workdir: A scratch folder for the files to upload.
+    """
+    from mlflow.entities import Param, RunTag
+
+    from sparkvision.config import PROJECT_ROOT
+
+    checksum = manifest_checksum(manifest)
+    tags = {"sparkvision.task": cfg.train.model, "dataset.path": str(data_dir), "dataset.checksum": checksum,
+            "sparkvision.env": cfg.env}  # fmt: skip
+    commit = git_commit(PROJECT_ROOT)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    all_params = {**params, "dataset.path": str(data_dir), "dataset.checksum": checksum}
+    items = [Param(k, v[:6000]) for k, v in sorted(all_params.items())]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    (workdir / "config.yaml").write_text(cfg.to_yaml())
+    (workdir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    client.log_artifact(run_id, str(workdir / "config.yaml"))
+    client.log_artifact(run_id, str(workdir / "manifest.json"), "dataset")
+
+
+class EpochLogger:
+    """Logs epoch metrics of one run from a Horovod rank over HTTP.
+
+    Args:
+        tracking_uri: URL of the MLflow server.
+        run_id: The run created by the driver.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def log(self, epoch: int, logs: Mapping[str, Any]) -> None:
+        """Log every finite numeric entry of ``logs`` at ``step=epoch``."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for key, value in sorted(logs.items()):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                metrics.append(Metric(key=key, value=number, timestamp=now, step=int(epoch)))
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of the run as ``(step, value)`` pairs sorted by step (last value per step)."""
+    run = client.get_run(run_id)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for key in run.data.metrics:
+        by_step: dict[int, float] = {}
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+            by_step[int(m.step)] = float(m.value)
+        out[key] = sorted(by_step.items())
+    return out
+
+
+def plot_curves(history: Mapping[str, list[tuple[int, float]]], out_dir: Path) -> list[Path]:
+    """Training-curve PNGs (loss terms, throughput, learning rate) from metric histories.
+
+    Args:
+        history: From ``histories``.
+        out_dir: Folder to write ``curve_<group>.png`` files into.
+
+    Returns:
+        The files written (groups with no logged metric are skipped).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loss_terms = tuple(k for k in sorted(history) if k.endswith("loss") and not k.startswith(("val_", "test_")))
+    groups = {**CURVE_GROUPS, "loss": loss_terms or CURVE_GROUPS["loss"]}
+    written = []
+    for stem, keys in groups.items():
+        series = [k for key in keys for k in (key, f"val_{key}") if len(history.get(k, [])) > 0]
+        series = list(dict.fromkeys(series))
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in series:
+            steps, values = zip(*history[key], strict=True)
+            ax.plot(steps, values, marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(stem)
+        if stem == "loss" and all(v > 0 for key in series for _, v in history[key]):
+            ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"curve_{stem}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,259 @@
+"""The driver side of a training job: check the data, open the MLflow run, run Horovod on
+Spark, then evaluate, draw and register the model from rank 0's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparkvision.config import Config
+from sparkvision.training import data
+from sparkvision.training.checkpoints import Store
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+EVAL_ROWS = 4096
+"""Rows of the val and test splits evaluated on the driver (the first ones in file order);
+logged as ``eval_rows_val``/``eval_rows_test``. Keeps driver memory bounded on large splits."""
+PICTURE_ROWS = 16
+"""Test images drawn in ``task.pictures``."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The shape of a job, derived from the dataset and configuration before anything runs."""
+
+    data_dir: Path
+    manifest: dict[str, Any]
+    meta: dict[str, Any]
+    train: data.SplitInfo
+    val: data.SplitInfo | None
+    test: data.SplitInfo | None
+    steps_per_epoch: int
+    validation_steps: int
+    effective_lr: float
+    registered_name: str
+    store: Store
+
+
+def registered_name(cfg: Config) -> str:
+    """``<registered_model_prefix>-<model>``: the registry name, also the store folder."""
+    return f"{cfg.train.registered_model_prefix}-{cfg.train.model}"
+
+
+def store_for(cfg: Config) -> Store:
+    """The checkpoint store of the configured model (``paths.store`` may be an fsspec URL)."""
+    root = cfg.paths.store if "://" in cfg.paths.store else str(cfg.path("store"))
+    return Store(f"{root.rstrip('/')}/{registered_name(cfg)}")
+
+
+def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
+    """Read the manifest and Parquet footers, check the task fits and the splits shard.
+
+    Args:
+        cfg: The resolved configuration.
+        data_dir: An ingested dataset folder.
+
+    Returns:
+        The plan of the job.
+
+    Raises:
+        FileNotFoundError: When ``data_dir/manifest.json`` is missing.
+        ValueError: When the task rejects the dataset or a split has fewer row groups than workers.
+    """
+    from sparkvision.models import get_task
+
+    folder = Path(data_dir).resolve()  # pin the published version the job reads
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{data_dir}: expected an ingested dataset with manifest.json, found none")
+    manifest = json.loads(manifest_path.read_text())
+    tcfg = cfg.train
+    meta = get_task(tcfg.model).prepare_meta(manifest, tcfg)
+    train = data.inspect_split(folder, "train")
+    data.check_shardable(train, tcfg.workers)
+    val = data.inspect_split(folder, "val")
+    if val.rows:
+        data.check_shardable(val, tcfg.workers)
+    test = data.inspect_split(folder, "test")
+    return Plan(
+        data_dir=folder,
+        manifest=manifest,
+        meta=meta,
+        train=train,
+        val=val if val.rows else None,
+        test=test if test.rows else None,
+        steps_per_epoch=data.steps_for(train.rows, tcfg.batch_size, tcfg.workers, tcfg.steps_per_epoch),
+        validation_steps=data.steps_for(val.rows, tcfg.batch_size, tcfg.workers, tcfg.validation_steps),
+        effective_lr=tcfg.learning_rate * tcfg.workers,
+        registered_name=registered_name(cfg),
+        store=store_for(cfg),
+    )
+
+
+def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg.train.model`` on an ingested dataset with Horovod on Spark, tracked in MLflow.
+
+    One MLflow run per job (a resumed job continues its run). Rank 0 checkpoints every epoch
+    to the store and logs epoch metrics; afterwards the driver evaluates the last checkpoint
+    on val and test, logs pictures and curves, and registers the model with the configured alias.
+
+    Args:
+        spark: The active session (``horovod.spark.run`` runs one task per worker on it).
+        cfg: The resolved configuration (``train`` section, ``paths.store``, MLflow settings).
+        data_dir: An ingested dataset folder.
+        resume: Continue from the store's latest checkpoint and its MLflow run.
+
+    Returns:
+        ``run_id``, ``experiment``, ``registered_model``, ``version``, ``alias``, ``metrics``
+        (final epoch and ``test_*``), ``checkpoint_dir``, ``epochs_run``, ``initial_epoch``.
+
+    Raises:
+        FileNotFoundError: On ``resume`` without a checkpoint.
+        ValueError: When the dataset does not fit the task or the worker count.
+    """
+    import horovod.spark
+    from mlflow import MlflowClient
+
+    from sparkvision.training import tracking_log
+    from sparkvision.training.worker import WorkerJob, run_worker
+
+    p = plan(cfg, data_dir)
+    uri = tracking_log.resolve_tracking_uri(cfg)
+    client = MlflowClient(uri)
+    experiment = cfg.train.experiment
+    state = p.store.latest() if resume else None
+    if resume and state is None:
+        raise FileNotFoundError(f"resume requested but there is no checkpoint: {p.store.url('state.json')} is missing")
+
+    with tempfile.TemporaryDirectory(prefix="sv-train-") as tmp:
+        work = Path(tmp)
+        if state is not None:
+            run_id = state.run_id
+            client.set_tag(run_id, "sparkvision.resumed_from_epoch", str(state.epoch))
+            client.update_run(run_id, status="RUNNING")
+        else:
+            exp = client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+            run = client.create_run(exp_id, run_name=f"{p.registered_name}-train", tags={"mlflow.source.type": "JOB"})
+            run_id = run.info.run_id
+            params = tracking_log.train_params(cfg, p.effective_lr, p.steps_per_epoch, p.validation_steps)
+            tracking_log.log_inputs(client, run_id, cfg, p.manifest, p.data_dir, params, work)
+        log.info("training %s on %s: run %s, %d worker(s), %d steps/epoch", cfg.train.model, p.data_dir, run_id,
+                 cfg.train.workers, p.steps_per_epoch)  # fmt: skip
+        job = WorkerJob(cfg=cfg, meta=p.meta, train=p.train, val=p.val, steps_per_epoch=p.steps_per_epoch,
+                        validation_steps=p.validation_steps, store_root=p.store.root, run_id=run_id,
+                        tracking_uri=uri, resume=state is not None)  # fmt: skip
+        try:
+            results = horovod.spark.run(run_worker, args=(job,), num_proc=cfg.train.workers, use_gloo=True,
+                                        env=_worker_env(uri), stdout=sys.stdout, stderr=sys.stderr,
+                                        verbose=1)  # fmt: skip
+            rank0 = next(r for r in results if r["rank"] == 0)
+            if not rank0.get("checkpoint"):
+                raise RuntimeError(f"training run {run_id} wrote no checkpoint to {p.store.url()}")
+            outcome = _finish(cfg, p, client, uri, run_id, rank0, work)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+    return {"run_id": run_id, "experiment": experiment, **outcome}
+
+
+def _worker_env(tracking_uri: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                "PYTHONHASHSEED": env.get("PYTHONHASHSEED", "0")})  # fmt: skip
+    return env
+
+
+def load_checkpoint(cfg: Config, meta: dict[str, Any], store: Store, checkpoint: str) -> Any:
+    """A model built by the task with the weights of ``checkpoint`` (a path relative to the store)."""
+    import tensorflow as tf
+
+    from sparkvision.models import get_task
+
+    model = get_task(cfg.train.model).build(cfg.train, meta)
+    folder, prefix = checkpoint.rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="sv-load-") as tmp:
+        local = store.download(folder, tmp)
+        status = tf.train.Checkpoint(model=model).read(str(local / prefix))
+        status.expect_partial().assert_existing_objects_matched()
+    return model
+
+
+def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dict[str, Any], work: Path) -> dict[str, Any]:  # fmt: skip
+    """Evaluate, draw, register; everything logged into ``run_id``."""
+    import mlflow
+
+    from sparkvision.models import get_task
+    from sparkvision.models.packaging import log_vision_model
+    from sparkvision.training import tracking_log
+
+    task = get_task(cfg.train.model)
+    meta = dict(p.meta)
+    model = load_checkpoint(cfg, meta, p.store, rank0["checkpoint"])
+    metrics: dict[str, float] = {}
+    pictures = work / "pictures"
+    for split, info in (("val", p.val), ("test", p.test)):
+        if info is None:
+            continue
+        frame = data.read_frame(info, None, EVAL_ROWS)
+        x, y = task.arrays(frame, meta)
+        result = task.evaluate(model, x, y, meta)  # val first: may set meta (fabric threshold)
+        prefix = "test_" if split == "test" else "eval_val_"
+        metrics.update({f"{prefix}{k}": float(v) for k, v in result.items()})
+        client.set_tag(run_id, f"eval_rows_{split}", str(len(frame)))
+        if split == "test" and cfg.train.pictures:
+            n = min(PICTURE_ROWS, len(x))
+            task.pictures(model, x[:n], {k: v[:n] for k, v in y.items()}, meta, pictures)
+    if metrics:
+        client.log_batch(run_id, metrics=_metric_entities(metrics, step=int(rank0["epoch"])))
+    history = tracking_log.histories(client, run_id)
+    if cfg.train.pictures:
+        tracking_log.plot_curves(history, pictures)
+    if pictures.is_dir() and any(pictures.iterdir()):
+        client.log_artifacts(run_id, str(pictures), "pictures")
+    client.log_text(run_id, p.store.read_text("state.json"), "checkpoint/state.json")
+    checkpoint_dir = rank0["checkpoint"].rsplit("/", 1)[0]
+    local_ckpt = p.store.download(checkpoint_dir, work / "checkpoint")
+    client.log_artifacts(run_id, str(local_ckpt), "checkpoint")
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        log_vision_model(model, cfg.train.model, meta, registered_model_name=p.registered_name,
+                         alias=cfg.train.alias)  # fmt: skip
+    version = client.get_model_version_by_alias(p.registered_name, cfg.train.alias)
+    final = {k: values[-1][1] for k, values in history.items() if values}
+    final.update(metrics)
+    return {
+        "registered_model": p.registered_name,
+        "version": str(version.version),
+        "alias": cfg.train.alias,
+        "model_uri": f"models:/{p.registered_name}@{cfg.train.alias}",
+        "metrics": final,
+        "meta": meta,
+        "checkpoint_dir": p.store.url(checkpoint_dir),
+        "epochs_run": int(rank0["epoch"]) + 1 - int(rank0["initial_epoch"]),
+        "initial_epoch": int(rank0["initial_epoch"]),
+        "stopped_early": bool(rank0["stopped_early"]),
+        "history": rank0["history"],
+    }
+
+
+def _metric_entities(metrics: dict[str, float], step: int) -> list[Any]:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key=k, value=v, timestamp=now, step=step) for k, v in sorted(metrics.items())]

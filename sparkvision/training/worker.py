@@ -1,0 +1,148 @@
+"""The function each Horovod rank runs inside a Spark task: build, restore, fit, checkpoint.
+
+``run_worker`` is pickled to the executors by ``horovod.spark.run``; everything heavy is
+imported inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from sparkvision.config import Config
+from sparkvision.training.data import SplitInfo
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """Everything a rank needs (picklable; built by the driver)."""
+
+    cfg: Config
+    meta: dict[str, Any]
+    train: SplitInfo
+    val: SplitInfo | None
+    steps_per_epoch: int
+    validation_steps: int
+    store_root: str
+    run_id: str
+    tracking_uri: str
+    resume: bool
+    """Restore the store's latest checkpoint (weights, optimizer, epoch, schedule state)."""
+
+
+def run_worker(job: WorkerJob) -> dict[str, Any]:
+    """Train on this rank's shards; rank 0 checkpoints every epoch and logs to MLflow.
+
+    Args:
+        job: The job description from the driver.
+
+    Returns:
+        On rank 0: ``{"rank", "checkpoint", "epoch", "history", "initial_epoch", "stopped_early"}``
+        with the store path of the last checkpoint; on other ranks ``{"rank", "history"}``.
+    """
+    import horovod.tensorflow.keras as hvd
+    import tensorflow as tf
+
+    from sparkvision.models import get_task
+    from sparkvision.training import callbacks as cb
+    from sparkvision.training import data
+    from sparkvision.training.checkpoints import CheckpointState, Store
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    threads = max(1, (os.cpu_count() or 1) // max(1, hvd.local_size()))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+    tcfg = job.cfg.train
+    task = get_task(tcfg.model)
+    tf.keras.utils.set_random_seed(tcfg.seed)  # identical initial weights on every rank
+    model = task.build(tcfg, job.meta)
+    target_lr = tcfg.learning_rate * size
+    optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(learning_rate=target_lr))
+    distribute(model, optimizer, hvd.DistributedGradientTape)
+
+    store = Store(job.store_root)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    initial_epoch, plateau = 0, cb.PlateauState()
+    if job.resume:
+        state = store.latest()
+        if state is None:
+            raise FileNotFoundError(f"resume requested but {store.url('state.json')} does not exist")
+        optimizer.build(model.trainable_variables)
+        with tempfile.TemporaryDirectory(prefix=f"sv-restore-{rank}-") as tmp:
+            store.restore(checkpoint, state, tmp)
+        initial_epoch = state.epoch + 1
+        plateau = cb.PlateauState.from_dict(state.callbacks.get("plateau", {}))
+    # Different augmentation and shuffling per rank and per resumed segment, repeatable per seed.
+    stream_seed = tcfg.seed + 1000 * rank + 7919 * initial_epoch
+    tf.keras.utils.set_random_seed(stream_seed)
+
+    monitor = "val_loss" if job.val is not None else "loss"
+    schedule = cb.Schedule(target_lr=target_lr, warmup_epochs=tcfg.warmup_epochs,
+                           steps_per_epoch=job.steps_per_epoch, monitor=monitor,
+                           patience=tcfg.reduce_lr_patience, factor=tcfg.reduce_lr_factor,
+                           stop_patience=tcfg.early_stopping_patience)  # fmt: skip
+    controller: list[Any] = []  # filled below; make_state runs only during fit
+
+    def make_state(epoch: int, logs: dict[str, Any]) -> CheckpointState:
+        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        return CheckpointState(epoch=epoch, run_id=job.run_id, checkpoint="", meta=job.meta,
+                               lr=float(logs.get("lr", target_lr)),
+                               callbacks={"plateau": controller[0].state.to_dict()}, metrics=metrics)  # fmt: skip
+
+    callbacks, lr_controller = cb.callback_list(rank=rank, schedule=schedule, state=plateau,
+                                 images_per_epoch=job.steps_per_epoch * tcfg.batch_size * size,
+                                 store=store, checkpoint=checkpoint, make_state=make_state,
+                                 tracking_uri=job.tracking_uri, run_id=job.run_id)  # fmt: skip
+    controller.append(lr_controller)
+
+    history: dict[str, list[float]] = {}
+    if initial_epoch < tcfg.epochs:
+        with ExitStack() as stack:
+            train_rows = stack.enter_context(data.rows(job.train, task.columns, rank=rank, size=size, seed=stream_seed))
+            train_ds = data.training_dataset(train_rows, task, job.meta, tcfg, seed=stream_seed)
+            val_ds = None
+            if job.val is not None:
+                val_rows = stack.enter_context(data.rows(job.val, task.columns, rank=rank, size=size, seed=tcfg.seed))
+                val_ds = data.validation_dataset(val_rows, task, job.meta, tcfg, job.validation_steps)
+            fit = model.fit(train_ds, epochs=tcfg.epochs, initial_epoch=initial_epoch,
+                            steps_per_epoch=job.steps_per_epoch, validation_data=val_ds,
+                            callbacks=callbacks, verbose=2 if rank == 0 else 0)  # fmt: skip
+            history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    result: dict[str, Any] = {"rank": rank, "history": history}
+    if rank == 0:
+        last = store.latest()
+        result.update({"checkpoint": last.checkpoint if last else None, "epoch": last.epoch if last else -1,
+                       "initial_epoch": initial_epoch,
+                       "stopped_early": lr_controller.state.stopped_epoch >= 0})  # fmt: skip
+    return result
+
+
+def distribute(model: Any, optimizer: Any, tape_wrapper: Any) -> None:
+    """Make ``model`` average gradients across ranks.
+
+    The model is recompiled with its own loss and metrics but ``optimizer`` (a
+    ``hvd.DistributedOptimizer``, which averages gradients in Keras' default ``train_step``).
+    A model with its own ``train_step`` that exposes a ``tape_wrapper`` attribute (the VAE)
+    gets ``hvd.DistributedGradientTape`` there, since it applies gradients itself.
+
+    Args:
+        model: A compiled Keras model from ``Task.build``.
+        optimizer: The distributed optimizer.
+        tape_wrapper: ``hvd.DistributedGradientTape``.
+
+    Raises:
+        ValueError: When the model was not compiled.
+    """
+    config = getattr(model, "_compile_config", None)
+    if config is None:
+        raise ValueError(f"model '{model.name}' from Task.build is not compiled; expected a compiled model")
+    kwargs = dict(config.config)
+    kwargs["optimizer"] = optimizer
+    model.compile(**kwargs)
+    if hasattr(model, "tape_wrapper"):
+        model.tape_wrapper = tape_wrapper

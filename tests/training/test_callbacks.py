@@ -1,0 +1,58 @@
+"""The learning-rate policy: warm-up per step, reduce-on-plateau and early stopping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sparkvision.training.callbacks import PlateauState, Schedule
+
+
+def test_warmup_rises_linearly_to_the_scaled_rate_then_holds() -> None:
+    s = Schedule(target_lr=0.004, warmup_epochs=2, steps_per_epoch=5, monitor="val_loss")
+    rates = [s.lr(epoch, batch, 1.0) for epoch in range(3) for batch in range(5)]
+    assert rates[0] == pytest.approx(0.0004)
+    assert rates[9] == pytest.approx(0.004)
+    assert all(b > a for a, b in zip(rates[:10], rates[1:10], strict=False))
+    assert rates[10:] == [pytest.approx(0.004)] * 5
+
+
+def test_no_warmup_starts_at_the_target() -> None:
+    assert Schedule(0.01, 0, 5, "loss").lr(0, 0, 0.5) == pytest.approx(0.005)
+
+
+def test_plateau_lowers_the_rate_after_patience_and_resets_on_improvement() -> None:
+    s = Schedule(0.01, 0, 4, "val_loss", patience=2, factor=0.5)
+    state = PlateauState()
+    scales = []
+    for epoch, value in enumerate([5.0, 4.0, 4.5, 4.2, 4.1, 3.0, 3.5]):
+        state = s.update(state, epoch, value)
+        scales.append(state.scale)
+    assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5]
+    assert state.best == 3.0 and state.stopped_epoch == -1
+
+
+@pytest.mark.parametrize(("patience", "stopped"), [(0, -1), (2, 3), (5, -1)])
+def test_early_stopping_marks_the_epoch(patience: int, stopped: int) -> None:
+    s = Schedule(0.01, 0, 4, "val_loss", stop_patience=patience)
+    state = PlateauState()
+    for epoch, value in enumerate([2.0, 1.0, 1.5, 1.2]):
+        state = s.update(state, epoch, value)
+    assert state.stopped_epoch == stopped
+
+
+def test_state_round_trips_through_json_values() -> None:
+    fresh = PlateauState()
+    assert fresh.to_dict()["best"] is None
+    again = PlateauState.from_dict(fresh.to_dict())
+    assert math.isinf(again.best) and again.scale == 1.0
+    moved = PlateauState(scale=0.25, best=0.7, plateau_wait=1, stop_wait=2, stopped_epoch=-1)
+    assert PlateauState.from_dict(moved.to_dict()) == moved
+
+
+def test_missing_or_nan_monitor_changes_nothing() -> None:
+    s = Schedule(0.01, 0, 4, "val_loss", patience=1, stop_patience=1)
+    state = PlateauState(best=1.0)
+    assert s.update(state, 0, None) == state
+    assert s.update(state, 0, float("nan")) == state
