@@ -144,16 +144,7 @@ def generate_new_images(out: Path, count: int, seed: int) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
-        rng = np.random.default_rng([seed, _STREAM_NEW, index])
-        ident = sample_identity(rng)
-        face = render_face(ident, sample_look(rng, ident), rng)
-        img = face.image
-        if rng.random() < 0.3:  # a square crop around the face, like a phone thumbnail
-            top = int(rng.integers(0, HEIGHT - WIDTH + 1))
-            img = img.crop((0, top, WIDTH, top + WIDTH))
-        factor = float(rng.uniform(0.6, 2.0))
-        img = img.resize((max(16, round(img.width * factor)), max(16, round(img.height * factor))),
-                         Image.Resampling.BICUBIC)  # fmt: skip
+        img = new_image_upright(seed, index)
         kind = NEW_IMAGE_KINDS[index % len(NEW_IMAGE_KINDS)]
         buf = io.BytesIO()
         if kind == "jpeg_rgb":
@@ -177,6 +168,20 @@ def generate_new_images(out: Path, count: int, seed: int) -> list[Path]:
         path.write_bytes(buf.getvalue())
         paths.append(path)
     return paths
+
+
+def new_image_upright(seed: int, index: int) -> Image.Image:
+    """The upright RGB pixels of image ``index`` of :func:`generate_new_images` (before its
+    file kind is applied): a new identity, optionally cropped square, scaled 0.6x to 2x."""
+    rng = np.random.default_rng([seed, _STREAM_NEW, index])
+    ident = sample_identity(rng)
+    img = render_face(ident, sample_look(rng, ident), rng).image
+    if rng.random() < 0.3:  # a square crop around the face, like a phone thumbnail
+        top = int(rng.integers(0, HEIGHT - WIDTH + 1))
+        img = img.crop((0, top, WIDTH, top + WIDTH))
+    factor = float(rng.uniform(0.6, 2.0))
+    size = (max(16, round(img.width * factor)), max(16, round(img.height * factor)))
+    return img.resize(size, Image.Resampling.BICUBIC)
 
 
 def _head_alpha(size: tuple[int, int]) -> Image.Image:
