@@ -1,1 +1,38 @@
-"""Model families: one Task per registry entry (see base.Task)."""
+"""Model families: one Task per registry entry (see ``base.Task``).
+
+``REGISTRY`` is the one table from ``train.model`` to its Task; importing it is cheap
+(TensorFlow is imported only when a Task builds or runs a model).
+"""
+
+from __future__ import annotations
+
+from sparkvision.models.attributes import AttributesTask
+from sparkvision.models.base import Meta, Task
+from sparkvision.models.common import nearest_name_error
+from sparkvision.models.detector import DetectorTask
+from sparkvision.models.fabric_ae import FabricAeTask
+from sparkvision.models.vae import VaeTask
+
+REGISTRY: dict[str, Task] = {task.name: task for task in (VaeTask(), AttributesTask(), DetectorTask(), FabricAeTask())}
+
+
+class UnknownTaskError(KeyError):
+    """``get_task`` was given a name that is not in ``REGISTRY``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_task(name: str) -> Task:
+    """The registered Task called ``name``.
+
+    Raises:
+        UnknownTaskError: (a ``KeyError``) for an unknown name, naming the nearest valid one.
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownTaskError(str(nearest_name_error("model in train.model", name, sorted(REGISTRY)))) from None
+
+
+__all__ = ["REGISTRY", "Meta", "Task", "UnknownTaskError", "get_task"]

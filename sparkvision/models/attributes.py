@@ -1,0 +1,215 @@
+"""The attribute CNN: multi-label sigmoid over CelebA attributes (``Smiling`` alone is a smile
+detector) or a softmax classifier over the classes of a class-per-folder table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sparkvision.data import schema
+from sparkvision.models import common, metrics
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import tensorflow as tf
+
+    from sparkvision.config import TrainConfig
+    from sparkvision.models.base import Meta
+
+BLOCK_FILTERS = (32, 64, 128, 128)
+
+
+def resolve_attributes(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The attribute names to learn: all 40 when ``names`` is empty, else ``names`` validated.
+
+    Raises:
+        ValueError: On an unknown name (with the nearest valid one) or a repeated name.
+    """
+    if not names:
+        return list(schema.CELEBA_ATTRIBUTES)
+    for name in names:
+        if name not in schema.CELEBA_ATTRIBUTES:
+            raise common.nearest_name_error("CelebA attribute in train.attributes", name, schema.CELEBA_ATTRIBUTES)
+    if len(set(names)) != len(names):
+        raise ValueError(f"train.attributes: expected distinct names, found {list(names)}")
+    return list(names)
+
+
+def build_classifier(
+    input_shape: tuple[int, int, int], n_outputs: int, multi_label: bool, dropout: float = 0.25
+) -> tf.keras.Model:
+    """Conv+BN+ReLU+MaxPool blocks (32, 64, 128, 128; fewer for tiny inputs), global average
+    pooling, Dense 128 and a sigmoid (multi-label) or softmax output named ``probabilities``."""
+    import tensorflow as tf
+
+    from sparkvision.models.layers import conv_block
+
+    n_blocks = max(1, min(len(BLOCK_FILTERS), int(math.log2(input_shape[0])) - 2))
+    inputs = tf.keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate(BLOCK_FILTERS[:n_blocks]):
+        x = conv_block(x, filters, f"block_{i}", pool=True)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
+    x = tf.keras.layers.Dense(128, activation="relu", name="head_dense")(x)
+    outputs = tf.keras.layers.Dense(n_outputs, activation="sigmoid" if multi_label else "softmax",
+                                    name="probabilities")(x)  # fmt: skip
+    return tf.keras.Model(inputs, outputs, name="attributes" if multi_label else "classifier")
+
+
+class AttributesTask:
+    """The attribute/class CNN as a ``Task``; see ``base.Task`` for the contract.
+
+    Meta keys: ``multi_label``; ``attribute_names`` and ``attribute_indices`` (celeba) or
+    ``class_names`` (folder, from the manifest's ``class_names``).
+    """
+
+    name = "attributes"
+    tables = ("celeba", "folder")
+    columns = ("image", "attributes", "label")
+
+    def columns_for(self, table: str) -> tuple[str, ...]:
+        """The columns of ``columns`` that exist in ``table``."""
+        present = {f.name for f in schema.TABLES[table]}
+        return tuple(c for c in self.columns if c in present)
+
+    def prepare_meta(self, manifest: dict[str, Any], cfg: TrainConfig) -> Meta:
+        meta = common.base_meta(self.name, self.tables, manifest, cfg)
+        if meta["table"] == "celeba":
+            names = resolve_attributes(tuple(cfg.attributes))
+            meta.update(multi_label=True, attribute_names=names,
+                        attribute_indices=[schema.CELEBA_ATTRIBUTES.index(n) for n in names])  # fmt: skip
+            return meta
+        if cfg.attributes:
+            raise ValueError(f"train.attributes applies to CelebA tables only, found {list(cfg.attributes)} "
+                             f"for a '{meta['table']}' table")  # fmt: skip
+        classes = common.manifest_value(manifest, "class_names") or common.manifest_value(manifest, "classes")
+        if not classes or len(classes) < 2:
+            raise ValueError(f"dataset {manifest.get('output', '?')}: expected 'class_names' with at least 2 classes "
+                             f"in the manifest, found {classes!r}")  # fmt: skip
+        meta.update(multi_label=False, class_names=[str(c) for c in classes])
+        return meta
+
+    def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
+        import tensorflow as tf
+
+        size = meta["image_size"]
+        multi = bool(meta["multi_label"])
+        n = len(meta["attribute_names"] if multi else meta["class_names"])
+        model = build_classifier((size, size, 3), n, multi, cfg.dropout)
+        if multi:
+            model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss="binary_crossentropy",
+                          metrics=[tf.keras.metrics.BinaryAccuracy(name="accuracy")])  # fmt: skip
+        else:
+            model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
+                          metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])  # fmt: skip
+        return model
+
+    def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
+        import tensorflow as tf
+
+        return tf.constant(True)
+
+    def parse_row(self, row: dict[str, tf.Tensor], meta: Meta, cfg: TrainConfig, training: bool) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        image = common.decode_png(row["image"], meta["image_size"])
+        if training:
+            image, _, _ = common.augment_row(image, cfg)
+        if meta["multi_label"]:
+            target = tf.gather(tf.cast(row["attributes"], tf.float32), meta["attribute_indices"])
+            target.set_shape((len(meta["attribute_indices"]),))
+        else:
+            target = tf.cast(row["label"], tf.int32)
+        return image, target
+
+    def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x = common.decode_column(frame, meta["image_size"])
+        if meta["multi_label"]:
+            attrs = common.stack_column(frame, "attributes").reshape(len(frame), -1)
+            return x, {"attributes": attrs[:, meta["attribute_indices"]]}
+        return x, {"label": common.stack_column(frame, "label", "int32").reshape(-1)}
+
+    def _names(self, meta: Meta) -> list[str]:
+        return list(meta["attribute_names"] if meta["multi_label"] else meta["class_names"])
+
+    def _probabilities(self, model: tf.keras.Model, x: np.ndarray) -> np.ndarray:
+        parts = common.predict_batches(lambda b: model(b, training=False).numpy(), np.asarray(x, np.float32))
+        return np.concatenate(parts) if parts else np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
+
+    def evaluate(self, model: tf.keras.Model, x: np.ndarray, y: dict[str, np.ndarray], meta: Meta) -> dict[str, float]:
+        probs = self._probabilities(model, x)
+        names = self._names(meta)
+        out: dict[str, float] = {}
+        if meta["multi_label"]:
+            truth = y["attributes"] > 0.5
+            for j, name in enumerate(names):
+                out[f"accuracy_{name}"] = float(np.mean((probs[:, j] > 0.5) == truth[:, j]))
+                out[f"auroc_{name}"] = metrics.auroc(truth[:, j], probs[:, j])
+            out["mean_accuracy"] = metrics.nanmean([out[f"accuracy_{n}"] for n in names])
+        else:
+            labels = y["label"]
+            out["accuracy"] = float(np.mean(probs.argmax(axis=1) == labels))
+            for j, name in enumerate(names):
+                out[f"auroc_{name}"] = metrics.auroc(labels == j, probs[:, j])
+        out["mean_auroc"] = metrics.nanmean([out[f"auroc_{n}"] for n in names])
+        return {k: v for k, v in out.items() if np.isfinite(v)}
+
+    def pictures(
+        self, model: tf.keras.Model, x: np.ndarray, y: dict[str, np.ndarray], meta: Meta, out_dir: Path
+    ) -> list[Path]:
+        from sparkvision import pictures
+
+        out_dir = Path(out_dir)
+        probs = self._probabilities(model, x)
+        names = self._names(meta)
+        paths: list[Path] = []
+        if meta["multi_label"]:
+            truth = y["attributes"] > 0.5
+            pred = probs > 0.5
+            matrices = [metrics.confusion_matrix(truth[:, j], pred[:, j], 2) for j in range(len(names))]
+            paths.append(pictures.save_confusion_matrices(matrices, names, [["no", "yes"]] * len(names),
+                                                          out_dir / "attributes_confusion.png"))  # fmt: skip
+            curves = [metrics.roc_curve(truth[:, j], probs[:, j])[:2] for j in range(len(names))]
+            aucs = [metrics.auroc(truth[:, j], probs[:, j]) for j in range(len(names))]
+            paths.append(pictures.save_roc_grid(curves, names, aucs, out_dir / "attributes_roc.png"))
+
+            def caption(i: int) -> str:
+                p = ",".join(n for n, v in zip(names, pred[i], strict=True) if v)[:40] or "-"
+                t = ",".join(n for n, v in zip(names, truth[i], strict=True) if v)[:40] or "-"
+                return f"pred {p}\ntrue {t}"
+        else:
+            labels = y["label"]
+            pred_idx = probs.argmax(axis=1)
+            matrix = metrics.confusion_matrix(labels, pred_idx, len(names))
+            paths.append(pictures.save_confusion_matrices([matrix], ["classes"], [names],
+                                                          out_dir / "classes_confusion.png"))  # fmt: skip
+
+            def caption(i: int) -> str:
+                return f"pred {names[pred_idx[i]]} ({probs[i, pred_idx[i]]:.2f})\ntrue {names[int(labels[i])]}"
+
+        n = min(8, len(x))
+        if n:
+            paths.append(pictures.save_grid([list(x[:n])], out_dir / "attributes_examples.png",
+                                            captions=[[caption(i) for i in range(n)]],
+                                            title="predicted vs true", cell_inches=2.0))  # fmt: skip
+        return paths
+
+    def predict(self, model: tf.keras.Model, x: np.ndarray, meta: Meta) -> dict[str, np.ndarray]:
+        probs = self._probabilities(model, x).astype(np.float32)
+        names = np.asarray(self._names(meta), dtype=object)
+        if meta["multi_label"]:
+            predicted = np.empty(len(probs), dtype=object)
+            for i, row in enumerate(probs):
+                predicted[i] = [str(n) for n in names[row > 0.5]]
+            return {"probabilities": probs, "predicted": predicted}
+        idx = probs.argmax(axis=1).astype(np.int32)
+        return {"probabilities": probs, "label": idx, "label_name": names[idx]}
+
+    def output_schema(self, meta: Meta) -> list[tuple[str, str]]:
+        if meta["multi_label"]:
+            return [("probabilities", "array<float>"), ("predicted", "array<string>")]
+        return [("probabilities", "array<float>"), ("label", "int"), ("label_name", "string")]

@@ -1,0 +1,151 @@
+"""Keras building blocks and custom objects: the ``Sampling`` layer, the ``VAE`` model with its
+own ``train_step``, and the Conv+BN+activation block every family uses.
+
+This module imports TensorFlow at the top: import it inside functions only. Every custom
+class is registered (package ``sparkvision``) and listed in ``custom_objects()`` so saved
+models reload in MLflow, in Horovod workers and in scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+TapeWrapper = Callable[[tf.GradientTape], Any]
+
+
+@tf.keras.utils.register_keras_serializable(package="sparkvision")
+class Sampling(tf.keras.layers.Layer):
+    """Draws ``z = mu + exp(log_var / 2) * eps`` with ``eps ~ N(0, I)``."""
+
+    def call(self, inputs: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        mu, log_var = inputs
+        return mu + tf.exp(0.5 * log_var) * tf.random.normal(tf.shape(mu))
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config()
+
+
+def _identity_tape(tape: tf.GradientTape) -> tf.GradientTape:
+    return tape
+
+
+@tf.keras.utils.register_keras_serializable(package="sparkvision")
+class VAE(tf.keras.Model):
+    """Variational autoencoder: ``encoder`` (image → ``[mu, log_var, z]``) and ``decoder`` (z → image).
+
+    Loss per batch = ``r_loss_factor`` × mean over images of the per-image pixel MSE + mean KL,
+    with ``KL = -0.5 Σ (1 + log_var - mu² - exp(log_var))`` per image. ``train_step`` and
+    ``test_step`` return ``{"loss", "r_loss", "kl_loss"}``.
+
+    ``tape_wrapper`` is applied to the ``tf.GradientTape`` before gradients are taken; the
+    Horovod trainer sets it to ``hvd.DistributedGradientTape`` (as an attribute after ``build``
+    or as the constructor argument) so gradients are averaged across workers. Default: identity.
+
+    Calling the model returns the reconstruction: decoded from a sample ``z`` when training,
+    from ``mu`` otherwise (so predictions are deterministic).
+    """
+
+    def __init__(
+        self,
+        encoder: tf.keras.Model,
+        decoder: tf.keras.Model,
+        r_loss_factor: float = 10000.0,
+        tape_wrapper: TapeWrapper | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "vae")
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.r_loss_factor = float(r_loss_factor)
+        self.tape_wrapper: TapeWrapper = tape_wrapper or _identity_tape
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+        self.r_loss_tracker = tf.keras.metrics.Mean(name="r_loss")
+        self.kl_loss_tracker = tf.keras.metrics.Mean(name="kl_loss")
+
+    @property
+    def metrics(self) -> list[tf.keras.metrics.Metric]:
+        return [self.loss_tracker, self.r_loss_tracker, self.kl_loss_tracker]
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        mu, _, z = self.encoder(inputs, training=training)
+        return self.decoder(z if training else mu, training=training)
+
+    def compute_losses(self, x: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``(loss, r_loss, kl_loss)`` of a batch, each averaged over its images."""
+        mu, log_var, z = self.encoder(x, training=training)
+        reconstruction = self.decoder(z, training=training)
+        r_loss = tf.reduce_mean(tf.reduce_mean(tf.square(x - reconstruction), axis=[1, 2, 3]))
+        kl = -0.5 * tf.reduce_sum(1.0 + log_var - tf.square(mu) - tf.exp(log_var), axis=1)
+        kl_loss = tf.reduce_mean(kl)
+        return self.r_loss_factor * r_loss + kl_loss, r_loss, kl_loss
+
+    def _record(self, loss: tf.Tensor, r_loss: tf.Tensor, kl_loss: tf.Tensor) -> dict[str, tf.Tensor]:
+        self.loss_tracker.update_state(loss)
+        self.r_loss_tracker.update_state(r_loss)
+        self.kl_loss_tracker.update_state(kl_loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        x = data[0] if isinstance(data, tuple) else data
+        with tf.GradientTape() as tape:
+            loss, r_loss, kl_loss = self.compute_losses(x, training=True)
+        tape = self.tape_wrapper(tape)
+        grads = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
+        return self._record(loss, r_loss, kl_loss)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        x = data[0] if isinstance(data, tuple) else data
+        return self._record(*self.compute_losses(x, training=False))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "encoder": tf.keras.saving.serialize_keras_object(self.encoder),
+            "decoder": tf.keras.saving.serialize_keras_object(self.decoder),
+            "r_loss_factor": self.r_loss_factor,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> VAE:
+        config = dict(config)
+        objects = {**custom_objects_dict(), **(custom_objects or {})}
+        for key in ("encoder", "decoder"):
+            config[key] = tf.keras.saving.deserialize_keras_object(config[key], custom_objects=objects)
+        return cls(**config)
+
+
+def conv_block(
+    x: tf.Tensor,
+    filters: int,
+    name: str,
+    *,
+    strides: int = 1,
+    transpose: bool = False,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    pool: bool = False,
+) -> tf.Tensor:
+    """Conv2D (or Conv2DTranspose) 3x3 'same' → BatchNormalization → activation
+    (``relu``/``leaky_relu``) → optional Dropout → optional 2x2 MaxPool; layers named ``{name}_*``."""
+    conv = tf.keras.layers.Conv2DTranspose if transpose else tf.keras.layers.Conv2D
+    x = conv(filters, 3, strides=strides, padding="same", name=f"{name}_conv")(x)
+    x = tf.keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    if activation == "leaky_relu":
+        x = tf.keras.layers.LeakyReLU(name=f"{name}_lrelu")(x)
+    else:
+        x = tf.keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
+    if dropout > 0:
+        x = tf.keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    if pool:
+        x = tf.keras.layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    return x
+
+
+def custom_objects_dict() -> dict[str, Any]:
+    """Every custom Keras class of sparkvision, for ``load_model(..., custom_objects=...)``."""
+    return {"Sampling": Sampling, "VAE": VAE}

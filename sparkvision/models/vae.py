@@ -1,0 +1,251 @@
+"""The CelebA variational autoencoder (as in the talks): builders, capabilities (generate new
+faces, attribute vectors, moving a face along one, interpolation) and its ``Task``.
+
+At 128x128x3 and z=200 the encoder has 1,732,944 parameters and the decoder 917,123.
+The scoring output ``mu`` is the face embedding used by face identification
+(``sparkvision.faces``); ``recon_error`` is the per-image reconstruction MSE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sparkvision.data import schema
+from sparkvision.models import common
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import tensorflow as tf
+
+    from sparkvision.config import TrainConfig
+    from sparkvision.models.base import Meta
+
+ENCODER_FILTERS = (32, 64, 64, 64)
+DECODER_FILTERS = (64, 64, 32)
+
+
+def __getattr__(name: str) -> Any:
+    # ``VAE`` and ``Sampling`` live in ``layers`` (which imports TensorFlow); expose them lazily.
+    if name in ("VAE", "Sampling"):
+        from sparkvision.models import layers
+
+        return getattr(layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_encoder(input_shape: tuple[int, int, int], latent_dim: int, dropout: float = 0.25) -> tf.keras.Model:
+    """Image → ``[mu, log_var, z]``: four stride-2 Conv+BN+LeakyReLU+Dropout blocks, Flatten,
+    Dense ``mu`` and ``log_var``, and a ``Sampling`` layer."""
+    import tensorflow as tf
+
+    from sparkvision.models.layers import Sampling, conv_block
+
+    inputs = tf.keras.Input(shape=input_shape, name="encoder_input")
+    x = inputs
+    for i, filters in enumerate(ENCODER_FILTERS):
+        x = conv_block(x, filters, f"encoder_{i}", strides=2, activation="leaky_relu", dropout=dropout)
+    x = tf.keras.layers.Flatten(name="encoder_flatten")(x)
+    mu = tf.keras.layers.Dense(latent_dim, name="mu")(x)
+    log_var = tf.keras.layers.Dense(latent_dim, name="log_var")(x)
+    z = Sampling(name="z")([mu, log_var])
+    return tf.keras.Model(inputs, [mu, log_var, z], name="encoder")
+
+
+def build_decoder(output_shape: tuple[int, int, int], latent_dim: int, dropout: float = 0.25) -> tf.keras.Model:
+    """z → image: Dense to ``(S/16, S/16, 64)``, three stride-2 Conv2DTranspose+BN+LeakyReLU
+    (+Dropout) blocks and a stride-2 Conv2DTranspose to the channels with a sigmoid."""
+    import tensorflow as tf
+
+    from sparkvision.models.layers import conv_block
+
+    side = output_shape[0] // 16
+    inputs = tf.keras.Input(shape=(latent_dim,), name="decoder_input")
+    x = tf.keras.layers.Dense(side * side * ENCODER_FILTERS[-1], name="decoder_dense")(inputs)
+    x = tf.keras.layers.Reshape((side, side, ENCODER_FILTERS[-1]), name="decoder_reshape")(x)
+    for i, filters in enumerate(DECODER_FILTERS):
+        x = conv_block(x, filters, f"decoder_{i}", strides=2, transpose=True, activation="leaky_relu", dropout=dropout)
+    x = tf.keras.layers.Conv2DTranspose(output_shape[2], 3, strides=2, padding="same", name="decoder_output_conv")(x)
+    outputs = tf.keras.layers.Activation("sigmoid", name="decoder_output")(x)
+    return tf.keras.Model(inputs, outputs, name="decoder")
+
+
+def build_vae(
+    input_shape: tuple[int, int, int] = (128, 128, 3),
+    latent_dim: int = 200,
+    dropout: float = 0.25,
+    r_loss_factor: float = 10000.0,
+) -> tf.keras.Model:
+    """An uncompiled, built ``VAE`` (see ``layers.VAE`` for the loss and the ``tape_wrapper`` hook)."""
+    from sparkvision.models.layers import VAE
+
+    common.check_divisible("vae", input_shape[0], 16)
+    vae = VAE(build_encoder(input_shape, latent_dim, dropout), build_decoder(input_shape, latent_dim, dropout),
+              r_loss_factor=r_loss_factor)  # fmt: skip
+    vae.build((None, *input_shape))
+    return vae
+
+
+# --------------------------------------------------------------------------- capabilities
+
+
+def encode(encoder: tf.keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """``mu`` of every image (inference mode), ``float32 (N, z)``."""
+    parts = common.predict_batches(lambda b: encoder(b, training=False)[0].numpy(), np.asarray(x, np.float32),
+                                   batch_size)  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros((0, int(encoder.outputs[0].shape[-1])), np.float32)
+
+
+def decode(decoder: tf.keras.Model, z: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Images decoded from latent vectors (inference mode), ``float32 (N, H, W, C)`` in [0, 1]."""
+    parts = common.predict_batches(lambda b: decoder(b, training=False).numpy(), np.asarray(z, np.float32),
+                                   batch_size)  # fmt: skip
+    return np.concatenate(parts)
+
+
+def generate(decoder: tf.keras.Model, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` new images decoded from ``z ~ N(0, I)`` drawn with ``seed``."""
+    z = np.random.default_rng(seed).standard_normal((n, int(decoder.inputs[0].shape[-1]))).astype(np.float32)
+    return decode(decoder, z)
+
+
+def attribute_vector(encoder: tf.keras.Model, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean ``mu`` of the images with the attribute (label > 0.5) minus the mean of those without.
+
+    Raises:
+        ValueError: When either group is empty.
+    """
+    has = np.asarray(labels).reshape(-1) > 0.5
+    if has.all() or not has.any():
+        raise ValueError(f"attribute_vector: expected images with and without the attribute, found {int(has.sum())} "
+                         f"of {len(has)} with it")  # fmt: skip
+    mu = encode(encoder, x)
+    return (mu[has].mean(axis=0) - mu[~has].mean(axis=0)).astype(np.float32)
+
+
+def move_along(
+    encoder: tf.keras.Model,
+    decoder: tf.keras.Model,
+    x: np.ndarray,
+    vector: np.ndarray,
+    steps: int = 7,
+    scale: float = 3.0,
+) -> np.ndarray:
+    """Decode ``mu(x) + f * vector / |vector|`` for ``steps`` factors ``f`` in ``[-scale, scale]``.
+
+    Returns:
+        ``(N, steps, H, W, C)`` for ``N`` input images (the "smiling faces" rows).
+    """
+    unit = np.asarray(vector, np.float32) / max(float(np.linalg.norm(vector)), 1e-8)
+    mu = encode(encoder, x)
+    factors = np.linspace(-scale, scale, steps, dtype=np.float32)
+    z = mu[:, None, :] + factors[None, :, None] * unit[None, None, :]
+    images = decode(decoder, z.reshape(-1, mu.shape[1]))
+    return images.reshape(len(mu), steps, *images.shape[1:])
+
+
+def interpolate(
+    encoder: tf.keras.Model, decoder: tf.keras.Model, a: np.ndarray, b: np.ndarray, steps: int = 8
+) -> np.ndarray:
+    """Decode ``steps`` points on the line from ``mu(a)`` to ``mu(b)`` (both ends included): ``(steps, H, W, C)``."""
+    mu = encode(encoder, np.stack([a, b]))
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    return decode(decoder, (1 - t) * mu[0] + t * mu[1])
+
+
+# --------------------------------------------------------------------------- task
+
+
+class VaeTask:
+    """The CelebA VAE as a ``Task``; see ``base.Task`` for the contract."""
+
+    name = "vae"
+    tables = ("celeba", "folder")
+    columns = ("image",)
+
+    def prepare_meta(self, manifest: dict[str, Any], cfg: TrainConfig) -> Meta:
+        meta = common.base_meta(self.name, self.tables, manifest, cfg)
+        common.check_divisible(self.name, meta["image_size"], 16)
+        meta.update(latent_dim=cfg.latent_dim, r_loss_factor=cfg.r_loss_factor)
+        return meta
+
+    def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
+        import tensorflow as tf
+
+        size = meta["image_size"]
+        vae = build_vae((size, size, 3), meta.get("latent_dim", cfg.latent_dim), cfg.dropout, cfg.r_loss_factor)
+        vae.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+        return vae
+
+    def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
+        import tensorflow as tf
+
+        return tf.constant(True)
+
+    def parse_row(self, row: dict[str, tf.Tensor], meta: Meta, cfg: TrainConfig, training: bool) -> tuple[Any, Any]:
+        image = common.decode_png(row["image"], meta["image_size"])
+        if training:
+            image, _, _ = common.augment_row(image, cfg)
+        return image, image
+
+    def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x = common.decode_column(frame, meta["image_size"])
+        y: dict[str, np.ndarray] = {}
+        for column, dtype in (("attributes", "float32"), ("identity", "int32"), ("label", "int32")):
+            if column in frame:
+                y[column] = common.stack_column(frame, column, dtype)
+        return x, y
+
+    def evaluate(self, model: tf.keras.Model, x: np.ndarray, y: dict[str, np.ndarray], meta: Meta) -> dict[str, float]:
+        out = self.predict(model, x, meta)
+        mu = out["mu"]
+        log_var = np.concatenate(
+            common.predict_batches(lambda b: model.encoder(b, training=False)[1].numpy(), x)
+        )  # fmt: skip
+        kl = -0.5 * np.sum(1.0 + log_var - mu**2 - np.exp(log_var), axis=1)
+        r_loss = float(out["recon_error"].mean())
+        return {
+            "recon_mse": r_loss,
+            "kl_loss": float(kl.mean()),
+            "loss": float(model.r_loss_factor * r_loss + kl.mean()),
+            "mu_std": float(mu.std(axis=0).mean()),
+        }
+
+    def pictures(
+        self, model: tf.keras.Model, x: np.ndarray, y: dict[str, np.ndarray], meta: Meta, out_dir: Path
+    ) -> list[Path]:
+        from sparkvision import pictures
+
+        out_dir = Path(out_dir)
+        n = min(8, len(x))
+        paths = []
+        recon = decode(model.decoder, encode(model.encoder, x[:n]))
+        paths.append(pictures.save_grid([list(x[:n]), list(recon)], out_dir / "vae_reconstructions.png",
+                                        row_titles=["input", "reconstruction"], title="VAE reconstructions"))  # fmt: skip
+        new = generate(model.decoder, 16, seed=0)
+        paths.append(pictures.save_grid([list(new[:8]), list(new[8:])], out_dir / "vae_generated.png",
+                                        title="faces decoded from random z"))  # fmt: skip
+        if n >= 2:
+            row = interpolate(model.encoder, model.decoder, x[0], x[1], steps=8)
+            paths.append(pictures.save_grid([[x[0], *row, x[1]]], out_dir / "vae_interpolation.png",
+                                            title="interpolation between two images in z"))  # fmt: skip
+        smiling = schema.CELEBA_ATTRIBUTES.index("Smiling")
+        labels = y.get("attributes")
+        if labels is not None and len(labels) == len(x) and 0 < (labels[:, smiling] > 0.5).sum() < len(x):
+            vector = attribute_vector(model.encoder, x, labels[:, smiling])
+            moved = move_along(model.encoder, model.decoder, x[: min(4, n)], vector, steps=7)
+            factors = [f"{f:+.1f}" for f in np.linspace(-3.0, 3.0, 7)]
+            paths.append(pictures.save_grid([list(r) for r in moved], out_dir / "vae_smiling.png",
+                                            col_titles=factors, title="moving along the 'Smiling' vector"))  # fmt: skip
+        return paths
+
+    def predict(self, model: tf.keras.Model, x: np.ndarray, meta: Meta) -> dict[str, np.ndarray]:
+        x = np.asarray(x, np.float32)
+        mu = encode(model.encoder, x)
+        recon = decode(model.decoder, mu) if len(x) else np.zeros_like(x)
+        return {"mu": mu, "recon_error": np.mean((x - recon) ** 2, axis=(1, 2, 3)).astype(np.float32)}
+
+    def output_schema(self, meta: Meta) -> list[tuple[str, str]]:
+        return [("mu", "array<float>"), ("recon_error", "float")]
