@@ -1,0 +1,372 @@
+"""Batch scoring job: images (or an ingested dataset) + a registered model → Parquet with lineage.
+
+Steps, all on the driver except the model itself:
+
+1. ``resolve_model``: ``models:/NAME@ALIAS`` → registered name, version and run id (one
+   registry call), then one download of the pinned version ``models:/NAME/VERSION`` to a local
+   folder, zipped and shipped with ``SparkContext.addArchive`` so every executor (local mode or
+   a standalone cluster) reads it from disk and never calls the tracking server.
+2. ``read_input``: a folder or glob of image files (``binaryFile``, recursive, image extensions;
+   ``content_hash`` = SHA-256 of the bytes, computed in the JVM) or an ingested dataset folder
+   (``manifest.json`` + ``data/`` Parquet).
+3. ``apply_model``: ``mapInPandas`` with ``udf.ScoreBatches`` — one model per Python worker,
+   Arrow batches of ``max_records_per_batch`` rows, ``predict`` calls of ``batch_size`` images.
+4. The scored rows (small: no image bytes) are persisted once, counted for the summary, sorted
+   by ``(content_hash, source_path)`` and written to a staging folder that ``publish`` swaps in
+   atomically, with ``_summary.json`` beside the Parquet files.
+
+Rerunning a job gives the same rows in the same order; only ``scored_at`` (one timestamp per
+job, shared by all its rows) differs. In incremental mode only inputs whose ``content_hash`` is
+not in the published output are scored, and old rows ∪ new rows are published.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparkvision.config import ScoreConfig
+from sparkvision.data import publish as pub
+from sparkvision.scoring.udf import ScoreBatches
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm")
+"""File extensions read from an image folder (either case)."""
+
+LINEAGE: tuple[str, ...] = ("model_name", "model_version", "model_run_id", "model_uri", "scored_at")
+ERRORS: tuple[str, ...] = ("error_code", "error_message")
+ROWS_PER_OUTPUT_FILE = 100_000
+SUMMARY_FILE = "_summary.json"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model pinned to one registry version (or run), downloaded once on the driver.
+
+    Attributes:
+        uri: The URI the user gave (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...``, a path).
+        pinned_uri: The URI of exactly this version (what was downloaded).
+        name: Registered model name, or None for an unregistered model.
+        version: Registered version, or None.
+        run_id: The MLflow run that logged the model, or None when unknown.
+        local_path: Driver-local folder holding ``MLmodel``.
+        archive: Zip of ``local_path`` given to ``addArchive`` (its file name is what executors look up).
+        task: The model family (``sparkvision.models.REGISTRY`` key).
+        outputs: ``(column, Spark DDL type)`` of the task's scoring outputs.
+    """
+
+    uri: str
+    pinned_uri: str
+    name: str | None
+    version: str | None
+    run_id: str | None
+    local_path: str
+    archive: str
+    task: str
+    outputs: tuple[tuple[str, str], ...]
+
+    def info(self) -> dict[str, Any]:
+        """JSON-friendly description (paths left out)."""
+        d = asdict(self)
+        for key in ("local_path", "archive"):
+            d.pop(key)
+        d["outputs"] = [list(o) for o in self.outputs]
+        return d
+
+
+_DOWNLOADS: Path | None = None
+
+
+def _download_root() -> Path:
+    """A per-process folder for downloaded models, removed at exit.
+
+    Archives must outlive the job: Spark serves them to executors that start later.
+    """
+    global _DOWNLOADS
+    if _DOWNLOADS is None:
+        _DOWNLOADS = Path(tempfile.mkdtemp(prefix="sparkvision-models-"))
+        atexit.register(shutil.rmtree, _DOWNLOADS, True)
+    return _DOWNLOADS
+
+
+def resolve_model(spark: SparkSession | None, model_uri: str) -> ResolvedModel:
+    """Pin ``model_uri`` to one version, download it once and ship it to the executors.
+
+    Args:
+        spark: The session whose executors get the model (``addArchive``); None: download only.
+        model_uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN/PATH`` or a local folder.
+
+    Returns:
+        The resolved model.
+
+    Raises:
+        mlflow.exceptions.MlflowException: Unknown name, alias or version (message from the registry).
+        ValueError: The model is not a sparkvision vision model.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = version = run_id = None
+    pinned = model_uri
+    if m := re.fullmatch(r"models:/([^/@]+)@([^/]+)", model_uri):
+        mv = MlflowClient().get_model_version_by_alias(m.group(1), m.group(2))
+        name, version, run_id = mv.name, str(mv.version), mv.run_id
+        pinned = f"models:/{name}/{version}"
+    elif m := re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri):
+        mv = MlflowClient().get_model_version(m.group(1), m.group(2))
+        name, version, run_id = mv.name, str(mv.version), mv.run_id
+    elif m := re.match(r"runs:/([^/]+)/", model_uri):
+        run_id = m.group(1)
+
+    folder = _download_root() / f"model-{uuid.uuid4().hex[:12]}"
+    folder.mkdir()
+    if os.path.isdir(model_uri):
+        local = Path(shutil.copytree(model_uri, folder / "model"))
+    else:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(folder)))
+    if not (local / "MLmodel").is_file():
+        raise ValueError(f"{model_uri}: expected an MLflow model (an MLmodel file), found {sorted(os.listdir(local))}")
+    task, outputs = _task_outputs(str(local))
+    archive = folder.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for file in sorted(local.rglob("*")):
+            if file.is_file():
+                zf.write(file, file.relative_to(local).as_posix())
+    if spark is not None:
+        spark.sparkContext.addArchive(str(archive))
+    log.info("model %s -> %s (run %s), shipped as %s", model_uri, pinned, run_id, archive.name)
+    return ResolvedModel(model_uri, pinned, name, version, run_id, str(local), str(archive), task, outputs)
+
+
+def _task_outputs(local_path: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The task name and its scoring output columns, from the model's own meta."""
+    from sparkvision.models.packaging import load_vision_model
+
+    _, meta, task = load_vision_model(local_path)
+    return task.name, tuple((str(c), str(t)) for c, t in task.output_schema(meta))
+
+
+def is_dataset(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an ingested dataset folder (has ``manifest.json``)."""
+    return (Path(path) / "manifest.json").is_file()
+
+
+def read_input(spark: SparkSession, input: str) -> DataFrame:
+    """Rows to score: ``image`` (bytes), ``source_path``, ``content_hash``, ``id`` (+ dataset columns).
+
+    Args:
+        spark: The session.
+        input: A folder (read recursively) or glob of image files, or an ingested dataset folder.
+
+    Returns:
+        A DataFrame with one row per input image. For a dataset, all its columns (``split``,
+        ``identity``, ...) are kept.
+
+    Raises:
+        FileNotFoundError: ``input`` does not exist (and is not a glob).
+    """
+    from pyspark.sql import functions as F
+
+    if is_dataset(input):
+        return spark.read.parquet(str(Path(input) / "data"))
+    if not any(ch in input for ch in "*?[{") and not Path(input).exists():
+        raise FileNotFoundError(f"scoring input {input}: expected a folder or glob of images, found nothing")
+    exts = ",".join(sorted({e for x in IMAGE_EXTENSIONS for e in (x, x.upper())}))
+    raw = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", f"*.{{{exts}}}")
+        .load(str(Path(input).absolute()) if not input.startswith(("file:", "hdfs:", "s3")) else input)
+    )
+    return raw.select(
+        F.col("content").alias("image"),
+        F.regexp_replace("path", "^file:", "").alias("source_path"),
+        F.sha2(F.col("content"), 256).alias("content_hash"),
+        F.element_at(F.split("path", "/"), -1).alias("id"),
+    )
+
+
+@contextlib.contextmanager
+def session_conf(spark: SparkSession, values: Mapping[str, str]) -> Iterator[None]:
+    """Set SQL settings for the duration of a job and restore the previous values."""
+    old = {k: spark.conf.get(k, None) for k in values}
+    for k, v in values.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+def job_conf(spark: SparkSession, cfg: ScoreConfig) -> dict[str, str]:
+    """SQL settings of a scoring job: Arrow batch size and input partitioning.
+
+    ``binaryFile`` charges every file ``openCostInBytes`` (4 MB by default), which cuts many small
+    images into hundreds of tiny partitions; a small open cost with ``minPartitionNum`` gives
+    about ``partitions`` evenly sized ones (still capped at ``maxPartitionBytes``).
+    """
+    partitions = cfg.partitions or 2 * spark.sparkContext.defaultParallelism
+    return {
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.max_records_per_batch),
+        "spark.sql.files.minPartitionNum": str(partitions),
+        "spark.sql.files.openCostInBytes": "16384",
+    }
+
+
+def apply_model(df: DataFrame, model: ResolvedModel, cfg: ScoreConfig, keep: Sequence[str]) -> DataFrame:
+    """Score every row of ``df`` (needs an ``image`` column) with ``model``.
+
+    Args:
+        df: Input rows.
+        model: From ``resolve_model`` (already shipped to the executors).
+        cfg: Batch sizes and partitioning.
+        keep: Columns of ``df`` copied to the output.
+
+    Returns:
+        ``keep`` columns, the model's output columns, ``error_code`` and ``error_message``.
+    """
+    spark = df.sparkSession
+    partitions = cfg.partitions or 2 * spark.sparkContext.defaultParallelism
+    if df.rdd.getNumPartitions() < partitions:
+        df = df.repartition(partitions)
+    types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    cols = [(c, types[c]) for c in keep] + list(model.outputs) + [(c, "string") for c in ERRORS]
+    schema = ", ".join(f"`{c}` {t}" for c, t in cols)
+    cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    fn = ScoreBatches(
+        Path(model.archive).name, model.local_path, cfg.batch_size, keep, [c for c, _ in model.outputs], cpus
+    )
+    return df.select(*dict.fromkeys([*keep, "image"])).mapInPandas(fn, schema)
+
+
+def _with_lineage(df: DataFrame, model: ResolvedModel, scored_at: datetime) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return (
+        df.withColumn("model_name", F.lit(model.name).cast("string"))
+        .withColumn("model_version", F.lit(model.version).cast("string"))
+        .withColumn("model_run_id", F.lit(model.run_id).cast("string"))
+        .withColumn("model_uri", F.lit(model.pinned_uri))
+        .withColumn("scored_at", F.lit(scored_at).cast("timestamp"))
+    )
+
+
+def _published_rows(spark: SparkSession, output: str) -> DataFrame | None:
+    """The rows currently published at ``output`` (read from the version folder), or None."""
+    current = pub.current_version(output)
+    if current is None or not any(current.glob("*.parquet")):
+        return None
+    return spark.read.parquet(str(current))
+
+
+def write_sorted(df: DataFrame, path: Path, rows: int) -> None:
+    """Write ``df`` to ``path`` as Parquet, globally ordered by ``(content_hash, source_path)``."""
+    files = max(1, math.ceil(rows / ROWS_PER_OUTPUT_FILE))
+    keys = ["content_hash", "source_path"]
+    df.repartitionByRange(files, *keys).sortWithinPartitions(*keys).write.mode("overwrite").parquet(str(path))
+
+
+def score(
+    spark: SparkSession,
+    model_uri: str,
+    input: str,
+    output: str,
+    cfg: ScoreConfig,
+    incremental: bool = False,
+) -> dict[str, Any]:
+    """Score images with a registered model into Parquet with lineage, published atomically.
+
+    Args:
+        spark: The session (local mode or a cluster).
+        model_uri: ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``, ``runs:/...``, a model folder).
+        input: A folder or glob of images, or an ingested dataset folder.
+        output: Output folder; replaced atomically (a link to a version folder).
+        cfg: Batch sizes and partitioning.
+        incremental: Score only inputs whose ``content_hash`` is not in the published output and
+            publish old rows ∪ new rows.
+
+    Returns:
+        The summary (also written to ``OUTPUT/_summary.json``): ``inputs``, ``scored``, ``failed``,
+        ``failed_by_reason``, ``skipped``, ``rows``, ``model``, ``seconds``, ``images_per_s``, ...
+
+    Raises:
+        ValueError: Incremental mode on an output written by a model with other output columns.
+        FileNotFoundError: The input does not exist.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    t0 = time.perf_counter()
+    scored_at = datetime.now(UTC).replace(microsecond=0)
+    model = resolve_model(spark, model_uri)
+    old = _published_rows(spark, output) if incremental else None
+    keep = ["source_path", "content_hash", "id"]
+    columns = keep + [c for c, _ in model.outputs] + list(LINEAGE) + list(ERRORS)
+    if old is not None and set(old.columns) != set(columns):
+        raise ValueError(
+            f"incremental scoring into {output}: the published rows have columns {sorted(old.columns)}, "
+            f"model {model.pinned_uri} writes {sorted(columns)}; score into a new output instead"
+        )
+    staging = pub.stage(output)
+    with session_conf(spark, job_conf(spark, cfg)):
+        inputs = read_input(spark, input)
+        todo = inputs
+        if old is not None:
+            todo = inputs.join(F.broadcast(old.select("content_hash").distinct()), "content_hash", "left_anti")
+        scored = _with_lineage(apply_model(todo, model, cfg, keep), model, scored_at).select(*columns)
+        scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            by_code = {r["error_code"]: r["count"] for r in scored.groupBy("error_code").count().collect()}
+            processed = sum(by_code.values())
+            skipped = inputs.count() - processed if old is not None else 0
+            result = scored if old is None else old.select(*columns).unionByName(scored)
+            rows = processed + (old.count() if old is not None else 0)
+            write_sorted(result, staging, rows)
+        finally:
+            scored.unpersist()
+    failed = {str(k): int(v) for k, v in sorted((k, v) for k, v in by_code.items() if k is not None)}
+    seconds = time.perf_counter() - t0
+    summary = {
+        "output": str(Path(output).absolute()),
+        "input": str(input),
+        "incremental": bool(incremental),
+        "inputs": int(processed + skipped),
+        "scored": int(by_code.get(None, 0)),
+        "failed": int(sum(failed.values())),
+        "failed_by_reason": failed,
+        "skipped": int(skipped),
+        "rows": int(rows),
+        "model": model.info(),
+        "scored_at": scored_at.isoformat(),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(processed / seconds, 2) if seconds > 0 else 0.0,
+        "batch_size": cfg.batch_size,
+        "max_records_per_batch": cfg.max_records_per_batch,
+    }
+    (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    summary["version"] = pub.publish(staging, output).name
+    log.info("scored %d images (%d failed) into %s in %.1fs", processed, summary["failed"], output, seconds)
+    return summary

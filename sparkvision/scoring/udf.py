@@ -1,0 +1,168 @@
+"""Executor side of batch scoring: one model per Python worker, predictions in batches.
+
+``ScoreBatches`` is the function given to ``DataFrame.mapInPandas``. Spark hands it an
+iterator of Arrow batches (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows each, as
+pandas DataFrames); it cuts each into chunks of ``batch_size`` images and calls the
+MLflow pyfunc's ``predict`` on a DataFrame with the ``image`` bytes column, so decoding and
+preprocessing are the model's own. The pyfunc is loaded once per Python worker (Spark
+reuses workers across tasks) and cached in ``_MODELS`` keyed by its local path.
+
+Nothing heavy is imported at module level: this module is imported by every Python worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+MODEL_ERROR = "model_error"
+"""``error_code`` of a row the model itself failed on (not a decoding problem)."""
+
+_MODELS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _limit_threads(cpus: int) -> None:
+    """Give TensorFlow as many threads as the task has cores, before it starts its pools.
+
+    Spark runs one Python worker per concurrent task; letting each TensorFlow use every
+    core of the machine oversubscribes the CPU.
+    """
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, cpus))
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, cpus)))
+    except (ImportError, RuntimeError):  # RuntimeError: TF already initialised in this worker
+        pass
+
+
+def load_model(path: str, cpus: int = 0) -> Any:
+    """The pyfunc model at ``path``, loaded once per process.
+
+    Args:
+        path: Local folder of an MLflow model (``MLmodel`` inside).
+        cpus: Threads for TensorFlow (0: leave TensorFlow's default).
+
+    Returns:
+        The ``mlflow.pyfunc.PyFuncModel``.
+    """
+    with _LOCK:
+        model = _MODELS.get(path)
+        if model is None:
+            if cpus > 0:
+                _limit_threads(cpus)
+            import mlflow.pyfunc
+
+            model = mlflow.pyfunc.load_model(path)
+            _MODELS[path] = model
+            log.info("loaded model %s in worker pid %d", path, os.getpid())
+        return model
+
+
+def resolve_local_model(archive_name: str, driver_path: str) -> str:
+    """Where this executor finds the model: the unpacked ``addArchive`` copy, else the driver path.
+
+    Args:
+        archive_name: File name of the archive given to ``SparkContext.addArchive``.
+        driver_path: The driver's folder (valid in local mode and on a shared filesystem).
+
+    Returns:
+        A local folder holding ``MLmodel``.
+
+    Raises:
+        FileNotFoundError: Neither location holds the model.
+    """
+    candidates = []
+    if archive_name:
+        try:
+            from pyspark import SparkFiles
+
+            candidates.append(SparkFiles.get(archive_name))
+        except Exception:  # noqa: BLE001 - no SparkFiles outside a Spark worker
+            pass
+    candidates.append(driver_path)
+    for folder in candidates:
+        if os.path.isfile(os.path.join(folder, "MLmodel")):
+            return folder
+        if os.path.isdir(folder):  # an archive that kept its top folder
+            for child in sorted(os.listdir(folder)):
+                if os.path.isfile(os.path.join(folder, child, "MLmodel")):
+                    return os.path.join(folder, child)
+    raise FileNotFoundError(
+        f"model not found on executor pid {os.getpid()}: expected an MLmodel file in {candidates} "
+        f"(the driver ships it with SparkContext.addArchive({archive_name!r}))"
+    )
+
+
+class ScoreBatches:
+    """``mapInPandas`` function: rows with an ``image`` column → passthrough columns + model outputs.
+
+    Args:
+        archive_name: Name of the model archive shipped with ``addArchive``.
+        driver_path: Local model folder on the driver (fallback on a shared filesystem).
+        batch_size: Images per ``predict`` call.
+        keep: Input columns copied to the output unchanged (lineage: path, hash, id, ...).
+        outputs: The model's output columns, in output order.
+        cpus: TensorFlow threads per Python worker (0: TensorFlow's default).
+    """
+
+    def __init__(
+        self,
+        archive_name: str,
+        driver_path: str,
+        batch_size: int,
+        keep: Sequence[str],
+        outputs: Sequence[str],
+        cpus: int = 1,
+    ) -> None:
+        self.archive_name = archive_name
+        self.driver_path = driver_path
+        self.batch_size = batch_size
+        self.keep = list(keep)
+        self.outputs = list(outputs)
+        self.cpus = cpus
+
+    def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = load_model(resolve_local_model(self.archive_name, self.driver_path), self.cpus)
+        for frame in batches:
+            for start in range(0, len(frame), self.batch_size):
+                yield self._score(model, frame.iloc[start : start + self.batch_size])
+
+    def _score(self, model: Any, chunk: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
+        images = pd.DataFrame({"image": chunk["image"].to_numpy()})
+        try:
+            pred = _predict(model, images)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing rows instead of failing the job
+            log.warning("batch of %d failed (%s); scoring its rows one by one", len(images), exc)
+            pred = pd.concat([self._one(model, images.iloc[[i]]) for i in range(len(images))], ignore_index=True)
+        out = chunk[self.keep].reset_index(drop=True)
+        for name in self.outputs + ["error_code", "error_message"]:
+            out[name] = pred[name].to_numpy() if name in pred.columns else None
+        return out
+
+    def _one(self, model: Any, image: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
+        try:
+            return _predict(model, image)
+        except Exception as exc:  # noqa: BLE001 - the row carries the error, the job goes on
+            return pd.DataFrame({"error_code": [MODEL_ERROR], "error_message": [f"{type(exc).__name__}: {exc}"[:1000]]})
+
+
+def _predict(model: Any, images: pd.DataFrame) -> pd.DataFrame:
+    """``model.predict`` with a check that one row came back per image."""
+    pred = model.predict(images)
+    if len(pred) != len(images):
+        raise ValueError(f"model returned {len(pred)} rows for {len(images)} images")
+    return pred.reset_index(drop=True)
