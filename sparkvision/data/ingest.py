@@ -1,0 +1,662 @@
+"""The ingest Spark job: image files in a public layout -> Parquet tables, quarantine and manifest.
+
+Steps:
+
+1. The driver lists the data set and parses its annotations (``readers``) into a catalog.
+2. Spark reads the image bytes (``binaryFile``), joins the catalog (a broadcast DataFrame with an
+   explicit schema) and, on executors, decodes, validates, crops, resizes or tiles and encodes
+   every image in one ``mapInPandas`` pass. Every input yields output rows or one quarantine row.
+   The result is persisted once; everything after reads only that.
+3. Duplicate contents are found (same SHA-256: the lexicographically first path is kept).
+4. Rows are spread over a fixed number of files per split, in contiguous runs of sorted ids
+   (at least ``max(min_row_groups, workers)`` files when a split has that many rows, at most
+   ``rows_per_row_group`` rows each), sorted by id: the same inputs and configuration give the
+   same files' rows and the same checksum.
+5. ``OUT/data/split=*/``, ``OUT/quarantine/`` and ``OUT/manifest.json`` are written into a
+   staging folder and published atomically.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparkvision.config import IngestConfig
+from sparkvision.data import images, publish, readers
+from sparkvision.data.schema import FORMAT_TABLE, QUARANTINE, SPLITS, TABLES, describe
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import types as T
+
+log = logging.getLogger(__name__)
+
+FORMATS: tuple[str, ...] = tuple(FORMAT_TABLE)
+WORK_EXTRA = ("split", "q_reason", "q_message", "q_stage", "listed", "row_hash")
+"""Columns of the persisted work table besides the table's own fields (all nullable)."""
+
+
+class IngestError(RuntimeError):
+    """The job's own consistency checks failed (an input would have been lost)."""
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def config_hash(cfg: IngestConfig) -> str:
+    """SHA-256 of the ingest configuration (stable across runs and machines)."""
+    data = json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def stored_image_size(fmt: str, cfg: IngestConfig) -> int:
+    """Side of the stored square images: ``tile_resize`` or ``tile_size`` for fabric, else ``image_size``."""
+    if FORMAT_TABLE[fmt] == "fabric":
+        return cfg.tile_resize or cfg.tile_size
+    return cfg.image_size
+
+
+def files_per_split(rows: int, cfg: IngestConfig, workers: int) -> int:
+    """How many Parquet files (row groups) a split of ``rows`` rows is written as.
+
+    At least ``max(min_row_groups, workers)`` when there are that many rows (petastorm shards
+    by row group), never fewer than needed to keep ``rows_per_row_group`` rows per file.
+    """
+    if rows <= 0:
+        return 0
+    wanted = max(cfg.min_row_groups, workers)
+    return max(min(rows, wanted), math.ceil(rows / cfg.rows_per_row_group))
+
+
+def ingest(
+    spark: SparkSession,
+    fmt: str,
+    input_dir: str,
+    output_dir: str,
+    cfg: IngestConfig,
+    workers: int,
+) -> dict[str, Any]:
+    """Ingest a data set in its public layout into a published Parquet dataset folder.
+
+    Args:
+        spark: The active session.
+        fmt: ``celeba``, ``mvtec``, ``aitex`` or ``folder``.
+        input_dir: Root of the data set in its public on-disk layout.
+        output_dir: The dataset folder to publish (a link replaced atomically).
+        cfg: The ``ingest`` configuration section.
+        workers: Training workers that will read the data (each split gets at least that many files).
+
+    Returns:
+        The manifest, also written as ``OUT/manifest.json``. Everything outside its ``run`` key is
+        identical for identical inputs and configuration.
+
+    Raises:
+        ValueError: Unknown format.
+        FileNotFoundError: The layout or an annotation file is missing.
+        readers.AnnotationError: An annotation file is structurally broken.
+        IngestError: An input would have been lost (a bug; nothing is published).
+    """
+    if fmt not in FORMAT_TABLE:
+        raise ValueError(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
+    started = time.time()
+    table = FORMAT_TABLE[fmt]
+    catalog = _catalog(fmt, input_dir, cfg)
+    log.info("%s %s: %d image files listed, %d annotations without image", fmt, catalog.root,
+             len(catalog.entries), len(catalog.orphans))  # fmt: skip
+    staging = publish.stage(output_dir)
+    parallelism = spark.sparkContext.defaultParallelism
+    with _session_conf(spark, _tuning(catalog, parallelism)):
+        work = _process(spark, fmt, catalog, cfg).persist(_storage_level())
+        try:
+            manifest = _finish(spark, fmt, table, catalog, work, staging, cfg, workers)
+        finally:
+            work.unpersist()
+    manifest["output"] = str(Path(output_dir).absolute())
+    manifest["run"] = {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3),
+        "workers": workers,
+        "spark_version": spark.version,
+        "parallelism": parallelism,
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    version = publish.publish(staging, output_dir)
+    log.info("published %s -> %s: %d rows, %d quarantined, %.1fs", output_dir, version.name,
+             manifest["output_rows"], manifest["quarantined"], time.time() - started)  # fmt: skip
+    return manifest
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _catalog(fmt: str, input_dir: str, cfg: IngestConfig) -> readers.Catalog:
+    split = {"split_fractions": cfg.split_fractions, "split_seed": cfg.split_seed}
+    if fmt == "celeba":
+        return readers.list_celeba(input_dir, cfg.celeba_image_dir, cfg.celeba_landmarks_file,
+                                   split_by_identity=cfg.split_by_identity, **split)  # fmt: skip
+    if fmt == "mvtec":
+        return readers.list_mvtec(input_dir, **split)
+    if fmt == "aitex":
+        return readers.list_aitex(input_dir, **split)
+    return readers.list_folder(input_dir, **split)
+
+
+def _storage_level() -> Any:
+    from pyspark import StorageLevel
+
+    return StorageLevel.MEMORY_AND_DISK
+
+
+def _tuning(catalog: readers.Catalog, parallelism: int) -> dict[str, str]:
+    """Session settings for many small files: a few partitions per core, bounded Arrow batches."""
+    sample = sorted(catalog.entries)[:: max(1, len(catalog.entries) // 200)][:200]
+    sizes = [(catalog.root / k).stat().st_size for k in sample if (catalog.root / k).is_file()]
+    avg = max(1, int(sum(sizes) / len(sizes))) if sizes else 64 * 1024
+    return {
+        "spark.sql.files.maxPartitionBytes": str(128 * 1024 * 1024),
+        "spark.sql.files.openCostInBytes": str(max(avg, 4096)),
+        "spark.sql.files.minPartitionNum": str(parallelism * 4),
+        # Arrow batches of ~16 MB of input bytes; cached column batches of bounded size.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(int(min(1024, max(4, 16 * 1024 * 1024 // avg)))),
+        "spark.sql.inMemoryColumnarStorage.batchSize": "256",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+
+
+@contextlib.contextmanager
+def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Apply runtime SQL settings for the duration of the block, then restore the previous values."""
+    previous = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+def _catalog_schema(table: str) -> T.StructType:
+    from pyspark.sql import types as T
+
+    extra = {
+        "celeba": [
+            T.StructField("attributes", T.ArrayType(T.FloatType(), False), True),
+            T.StructField("bbox_raw", T.ArrayType(T.IntegerType(), False), True),
+            T.StructField("landmarks_raw", T.ArrayType(T.IntegerType(), False), True),
+            T.StructField("identity", T.IntegerType(), True),
+        ],
+        "fabric": [T.StructField("defect_type", T.StringType(), True)],
+        "folder": [T.StructField("label", T.IntegerType(), True), T.StructField("label_name", T.StringType(), True)],
+    }[table]
+    return T.StructType(
+        [
+            T.StructField("key", T.StringType(), False),
+            T.StructField("id", T.StringType(), False),
+            T.StructField("split", T.StringType(), True),
+            T.StructField("cat_reason", T.StringType(), True),
+            T.StructField("cat_message", T.StringType(), True),
+            T.StructField("mask_keys", T.ArrayType(T.StringType(), False), False),
+            *extra,
+        ]
+    )
+
+
+def _catalog_frame(spark: SparkSession, catalog: readers.Catalog, table: str) -> DataFrame:
+    """The catalog as a DataFrame with an explicit schema (built from plain lists)."""
+    import pandas as pd
+
+    schema = _catalog_schema(table)
+    names = schema.fieldNames()
+    records = []
+    for e in catalog.entries.values():
+        base = {"key": e.key, "id": e.id, "split": e.split, "cat_reason": e.reason, "cat_message": e.message,
+                "mask_keys": list(e.masks)}  # fmt: skip
+        records.append([{**base, **e.values}.get(n) for n in names])
+    pdf = pd.DataFrame.from_records(records, columns=names) if records else pd.DataFrame(columns=names)
+    return spark.createDataFrame(pdf, schema=schema)
+
+
+def _read_binary(spark: SparkSession, root: Path, dirs: list[str], glob: str) -> DataFrame:
+    """``key`` (path relative to ``root``), ``source_path`` and ``content`` of every matching file."""
+    from pyspark.sql import functions as F
+
+    prefix = f"file:{root.as_posix().rstrip('/')}/"
+    paths = [str(root / d) if d else str(root) for d in dirs]
+    df = (
+        spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", glob).load(paths)
+    )
+    key = F.when(F.col("path").startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})")).otherwise(
+        F.col("path")
+    )
+    return df.select(key.alias("key"), F.regexp_replace("path", "^file:", "").alias("source_path"), "content")
+
+
+def _process(spark: SparkSession, fmt: str, catalog: readers.Catalog, cfg: IngestConfig) -> DataFrame:
+    """The work table: one mapInPandas pass over the joined files, catalog and masks."""
+    from pyspark.sql import functions as F
+
+    table = FORMAT_TABLE[fmt]
+    files = _read_binary(spark, catalog.root, catalog.read_dirs, catalog.glob)
+    joined = files.join(F.broadcast(_catalog_frame(spark, catalog, table)), "key", "left")
+    mask_links = [(e.key, m) for e in catalog.entries.values() for m in e.masks]
+    if mask_links and catalog.mask_dirs:
+        from pyspark.sql import types as T
+
+        link_schema = T.StructType([T.StructField("key", T.StringType(), False),
+                                    T.StructField("mask_key", T.StringType(), False)])  # fmt: skip
+        links = spark.createDataFrame(mask_links, schema=link_schema)
+        mask_files = _read_binary(spark, catalog.root, catalog.mask_dirs, catalog.mask_glob).select(
+            F.col("key").alias("mask_key"), F.col("content").alias("mask_content")
+        )
+        masks = (
+            links.join(mask_files, "mask_key")
+            .groupBy("key")
+            .agg(
+                F.collect_list("mask_key").alias("found_mask_keys"), F.collect_list("mask_content").alias("found_masks")
+            )  # fmt: skip
+        )
+        joined = joined.join(F.broadcast(masks), "key", "left")
+    else:
+        joined = joined.withColumn("found_mask_keys", F.lit(None).cast("array<string>")).withColumn(
+            "found_masks", F.lit(None).cast("array<binary>")
+        )
+    processor = _Processor(table=table, cfg=cfg)
+    return joined.mapInPandas(processor, schema=work_schema(table))
+
+
+def work_schema(table: str) -> T.StructType:
+    """Schema of the work table: the table's fields (nullable) plus ``WORK_EXTRA``."""
+    from pyspark.sql import types as T
+
+    fields = [T.StructField(f.name, f.spark_type, True) for f in TABLES[table]]
+    fields += [T.StructField(n, T.BooleanType() if n == "listed" else T.StringType(), True) for n in WORK_EXTRA]
+    return T.StructType(fields)
+
+
+def _finish(
+    spark: SparkSession,
+    fmt: str,
+    table: str,
+    catalog: readers.Catalog,
+    work: DataFrame,
+    staging: Path,
+    cfg: IngestConfig,
+    workers: int,
+) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+
+    # One pass over the work table fills the cache and gives the per-input facts.
+    facts = (
+        work.groupBy("source_path", "content_hash", "listed")
+        .agg(F.max(F.col("q_reason")).alias("q_reason"), F.count("*").alias("rows"))
+        .collect()
+    )
+    log.info("processed %d input files", len(facts))
+    listed_read = sum(1 for f in facts if f["listed"])
+    if listed_read != len(catalog.entries):
+        raise IngestError(f"{catalog.root}: listed {len(catalog.entries)} image files, but Spark read "
+                          f"{listed_read} of them; files were added or removed during the ingest?")  # fmt: skip
+    losers = _duplicates(facts)
+    data_rows = work.where(F.col("q_reason").isNull()).select("split", "id", "row_hash", "source_path").collect()
+    kept = [r for r in data_rows if r["source_path"] not in losers]
+    ids = Counter(r["id"] for r in kept)
+    dup_ids = [i for i, n in ids.items() if n > 1]
+    if dup_ids:
+        raise IngestError(f"{catalog.root}: row id {sorted(dup_ids)[0]!r} produced {ids[sorted(dup_ids)[0]]} times; "
+                          "ids must be unique (two inputs with the same relative name?)")  # fmt: skip
+    by_split: dict[str, list[str]] = {s: sorted(r["id"] for r in kept if r["split"] == s) for s in SPLITS}
+    checksum = hashlib.sha256()
+    for digest in sorted(f"{r['split']}:{r['row_hash']}" for r in kept):
+        checksum.update(digest.encode())
+
+    plan = _file_plan(spark, by_split, cfg, workers)
+    _write_data(spark, work, losers, plan, table, staging / "data")
+    quarantine_rows = _write_quarantine(spark, work, facts, losers, catalog, staging / "quarantine")
+
+    source_images = len({r["source_path"] for r in kept})
+    quarantined = sum(quarantine_rows.values())
+    input_files = len(facts) + len(catalog.orphans)
+    if input_files != source_images + quarantined:
+        raise IngestError(f"{catalog.root}: {input_files} inputs but {source_images} in the output and "
+                          f"{quarantined} quarantined; an input was lost")  # fmt: skip
+    written = spark.read.parquet(str(staging / "data")).count() if kept else 0
+    if written != len(kept):
+        raise IngestError(f"{staging / 'data'}: expected {len(kept)} rows written, found {written}")
+    manifest: dict[str, Any] = {
+        "format": fmt,
+        "table": table,
+        "input_dir": str(catalog.root),
+        "input_files": input_files,
+        "image_files": len(facts),
+        "annotations_without_image": len(catalog.orphans),
+        "source_images": source_images,
+        "output_rows": len(kept),
+        "quarantined": quarantined,
+        "quarantine_by_reason": dict(sorted(quarantine_rows.items())),
+        "splits": {s: len(by_split[s]) for s in SPLITS},
+        "files_per_split": {s: len(plan.get(s, [])) for s in SPLITS},
+        "schema": describe(TABLES[table]),
+        "image_size": stored_image_size(fmt, cfg),
+        "config_hash": config_hash(cfg),
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
+        "checksum": checksum.hexdigest(),
+        **{k: v for k, v in catalog.info.items() if v},
+    }
+    return manifest
+
+
+def _duplicates(facts: list[Any]) -> dict[str, str]:
+    """``{path: kept path}`` of inputs whose non-empty bytes equal those of a lexicographically earlier path."""
+    groups: dict[str, list[str]] = {}
+    for f in facts:
+        if f["content_hash"] is not None and f["q_reason"] != images.ZERO_BYTES:
+            groups.setdefault(f["content_hash"], []).append(f["source_path"])
+    losers = {}
+    for paths in groups.values():
+        first, *rest = sorted(paths)
+        losers.update({p: first for p in rest})
+    if losers:
+        log.info("%d duplicate files", len(losers))
+    return losers
+
+
+def _file_plan(
+    spark: SparkSession, by_split: dict[str, list[str]], cfg: IngestConfig, workers: int
+) -> dict[str, list[str]]:
+    """For each split, the first id of each file (files hold contiguous runs of sorted ids)."""
+    plan: dict[str, list[str]] = {}
+    for split, ids in by_split.items():
+        k = files_per_split(len(ids), cfg, workers)
+        if k:
+            plan[split] = [ids[(i * len(ids)) // k] for i in range(k)]
+    return plan
+
+
+def _bucket_keys(spark: SparkSession, buckets: int) -> list[int]:
+    """For each partition p < buckets, a long whose Spark hash puts it in partition p.
+
+    ``repartition(n, col)`` places a row in ``pmod(hash(col), n)``; choosing these values as the
+    column makes each file group exactly one partition, hence exactly one file.
+    """
+    from pyspark.sql import functions as F
+
+    rows = (
+        spark.range(0, buckets * 64)
+        .select("id", F.expr(f"pmod(hash(id), {buckets})").alias("p"))
+        .groupBy("p")
+        .agg(F.min("id").alias("id"))
+        .collect()
+    )
+    found = {r["p"]: r["id"] for r in rows}
+    if len(found) != buckets:
+        raise IngestError(f"found hash keys for {len(found)} of {buckets} partitions")
+    return [found[p] for p in range(buckets)]
+
+
+def _write_data(
+    spark: SparkSession,
+    work: DataFrame,
+    losers: dict[str, str],
+    plan: dict[str, list[str]],
+    table: str,
+    out: Path,
+) -> None:
+    """Write ``out/split=<s>/`` with exactly ``len(plan[s])`` files, rows sorted by id."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    total = sum(len(v) for v in plan.values())
+    if not total:
+        out.mkdir(parents=True)
+        return
+    keys = _bucket_keys(spark, total)
+    offsets, index = {}, 0
+    for split in SPLITS:
+        offsets[split] = index
+        index += len(plan.get(split, []))
+    bounds = {s: plan.get(s, []) for s in SPLITS}
+
+    import pandas as pd
+
+    def bucket(split, ids):  # type: ignore[no-untyped-def]
+        out_keys = [keys[offsets[s] + bisect.bisect_right(bounds[s], i) - 1] for s, i in zip(split, ids, strict=True)]
+        return pd.Series(out_keys, dtype="int64")
+
+    # Real classes, not the postponed strings: pandas_udf reads the hints to pick the UDF kind.
+    bucket.__annotations__ = {"split": pd.Series, "ids": pd.Series, "return": pd.Series}
+    bucket_udf = F.pandas_udf(bucket, T.LongType())  # type: ignore[call-overload]
+    rows = work.where(F.col("q_reason").isNull())
+    if losers:
+        gone = spark.createDataFrame([(p,) for p in losers], "source_path string")
+        rows = rows.join(F.broadcast(gone), "source_path", "left_anti")
+    columns = [f.name for f in TABLES[table]]
+    (
+        rows.withColumn("_bucket", bucket_udf("split", "id"))
+        .repartition(total, "_bucket")
+        .sortWithinPartitions("split", "id")
+        .select(*columns, "split")
+        .write.partitionBy("split")
+        .parquet(str(out))
+    )
+    log.info("wrote %d files to %s", total, out)
+
+
+def _write_quarantine(
+    spark: SparkSession,
+    work: DataFrame,
+    facts: list[Any],
+    losers: dict[str, str],
+    catalog: readers.Catalog,
+    out: Path,
+) -> Counter[str]:
+    """Write the quarantine table (one file, sorted by path); returns rows per reason."""
+    from pyspark.sql import functions as F
+
+    from sparkvision.data.schema import spark_schema
+
+    schema = spark_schema(QUARANTINE)
+    q = work.where(F.col("q_reason").isNotNull()).select(
+        "source_path", "content_hash", F.col("q_reason").alias("reason"), F.col("q_message").alias("message"),
+        F.col("q_stage").alias("stage"),
+    )  # fmt: skip
+    counts = Counter(f["q_reason"] for f in facts if f["q_reason"] is not None and f["source_path"] not in losers)
+    hashes = {f["source_path"]: f["content_hash"] for f in facts if f["source_path"] in losers}
+    if losers:
+        gone = spark.createDataFrame([(p,) for p in losers], "source_path string")
+        q = q.join(F.broadcast(gone), "source_path", "left_anti")
+    extra = [
+        (p, hashes[p], images.DUPLICATE_CONTENT, f"{p}: same content (sha256 {hashes[p]}) as {kept}", "dedupe")
+        for p, kept in sorted(losers.items())
+    ]
+    extra += [(o.source, None, images.MISSING_IMAGE, f"{o.source}: {o.message}", "annotate") for o in catalog.orphans]
+    counts.update(row[2] for row in extra)
+    if extra:
+        q = q.unionByName(spark.createDataFrame(extra, schema=schema))
+    q.repartition(1).sortWithinPartitions("source_path", "reason").write.parquet(str(out))
+    written = spark.read.parquet(str(out)).count()
+    if written != sum(counts.values()):
+        raise IngestError(f"{out}: expected {sum(counts.values())} quarantine rows written, found {written}")
+    return counts
+
+
+# --------------------------------------------------------------------------- executor side
+
+
+@dataclasses.dataclass(frozen=True)
+class _Processor:
+    """The ``mapInPandas`` function: pickled to executors, imports its heavy modules there."""
+
+    table: str
+    cfg: IngestConfig
+    flush_bytes: int = 16 * 1024 * 1024
+
+    def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        columns = work_schema(self.table).fieldNames()
+        handler = {"celeba": self._celeba, "fabric": self._fabric, "folder": self._folder}[self.table]
+        out: list[dict[str, Any]] = []
+        size = 0
+        for batch in batches:
+            for rec in batch.to_dict("records"):
+                for row in self._one(rec, handler):
+                    out.append(row)
+                    size += len(row.get("image") or b"") + len(row.get("mask") or b"")
+                    if size >= self.flush_bytes:
+                        yield pd.DataFrame.from_records(out, columns=columns)
+                        out, size = [], 0
+        if out:
+            yield pd.DataFrame.from_records(out, columns=columns)
+
+    def _one(self, rec: dict[str, Any], handler: Callable[..., list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        data: bytes = rec["content"] if rec["content"] is not None else b""
+        src: str = rec["source_path"]
+        base = {"source_path": src, "content_hash": images.content_hash(data), "listed": rec["id"] is not None}
+
+        def quarantine(reason: str, message: str, stage: str) -> list[dict[str, Any]]:
+            return [{**base, "q_reason": reason, "q_message": message, "q_stage": stage}]
+
+        c = self.cfg
+        try:
+            img = images.decode_image(data, c.allowed_modes, c.min_side, c.expected_size)
+        except images.ImageError as exc:
+            return quarantine(
+                exc.reason, f"{src}: {exc.message}", "read" if exc.reason == images.ZERO_BYTES else "decode"
+            )
+        if rec["id"] is None:
+            return quarantine(images.MISSING_ANNOTATION, f"{src}: not listed in the data set layout", "annotate")
+        if rec["cat_reason"] is not None:
+            return quarantine(rec["cat_reason"], rec["cat_message"], "annotate")
+        try:
+            rows = handler(rec, images.to_rgb(img))
+        except images.ImageError as exc:
+            return quarantine(exc.reason, f"{src}: {exc.message}", "annotate")
+        for row in rows:
+            row.update(base, split=rec["split"])
+            row["row_hash"] = _row_digest(row, self.table)
+        return rows
+
+    def _common(self, img: Any) -> dict[str, Any]:
+        data = images.encode_png(img, self.cfg.png_compress_level)
+        return {"image": data, "height": img.height, "width": img.width, "channels": 3}
+
+    def _celeba(self, rec: dict[str, Any], img: Any) -> list[dict[str, Any]]:
+        import numpy as np
+
+        x, y, w, h = (int(v) for v in rec["bbox_raw"])
+        face = images.Box(x, y, x + w, y + h)
+        crop = images.crop_box(img.width, img.height, self.cfg.crop, face)
+        out = images.crop_resize(img, crop, self.cfg.image_size)
+        points = np.asarray(rec["landmarks_raw"], dtype=np.float64).reshape(5, 2)
+        return [
+            {
+                **self._common(out),
+                "id": rec["id"],
+                "attributes": [float(v) for v in rec["attributes"]],
+                "bbox": images.project_box(face, crop),
+                "landmarks": [float(v) for v in images.project_points(points, crop).reshape(-1)],
+                "identity": int(rec["identity"]),
+            }
+        ]
+
+    def _folder(self, rec: dict[str, Any], img: Any) -> list[dict[str, Any]]:
+        crop = images.crop_box(img.width, img.height, self.cfg.crop)
+        out = images.crop_resize(img, crop, self.cfg.image_size)
+        return [{**self._common(out), "id": rec["id"], "label": int(rec["label"]), "label_name": rec["label_name"]}]
+
+    def _fabric(self, rec: dict[str, Any], img: Any) -> list[dict[str, Any]]:
+        import numpy as np
+        from PIL import Image
+
+        from sparkvision.data import tiling
+
+        c = self.cfg
+        mask = self._mask(rec, img.size)
+        if min(img.size) < c.tile_size:
+            raise images.ImageError(images.UNEXPECTED_SIZE, f"expected sides >= tile_size {c.tile_size}px, "
+                                    f"found {img.width}x{img.height}")  # fmt: skip
+        side = c.tile_resize or c.tile_size
+        rows = []
+        for x, y in tiling.tile_grid(img.width, img.height, c.tile_size, c.tile_stride):
+            patch = img.crop((x, y, x + c.tile_size, y + c.tile_size))
+            pmask = mask[y : y + c.tile_size, x : x + c.tile_size]
+            regions = tiling.mask_regions(pmask)
+            mimg = Image.fromarray(pmask.astype(np.uint8) * 255, mode="L")
+            if side != c.tile_size:
+                patch = patch.resize((side, side), Image.Resampling.BILINEAR)
+                mimg = mimg.resize((side, side), Image.Resampling.NEAREST)
+            label = int(regions.coverage > 0 and regions.coverage >= c.min_defect_coverage)
+            rows.append(
+                {
+                    **self._common(patch),
+                    "id": f"{rec['id']}#x{x:05d}y{y:05d}",
+                    "source_id": rec["id"],
+                    "tile_x": x,
+                    "tile_y": y,
+                    "label": label,
+                    "defect_type": rec["defect_type"] if label else "good",
+                    "mask": images.encode_png(mimg, c.png_compress_level),
+                    "mask_coverage": regions.coverage,
+                    "bbox": regions.largest,
+                    "boxes": regions.boxes,
+                }
+            )
+        return rows
+
+    def _mask(self, rec: dict[str, Any], size: tuple[int, int]) -> Any:
+        """Union of the image's mask files as a boolean ``(H, W)`` array (all False for good images)."""
+        import numpy as np
+
+        expected = list(rec["mask_keys"]) if rec["mask_keys"] is not None else []
+        found = dict(zip(list(rec["found_mask_keys"] or []), list(rec["found_masks"] or []), strict=True))
+        mask = np.zeros((size[1], size[0]), dtype=bool)
+        if not expected:
+            return mask
+        present = [k for k in expected if k in found]
+        if not present:
+            raise images.ImageError(images.MISSING_ANNOTATION, f"defect image needs mask {expected[0]}, not found")
+        for key in present:
+            try:
+                m = images.decode_image(found[key], ("1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I"))
+            except images.ImageError as exc:
+                raise images.ImageError(images.MALFORMED_ANNOTATION, f"mask {key}: {exc.message}") from None
+            if m.size != size:
+                raise images.ImageError(images.MALFORMED_ANNOTATION, f"mask {key}: expected {size[0]}x{size[1]} like "
+                                        f"the image, found {m.width}x{m.height}")  # fmt: skip
+            mask |= np.asarray(m.convert("L")) > 127
+        return mask
+
+
+def _row_digest(row: dict[str, Any], table: str) -> str:
+    """SHA-256 of a row's stored values (binary columns by their own digest, floats as float32)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for f in TABLES[table]:
+        value = row.get(f.name)
+        if isinstance(value, bytes | bytearray):
+            part = hashlib.sha256(value).digest()
+        elif isinstance(value, list):
+            part = np.asarray(value, dtype=f.numpy_dtype).tobytes()
+        elif f.numpy_dtype == "float32":
+            part = np.float32(value).tobytes()
+        else:
+            part = str(value).encode()
+        h.update(f.name.encode() + b"=" + part + b";")
+    h.update(f"split={row['split']}".encode())
+    return h.hexdigest()
