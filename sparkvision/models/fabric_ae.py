@@ -1,9 +1,10 @@
 """Fabric anomaly detection: a convolutional autoencoder trained only on defect-free patches.
 
 Anomaly score = mean squared reconstruction error of the patch; heatmap = per-pixel squared
-error (mean over channels) smoothed with a box filter. ``evaluate`` picks the image threshold
-(and a pixel threshold for the defect box) as the ``anomaly_quantile`` quantile of the
-defect-free scores of the split it is given (the validation split) and stores them in meta.
+error (mean over channels) smoothed with a box filter. The first ``evaluate`` call (on the
+validation split) picks the image threshold (and a pixel threshold for the defect box) as the
+``anomaly_quantile`` quantile of that split's defect-free scores and stores them in meta;
+later calls (the test split) keep them. Set ``meta["threshold"] = None`` to choose again.
 """
 
 from __future__ import annotations
@@ -123,13 +124,11 @@ class FabricAeTask:
         labels = y["label"].astype(int)
         good = labels == 0
         q = float(meta["anomaly_quantile"])
-        if good.any():
+        if meta.get("threshold") is None:
+            if not good.any():
+                raise ValueError("fabric_ae evaluate: expected defect-free rows (label 0) to choose the threshold")
             meta["threshold"] = float(np.quantile(scores[good], q))
             meta["pixel_threshold"] = float(np.quantile(heat[good], q))
-        elif meta.get("threshold") is None:
-            raise ValueError(
-                "fabric_ae evaluate: expected defect-free rows (label 0) to choose the threshold, found none"
-            )
         pred = scores > meta["threshold"]
         out = {
             "threshold": meta["threshold"],

@@ -243,6 +243,9 @@ def test_fabric_threshold_is_the_quantile_of_defect_free_scores(cfg: Config) -> 
     task.evaluate(model, x, y, meta)
     scores, _ = score_and_heatmaps(model, x, meta["smooth"])
     assert meta["threshold"] == pytest.approx(float(np.quantile(scores[y["label"] == 0], 0.9)), rel=1e-5)
+    chosen = meta["threshold"]
+    task.evaluate(model, x[y["label"] == 0][:3], {k: v[y["label"] == 0][:3] for k, v in y.items()}, meta)
+    assert meta["threshold"] == chosen  # the test split does not move the threshold chosen on val
     out = task.predict(model, x, meta)
     np.testing.assert_array_equal(out["is_defect"], scores > meta["threshold"])
     assert np.all(out["defect_bbox"][~out["is_defect"]] == 0)
