@@ -158,10 +158,24 @@ def resolve_model(spark: SparkSession | None, model_uri: str) -> ResolvedModel:
 
 
 def _task_outputs(local_path: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """The task name and its scoring output columns, from the model's own meta."""
-    from sparkvision.models.packaging import load_vision_model
+    """The task name and its scoring output columns, from the model's ``meta.json`` (no TensorFlow).
 
-    _, meta, task = load_vision_model(local_path)
+    Falls back to loading the model when the MLmodel file does not point at a meta artifact.
+    """
+    import yaml
+
+    from sparkvision.models import get_task
+
+    conf = yaml.safe_load((Path(local_path) / "MLmodel").read_text()) or {}
+    artifacts = conf.get("flavors", {}).get("python_function", {}).get("artifacts", {}) or {}
+    meta_path = (artifacts.get("meta") or {}).get("path")
+    if meta_path and (Path(local_path) / meta_path).is_file():
+        meta = json.loads((Path(local_path) / meta_path).read_text())
+        task = get_task(meta["task"])
+    else:
+        from sparkvision.models.packaging import load_vision_model
+
+        _, meta, task = load_vision_model(local_path)
     return task.name, tuple((str(c), str(t)) for c, t in task.output_schema(meta))
 
 

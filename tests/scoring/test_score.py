@@ -1,0 +1,143 @@
+"""Batch scoring end to end: real registered models on the real MLflow server, local Spark."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sparkvision.config import Config
+from sparkvision.data.images import REASONS
+
+LINEAGE = ["source_path", "content_hash", "model_name", "model_version", "model_run_id", "model_uri", "scored_at"]
+OUTPUTS = {"attributes": ["probabilities", "predicted"], "vae": ["mu", "recon_error"]}
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+
+
+def read_output(out: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(out)).to_pandas()
+
+
+def pyfunc_reference(uri: str, files: list[Path]) -> pd.DataFrame:
+    """What the pyfunc itself predicts on the same bytes, in one process."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(uri)
+    pred = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in files]}))
+    pred.index = [str(p.absolute()) for p in files]
+    return pred
+
+
+@pytest.fixture(scope="module")
+def scored(spark, cfg: Config, attributes_model: dict[str, str], new_images: Path, tmp_path_factory) -> dict:
+    from sparkvision.scoring import score
+
+    out = tmp_path_factory.mktemp("score") / "attributes"
+    summary = score(spark, attributes_model["uri"], str(new_images), str(out), cfg.score, incremental=False)
+    return {"out": out, "summary": summary, "frame": read_output(out)}
+
+
+def test_one_row_per_input_with_lineage(scored: dict, attributes_model: dict[str, str], new_images: Path) -> None:
+    frame, summary = scored["frame"], scored["summary"]
+    files = image_files(new_images)
+    assert sorted(frame["source_path"]) == sorted(str(p.absolute()) for p in files)
+    assert frame["source_path"].is_unique
+    assert set(LINEAGE + OUTPUTS["attributes"] + ["error_code", "error_message"]) <= set(frame.columns)
+    assert (frame["model_name"] == attributes_model["name"]).all()
+    assert (frame["model_version"] == attributes_model["version"]).all()
+    assert (frame["model_run_id"] == attributes_model["run_id"]).all()
+    assert (frame["model_uri"] == f"models:/{attributes_model['name']}/{attributes_model['version']}").all()
+    assert frame["scored_at"].nunique() == 1
+    import hashlib
+
+    for p in files:
+        row = frame[frame["source_path"] == str(p.absolute())].iloc[0]
+        assert row["content_hash"] == hashlib.sha256(p.read_bytes()).hexdigest()
+    # deterministic order: by content hash, then path
+    assert list(frame["content_hash"]) == sorted(frame["content_hash"])
+    assert summary["inputs"] == len(files) and summary["scored"] == len(files) - 1 and summary["failed"] == 1
+    assert json.loads((scored["out"] / "_summary.json").read_text())["failed_by_reason"] == summary["failed_by_reason"]
+    assert summary["model"]["run_id"] == attributes_model["run_id"]
+    assert summary["images_per_s"] > 0
+
+
+def test_corrupt_file_gets_error_row_and_others_are_scored(scored: dict) -> None:
+    frame = scored["frame"]
+    bad = frame[frame["source_path"].str.endswith("broken.jpg")]
+    assert len(bad) == 1
+    assert bad["error_code"].iloc[0] in REASONS and bad["error_message"].iloc[0]
+    assert bad["probabilities"].isna().all()
+    assert scored["summary"]["failed_by_reason"] == {bad["error_code"].iloc[0]: 1}
+    good = frame[~frame["source_path"].str.endswith("broken.jpg")]
+    assert good["error_code"].isna().all() and good["error_message"].isna().all()
+    assert all(len(p) == 40 and np.all((p >= 0) & (p <= 1)) for p in good["probabilities"])
+
+
+def test_predictions_equal_pyfunc_predict(scored: dict, attributes_model: dict[str, str], new_images: Path) -> None:
+    files = [p for p in image_files(new_images) if p.name != "broken.jpg"]
+    ref = pyfunc_reference(attributes_model["uri"], files)
+    frame = scored["frame"].set_index("source_path")
+    for path in ref.index:
+        np.testing.assert_allclose(frame.loc[path, "probabilities"], ref.loc[path, "probabilities"], atol=1e-5)
+        assert list(frame.loc[path, "predicted"]) == list(ref.loc[path, "predicted"])
+
+
+def test_rerun_is_identical_except_scored_at(spark, cfg: Config, scored: dict, attributes_model, new_images) -> None:
+    from sparkvision.scoring import score
+
+    again = score(spark, attributes_model["uri"], str(new_images), str(scored["out"]), cfg.score, incremental=False)
+    second = read_output(scored["out"])
+    first = scored["frame"]
+    assert len(second) == len(first) and second["source_path"].is_unique
+    assert again["version"] != scored["summary"]["version"]
+    cols = [c for c in first.columns if c != "scored_at"]
+    pd.testing.assert_frame_equal(first[cols].reset_index(drop=True), second[cols].reset_index(drop=True))
+
+
+@pytest.mark.parametrize("task", ["vae"])
+def test_other_task_outputs(spark, cfg: Config, vae_model, new_images: Path, tmp_path: Path, task: str) -> None:
+    from sparkvision.scoring import score
+
+    files = [p for p in image_files(new_images) if p.name != "broken.jpg"][:4]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in files:
+        shutil.copy(p, folder / p.name)
+    summary = score(spark, vae_model["uri"], str(folder / "*"), str(tmp_path / "out"), cfg.score)
+    frame = read_output(tmp_path / "out").set_index("source_path")
+    assert summary["scored"] == 4 and set(OUTPUTS[task]) <= set(frame.columns)
+    ref = pyfunc_reference(vae_model["uri"], [folder / p.name for p in files])
+    for path in ref.index:
+        np.testing.assert_allclose(frame.loc[path, "mu"], ref.loc[path, "mu"], atol=1e-5)
+        np.testing.assert_allclose(frame.loc[path, "recon_error"], ref.loc[path, "recon_error"], rtol=1e-4)
+
+
+def test_incremental_scores_only_new_files(spark, cfg: Config, attributes_model, new_images, tmp_path: Path) -> None:
+    from sparkvision.data.generators.celeba import generate_new_images
+    from sparkvision.scoring import score
+
+    folder = tmp_path / "in"
+    shutil.copytree(new_images, folder)
+    out = tmp_path / "out"
+    first = score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True)
+    before = read_output(out)
+    assert first["scored"] + first["failed"] == len(before) == len(image_files(folder))
+    new = generate_new_images(tmp_path / "more", count=1, seed=99)[0]
+    shutil.copy(new, folder / "added.png")
+    second = score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True)
+    after = read_output(out)
+    assert second["scored"] == 1 and second["failed"] == 0 and second["skipped"] == len(before)
+    assert len(after) == len(before) + 1 and after["source_path"].is_unique
+    added = after[after["source_path"] == str((folder / "added.png").absolute())]
+    assert len(added) == 1 and added["scored_at"].iloc[0] != before["scored_at"].iloc[0]
+    old = after[after["source_path"] != str((folder / "added.png").absolute())].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, before.reset_index(drop=True))
