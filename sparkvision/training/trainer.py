@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,8 +116,10 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
         resume: Continue from the store's latest checkpoint and its MLflow run.
 
     Returns:
-        ``run_id``, ``experiment``, ``registered_model``, ``version``, ``alias``, ``metrics``
-        (final epoch and ``test_*``), ``checkpoint_dir``, ``epochs_run``, ``initial_epoch``.
+        ``run_id``, ``experiment``, ``registered_model``, ``version``, ``alias``, ``model_uri``,
+        ``metrics`` (last epoch, ``eval_val_*`` and ``test_*``), ``meta``, ``checkpoint_dir`` (URL
+        of the last checkpoint folder), ``store`` and ``checkpoint`` (its path in the store),
+        ``initial_epoch``, ``epochs_run``, ``stopped_early`` and rank 0's ``history``.
 
     Raises:
         FileNotFoundError: On ``resume`` without a checkpoint.
@@ -155,13 +158,18 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
                         validation_steps=p.validation_steps, store_root=p.store.root, run_id=run_id,
                         tracking_uri=uri, resume=state is not None)  # fmt: skip
         try:
+            started = time.perf_counter()
             results = horovod.spark.run(run_worker, args=(job,), num_proc=cfg.train.workers, use_gloo=True,
                                         env=_worker_env(uri), stdout=sys.stdout, stderr=sys.stderr,
                                         verbose=1)  # fmt: skip
             rank0 = next(r for r in results if r["rank"] == 0)
             if not rank0.get("checkpoint"):
                 raise RuntimeError(f"training run {run_id} wrote no checkpoint to {p.store.url()}")
+            log.info("Horovod job of run %s took %.1f s", run_id, time.perf_counter() - started)
+            started = time.perf_counter()
             outcome = _finish(cfg, p, client, uri, run_id, rank0, work)
+            log.info("evaluation, pictures and registration of run %s took %.1f s", run_id,
+                     time.perf_counter() - started)  # fmt: skip
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
@@ -196,19 +204,20 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
     import mlflow
 
     from sparkvision.models import get_task
-    from sparkvision.models.packaging import log_vision_model
     from sparkvision.training import tracking_log
 
     task = get_task(cfg.train.model)
     meta = dict(p.meta)
     model = load_checkpoint(cfg, meta, p.store, rank0["checkpoint"])
     metrics: dict[str, float] = {}
+    examples: list[bytes] = []
     pictures = work / "pictures"
     for split, info in (("val", p.val), ("test", p.test)):
         if info is None:
             continue
         frame = data.read_frame(info, None, EVAL_ROWS)
         x, y = task.arrays(frame, meta)
+        examples = [bytes(b) for b in frame["image"][:2]]
         result = task.evaluate(model, x, y, meta)  # val first: may set meta (fabric threshold)
         prefix = "test_" if split == "test" else "eval_val_"
         metrics.update({f"{prefix}{k}": float(v) for k, v in result.items()})
@@ -228,21 +237,24 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
     local_ckpt = p.store.download(checkpoint_dir, work / "checkpoint")
     client.log_artifacts(run_id, str(local_ckpt), "checkpoint")
 
+    from sparkvision.models.packaging import log_vision_model
+
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
-        log_vision_model(model, cfg.train.model, meta, registered_model_name=p.registered_name,
-                         alias=cfg.train.alias)  # fmt: skip
-    version = client.get_model_version_by_alias(p.registered_name, cfg.train.alias)
+        info = log_vision_model(model, cfg.train.model, meta, registered_model_name=p.registered_name,
+                                alias=cfg.train.alias, input_example_images=examples or None)  # fmt: skip
     final = {k: values[-1][1] for k, values in history.items() if values}
     final.update(metrics)
     return {
         "registered_model": p.registered_name,
-        "version": str(version.version),
+        "version": str(info.registered_model_version),
         "alias": cfg.train.alias,
         "model_uri": f"models:/{p.registered_name}@{cfg.train.alias}",
         "metrics": final,
         "meta": meta,
         "checkpoint_dir": p.store.url(checkpoint_dir),
+        "store": p.store.root,
+        "checkpoint": rank0["checkpoint"],
         "epochs_run": int(rank0["epoch"]) + 1 - int(rank0["initial_epoch"]),
         "initial_epoch": int(rank0["initial_epoch"]),
         "stopped_early": bool(rank0["stopped_early"]),

@@ -43,6 +43,7 @@ def run_worker(job: WorkerJob) -> dict[str, Any]:
         On rank 0: ``{"rank", "checkpoint", "epoch", "history", "initial_epoch", "stopped_early"}``
         with the store path of the last checkpoint; on other ranks ``{"rank", "history"}``.
     """
+    import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
     import tensorflow as tf
 
@@ -63,7 +64,7 @@ def run_worker(job: WorkerJob) -> dict[str, Any]:
     model = task.build(tcfg, job.meta)
     target_lr = tcfg.learning_rate * size
     optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(learning_rate=target_lr))
-    distribute(model, optimizer, hvd.DistributedGradientTape)
+    distribute(model, optimizer, hvd_tf.DistributedGradientTape)
 
     store = Store(job.store_root)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)

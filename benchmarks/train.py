@@ -1,0 +1,147 @@
+"""Horovod-on-Spark training throughput against plain single-process Keras, same model and data.
+
+    .venv/bin/python benchmarks/train.py [--images 768] [--size 64] [--batch 32] [--epochs 3]
+
+(a) ``model.fit`` in one process on in-memory float arrays (all cores);
+(b) ``sparkvision.training.train`` with 2 Horovod workers on local Spark, streaming PNG rows
+    from Parquet through petastorm, with checkpoints and MLflow logging every epoch.
+Both train the VAE with the same per-process batch size on the same images; steady-state
+images/s is taken from the epochs after the first (start-up is printed separately). Last,
+the VAE at 128x128 is timed for a few steps with (b) and extrapolated to seconds per epoch
+of 10,000 images. Generates its own CelebA-format data and starts its own MLflow server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sparkvision.config import Config, MlflowConfig, load_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ingest(spark, src: Path, out: Path, cfg: Config, size: int, row_groups: int) -> Path:
+    from sparkvision.data.ingest import ingest
+
+    ingest_cfg = cfg.replace(**{"ingest.image_size": str(size), "ingest.min_row_groups": str(row_groups)}).ingest
+    ingest(spark, "celeba", str(src), str(out), ingest_cfg, workers=2)
+    return out
+
+
+def plain_keras(cfg: Config, data_dir: Path, epochs: int) -> dict[str, float]:
+    """(a): one process, in-memory arrays, ``fit`` with a per-epoch timer."""
+    import tensorflow as tf
+
+    from sparkvision.models import get_task
+    from sparkvision.training import data
+
+    task = get_task(cfg.train.model)
+    meta = task.prepare_meta({"table": "celeba", "image_size": cfg.train.image_size}, cfg.train)
+    frame = data.read_frame(data.inspect_split(data_dir, "train"), None, 10**9)
+    x, _ = task.arrays(frame, meta)
+    tf.keras.utils.set_random_seed(cfg.train.seed)
+    start = time.perf_counter()
+    model = task.build(cfg.train, meta)
+    times: list[float] = []
+
+    class Timer(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t0)
+
+    steps = len(x) // cfg.train.batch_size
+    ds = tf.data.Dataset.from_tensor_slices((x, x)).shuffle(len(x), seed=0).repeat()
+    ds = ds.batch(cfg.train.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[Timer()])
+    images = steps * cfg.train.batch_size
+    return {"images_per_epoch": images, "startup_s": times[0] - statistics.median(times[1:]),
+            "total_s": time.perf_counter() - start, "images_per_s": images / statistics.median(times[1:])}  # fmt: skip
+
+
+def horovod_spark(spark, cfg: Config, data_dir: Path) -> dict[str, float]:
+    """(b): ``train`` with Horovod on Spark; figures from the run's per-epoch metrics."""
+    from sparkvision.training import train
+
+    start = time.perf_counter()
+    result = train(spark, cfg, str(data_dir), resume=False)
+    total = time.perf_counter() - start
+    per_epoch = result["history"]["images_per_s"]
+    epoch_times = result["history"]["epoch_time_s"]
+    steady = statistics.median(per_epoch[1:])
+    return {"images_per_epoch": cfg.train.steps_per_epoch * cfg.train.batch_size * cfg.train.workers,
+            "images_per_s": steady, "first_epoch_s": epoch_times[0], "steady_epoch_s": statistics.median(epoch_times[1:]),
+            "total_s": total}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=768, help="generated CelebA images (about 80%% train)")
+    parser.add_argument("--size", type=int, default=64, help="image side for (a) and (b)")
+    parser.add_argument("--latent", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32, help="per-process batch size")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of (a) and (b); the first is start-up")
+    parser.add_argument("--steps-128", type=int, default=6, help="steps per epoch when timing 128x128")
+    args = parser.parse_args(argv)
+
+    from sparkvision import tracking
+    from sparkvision.data.generators.celeba import generate_celeba
+    from sparkvision.spark import get_spark
+    from sparkvision.training import data
+
+    base = load_config("test")
+    with tempfile.TemporaryDirectory(prefix="sv-bench-train-") as tmp:
+        root = Path(tmp)
+        server = tracking.start_server(MlflowConfig(port=_free_port()), root / "mlflow")
+        os.environ["MLFLOW_TRACKING_URI"] = server.url
+        try:
+            spark = get_spark(base.spark)
+            generate_celeba(root / "src", count=args.images, seed=0, images_per_identity=8)
+            small = _ingest(spark, root / "src", root / "ds-small", base, args.size, row_groups=4)
+            big = _ingest(spark, root / "src", root / "ds-128", base, 128, row_groups=4)
+            rows = data.inspect_split(small, "train").rows
+            common = {"train.model": "vae", "train.image_size": str(args.size), "train.latent_dim": str(args.latent),
+                      "train.batch_size": str(args.batch), "train.epochs": str(args.epochs), "train.warmup_epochs": "0",
+                      "train.validation_steps": "1", "train.pictures": "false", "paths.store": str(root / "store"),
+                      "train.experiment": "benchmark-train", "train.shuffle_buffer": "256"}  # fmt: skip
+            cfg_a = base.replace(**common, **{"train.workers": "1"})
+            a = plain_keras(cfg_a, small, args.epochs)
+            steps_b = max(1, rows // (args.batch * 2))
+            cfg_b = base.replace(**common, **{"train.workers": "2", "train.steps_per_epoch": str(steps_b)})
+            b = horovod_spark(spark, cfg_b, small)
+            cfg_c = base.replace(**{**common, "train.image_size": "128", "train.latent_dim": "200", "train.epochs": "2",
+                                    "train.workers": "2", "train.steps_per_epoch": str(args.steps_128),
+                                    "train.registered_model_prefix": "bench128"})  # fmt: skip
+            c = horovod_spark(spark, cfg_c, big)
+        finally:
+            tracking.stop_server(root / "mlflow")
+
+    print(f"\nVAE {args.size}x{args.size} z={args.latent}, batch {args.batch} per process, {rows} train images, "
+          f"{os.cpu_count()} cores")  # fmt: skip
+    print(f"(a) plain Keras, 1 process, in-memory : {a['images_per_s']:8.1f} images/s steady "
+          f"({a['images_per_epoch']} images/epoch; start-up {a['startup_s']:.1f} s, total {a['total_s']:.1f} s)")  # fmt: skip
+    print(f"(b) Horovod on Spark, 2 workers       : {b['images_per_s']:8.1f} images/s steady "
+          f"({b['images_per_epoch']} images/epoch; first epoch {b['first_epoch_s']:.1f} s, steady epoch "
+          f"{b['steady_epoch_s']:.1f} s, whole job incl. Spark/Horovod start-up, eval, registry {b['total_s']:.1f} s)")  # fmt: skip
+    print(f"ratio b/a                              : {b['images_per_s'] / a['images_per_s']:8.2f}  (goal >= 0.85)")
+    print(f"VAE 128x128 z=200, 2 workers           : {c['images_per_s']:8.1f} images/s -> "
+          f"{10000 / c['images_per_s']:.0f} s per epoch of 10,000 images (from {args.steps_128} steps x "
+          f"{args.batch} x 2 per epoch)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

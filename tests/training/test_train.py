@@ -1,0 +1,174 @@
+"""``train`` end to end: real Horovod (Gloo) on the session's local Spark, petastorm shards,
+a real MLflow server, the VAE on the generated and ingested CelebA fixture (32x32, z=16).
+
+One 2-worker job is trained once for the module and checked from several sides; a resume
+continues it; two 1-worker jobs check repeatability.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sparkvision.config import Config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def celeba_data(spark, celeba_dir: Path, cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CelebA fixture ingested with the test configuration (2 row groups per split)."""
+    from sparkvision.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("ingested") / "celeba"
+    ingest(spark, "celeba", str(celeba_dir), str(out), cfg.ingest, workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_cfg(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    store = tmp_path_factory.mktemp("store")
+    return cfg.replace(**{"train.model": "vae", "train.workers": "2", "train.epochs": "2",
+                          "train.steps_per_epoch": "10", "train.learning_rate": "0.002",
+                          "train.experiment": f"train-test-{uuid.uuid4().hex[:8]}", "paths.store": str(store)})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(spark, mlflow_server: str, celeba_data: Path, train_cfg: Config) -> dict[str, Any]:
+    from sparkvision.training import train
+
+    return train(spark, train_cfg, str(celeba_data), resume=False)
+
+
+def _client(url: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(url)
+
+
+def _steps(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _artifacts(client, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_loss_falls_and_ranks_agree(trained: dict[str, Any]) -> None:
+    loss = trained["history"]["loss"]
+    assert len(loss) == 2 and loss[1] < loss[0]
+    assert trained["metrics"]["loss"] == pytest.approx(loss[-1])
+    assert trained["initial_epoch"] == 0 and trained["epochs_run"] == 2
+
+
+def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any], mlflow_server: str,
+                                                         train_cfg: Config, celeba_data: Path) -> None:  # fmt: skip
+    import json
+
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name(train_cfg.train.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [trained["run_id"]]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.batch_size"] == "8" and params["workers"] == "2"
+    assert float(params["effective_lr"]) == pytest.approx(2 * train_cfg.train.learning_rate)
+    manifest = json.loads((celeba_data / "manifest.json").read_text())
+    assert run.data.tags["dataset.checksum"] == manifest["checksum"] == params["dataset.checksum"]
+    assert run.data.tags["dataset.path"] == str(celeba_data.resolve())
+    for key in ("loss", "r_loss", "kl_loss", "val_loss", "val_r_loss", "val_kl_loss", "images_per_s",
+                "epoch_time_s", "lr"):  # fmt: skip
+        assert [s for s, _ in _steps(client, run.info.run_id, key)] == [0, 1], key
+    assert [v for _, v in _steps(client, run.info.run_id, "loss")] == pytest.approx(trained["history"]["loss"])
+    assert "test_loss" in run.data.metrics or any(k.startswith("test_") for k in run.data.metrics)
+    files = _artifacts(client, run.info.run_id)
+    assert {"config.yaml", "dataset/manifest.json", "checkpoint/state.json", "pictures/curve_loss.png"} <= files
+    assert any(f.startswith("pictures/") and "curve" not in f for f in files)
+    config_text = Path(client.download_artifacts(run.info.run_id, "config.yaml")).read_text()
+    assert config_text == train_cfg.to_yaml()
+
+
+def test_registered_version_has_the_alias_and_predicts_like_the_keras_model(
+    trained: dict[str, Any], mlflow_server: str, train_cfg: Config, celeba_data: Path
+) -> None:
+    import mlflow.pyfunc
+
+    from sparkvision.models import get_task
+    from sparkvision.training import data
+    from sparkvision.training.checkpoints import Store
+    from sparkvision.training.trainer import load_checkpoint
+
+    client = _client(mlflow_server)
+    name = trained["registered_model"]
+    assert name == "sparkvision-vae" and trained["alias"] == "candidate"
+    version = client.get_model_version_by_alias(name, "candidate")
+    assert str(version.version) == trained["version"] and version.run_id == trained["run_id"]
+
+    frame = data.read_frame(data.inspect_split(celeba_data, "test"), None, 8)
+    task = get_task("vae")
+    keras_model = load_checkpoint(train_cfg, trained["meta"], Store(trained["store"]), trained["checkpoint"])
+    x, _ = task.arrays(frame, trained["meta"])
+    expected = task.predict(keras_model, x, trained["meta"])
+    served = mlflow.pyfunc.load_model(f"models:/{name}@candidate").predict(frame[["image"]])
+    for column, values in expected.items():
+        got = np.stack([np.asarray(v, np.float32) for v in served[column]])
+        np.testing.assert_allclose(got.reshape(values.shape), values, rtol=1e-4, atol=1e-5, err_msg=column)
+
+
+def test_resume_continues_the_same_run_at_the_next_epoch(
+    spark, trained: dict[str, Any], mlflow_server: str, train_cfg: Config, celeba_data: Path
+) -> None:
+    import tensorflow as tf
+
+    from sparkvision.training import train
+
+    resumed = train(spark, train_cfg.replace(**{"train.epochs": "3"}), str(celeba_data), resume=True)
+    assert resumed["run_id"] == trained["run_id"]
+    assert resumed["initial_epoch"] == 2 and resumed["epochs_run"] == 1
+    client = _client(mlflow_server)
+    assert [s for s, _ in _steps(client, trained["run_id"], "loss")] == [0, 1, 2]
+    assert [s for s, _ in _steps(client, trained["run_id"], "val_loss")] == [0, 1, 2]
+    # Optimizer state came back: Adam's step counter continues from 2 epochs x 4 steps.
+    reader = tf.train.load_checkpoint(f"{resumed['store']}/{resumed['checkpoint']}")
+    iterations = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/_iterations")]
+    assert iterations and int(reader.get_tensor(iterations[0])) == 3 * train_cfg.train.steps_per_epoch
+    assert int(resumed["version"]) == int(trained["version"]) + 1
+    assert client.get_model_version_by_alias("sparkvision-vae", "candidate").version == resumed["version"]
+
+
+def test_too_few_row_groups_fail_before_any_run(spark, mlflow_server: str, celeba_data: Path,
+                                                 train_cfg: Config) -> None:  # fmt: skip
+    from sparkvision.training import train
+
+    bad = train_cfg.replace(**{"train.workers": "3", "train.experiment": f"never-{uuid.uuid4().hex[:8]}"})
+    with pytest.raises(ValueError, match=r"split=train.*2 Parquet row group\(s\).*3 workers"):
+        train(spark, bad, str(celeba_data), resume=False)
+    assert _client(mlflow_server).get_experiment_by_name(bad.train.experiment) is None
+
+
+def test_one_worker_runs_repeat_exactly(spark, mlflow_server: str, celeba_data: Path, train_cfg: Config,
+                                        tmp_path: Path) -> None:  # fmt: skip
+    import tensorflow as tf
+
+    from sparkvision.training import train
+
+    one = train_cfg.replace(**{"train.workers": "1", "train.epochs": "1", "train.pictures": "false",
+                               "train.registered_model_prefix": "repeat", "paths.store": str(tmp_path)})  # fmt: skip
+    first = train(spark, one, str(celeba_data), resume=False)
+    second = train(spark, one, str(celeba_data), resume=False)
+    assert first["run_id"] != second["run_id"]
+    assert first["metrics"]["loss"] == second["metrics"]["loss"]
+    a = tf.train.load_checkpoint(f"{first['store']}/{first['checkpoint']}")
+    b = tf.train.load_checkpoint(f"{second['store']}/{second['checkpoint']}")
+    names = [n for n in a.get_variable_to_shape_map() if n.startswith("model/") and "OPTIMIZER_SLOT" not in n]
+    assert len(names) > 10
+    for n in names:
+        np.testing.assert_array_equal(a.get_tensor(n), b.get_tensor(n), err_msg=n)
