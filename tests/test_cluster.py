@@ -101,10 +101,14 @@ def test_ingest_job_on_the_cluster(running: tuple[cluster.ClusterInfo, Path], ce
     _submit(info.master_url, PROJECT_ROOT / "jobs" / "ingest.py", *args)
     manifest = json.loads((output / "manifest.json").read_text())
     images = list((celeba_dir / "img_align_celeba").iterdir())
-    assert manifest["input_files"] == len(images)
-    assert manifest["output_rows"] + manifest["quarantined"] == len(images)
+    assert manifest["image_files"] == len(images)
+    assert manifest["source_images"] + manifest["quarantined"] == manifest["input_files"]
+    assert manifest["output_rows"] > 0
     assert sum(manifest["splits"].values()) == manifest["output_rows"]
-    assert len(list((output / "data").glob("split=*/*.parquet"))) >= 2
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(f).num_rows for f in (output / "data").glob("split=*/*.parquet"))
+    assert rows == manifest["output_rows"]
 
 
 def test_down_stops_every_recorded_process(running: tuple[cluster.ClusterInfo, Path]) -> None:
