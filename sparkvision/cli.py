@@ -148,9 +148,13 @@ def _report(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _pipeline(args: argparse.Namespace, cfg: Config) -> int:
-    from sparkvision.pipeline import run_pipeline
+    from sparkvision.pipeline import PipelineError, run_pipeline
 
-    run_pipeline(args.file, cfg, only=args.only)
+    try:
+        run_pipeline(args.file, cfg, only=args.only)
+    except PipelineError as exc:
+        print(f"sparkvision pipeline: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -254,6 +254,13 @@ def load_config(
             if not isinstance(data, dict):
                 raise ConfigError(f"{file}: expected a mapping of sections, found {type(data).__name__}")
             _check_keys(data, Config, str(file))
+            for section, values in list(data.items()):
+                if values is None:
+                    del data[section]  # an empty `section:` line adds nothing
+                elif not isinstance(values, dict):
+                    raise ConfigError(
+                        f"{file}: section '{section}' must be a mapping of keys, found {type(values).__name__} {values!r}"
+                    )
             _deep_merge(raw, data)
     for item in overrides:
         _apply_override(raw, item)
@@ -295,10 +302,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override '{item}': expected section.key=value, found no section in '{key}'")
     section, name = parts[0], parts[1]
     _check_keys({section: {name: None}}, Config, f"override '{item}'")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
+    if _field_type(section, name) is str or (section == "spark" and name == "conf"):
+        value: Any = text.strip()  # keep text as typed: `no`, `on`, `1e3` stay strings
+    else:
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
     target = raw.setdefault(section, {})
     if section == "spark" and name == "conf" and len(parts) > 2:
         target.setdefault("conf", {})[".".join(parts[2:])] = str(value)
@@ -308,8 +318,14 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         target[name] = value
 
 
+def _field_type(section: str, name: str) -> Any:
+    section_type = typing.get_type_hints(Config)[section]
+    return typing.get_type_hints(section_type).get(name)
+
+
 def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
-    valid = [f.name for f in dataclasses.fields(cls)]
+    # `env` is chosen with --env, never set from a file or an override
+    valid = [f.name for f in dataclasses.fields(cls) if not (cls is Config and f.name == "env")]
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key not in valid:
@@ -365,6 +381,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected a number, found {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):
+            raise ConfigError(
+                f"{name}: expected a string, found the boolean {value!r} (YAML reads yes/no/on/off as booleans: quote it)"
+            )
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{name}: expected a string, found {value!r}")
         return "" if value is None else str(value)
@@ -379,5 +399,5 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return {}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name}: expected a mapping, found {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
     return value

@@ -97,7 +97,7 @@ def test_overrides_apply_over_the_layers(tmp_path: Path, overrides: list[str], c
         (["train.pictures=1"], r"train.pictures: expected true/false, found 1"),
         (["train.attributes=Smiling"], r"train.attributes: expected a list, found 'Smiling'"),
         (["ingest.crop=center"], r"ingest.crop: expected one of .*; did you mean 'center_square'\?"),
-        (["train.model={a: 1}"], r"train.model: expected a string"),
+        (["train.latent_dim=2.5"], r"train.latent_dim: expected an integer, found 2.5"),
         (["epochs"], r"override 'epochs': expected section.key=value"),
         (["epochs=3"], r"found no section in 'epochs'"),
         (["train.epochs.max=3"], r"'epochs' is not a mapping; use train.epochs=value"),
@@ -179,23 +179,31 @@ def test_every_key_is_documented_in_conf_base() -> None:
         assert keys - documented.get(f.name, set()) == set(), f"undocumented keys of section {f.name}"
 
 
-# Known loader bugs (see the operations report): strict xfails turn into failures once fixed.
+# Loader edge cases found in review.
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: an empty section in a layer (None) replaces the merged section")
 def test_empty_section_in_a_layer_keeps_base_values(tmp_path: Path) -> None:
     root = _conf(tmp_path, {**BASE, "small": {"small.yaml": "train:\n"}})
     assert load_config("small", conf_dir=root).train.epochs == 5
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: a non-mapping section raises TypeError, not ConfigError")
 def test_non_mapping_section_is_a_config_error(tmp_path: Path) -> None:
     root = _conf(tmp_path, {**BASE, "small": {"small.yaml": "train: 5\n"}})
     with pytest.raises(ConfigError, match="small.yaml"):
         load_config("small", conf_dir=root)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: 'env' is accepted as a section key and silently ignored")
 def test_env_is_not_a_settable_section() -> None:
     with pytest.raises(ConfigError):
         load_config("base", ["env.name=prod"])
+
+
+@pytest.mark.parametrize("text", ["no", "on", "1e3", "true"])
+def test_string_override_keeps_the_text(text: str) -> None:
+    assert load_config("base", [f"train.alias={text}"]).train.alias == text
+
+
+def test_unquoted_boolean_for_a_string_key_is_an_error(tmp_path: Path) -> None:
+    root = _conf(tmp_path, {**BASE, "small": {"small.yaml": "train:\n  alias: no\n"}})
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config("small", conf_dir=root)
