@@ -1,0 +1,438 @@
+"""Face identification: enroll known identities into a gallery, then identify new faces.
+
+Embeddings are the VAE's ``mu``. The VAE is already trained on these faces and needs no
+labels; its encoder has to squeeze each face into a ``latent_dim`` (200 by default) code
+from which the decoder redraws it, so ``mu`` keeps what varies most between faces: face
+geometry, skin tone, hair colour and shape. Pose and lighting jitter move ``mu`` less than a
+change of person does, which is what identification needs. We L2-normalise ``mu`` and compare
+with cosine similarity (a dot product of unit vectors), which ignores the code's overall
+scale (contrast, brightness) and is bounded in [-1, 1], so one threshold fits all identities.
+It is not a metric-learned face embedding (no triplet/ArcFace loss): expect it to separate
+the generated identities and coarse real ones, not to match a face-recognition network.
+
+Gallery layout (published atomically like every output)::
+
+    GALLERY/identities/*.parquet   identity, n_images, centroid (mean of unit embeddings, re-normalised)
+    GALLERY/embeddings/*.parquet   identity, id, split, source_path, content_hash, embedding (unit)
+    GALLERY/manifest.json          model (pinned version), threshold and how it was chosen, counts
+
+Open-set rule: a probe gets the identity of the most similar centroid when that similarity is
+at least the threshold, otherwise ``"unknown"``. With ``threshold < 0`` ``enroll`` chooses it
+on the validation split, whose identities are never enrolled (CelebA partitions are
+identity-disjoint): each val image is an impostor probe, and the threshold is the smallest
+value whose false-accept rate (impostor probes accepted as anybody) is at most ``target_far``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sparkvision.config import FacesConfig, ScoreConfig
+from sparkvision.data import publish as pub
+from sparkvision.scoring import job
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.broadcast import Broadcast
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+EMBEDDING = "mu"
+MANIFEST = "manifest.json"
+
+
+def _require_dataset(input: str, what: str) -> None:
+    if not job.is_dataset(input):
+        raise ValueError(
+            f"{what} input {input}: expected an ingested CelebA dataset folder (manifest.json + data/), "
+            "found none; run `sparkvision ingest --format celeba` first"
+        )
+
+
+def _embed(df: DataFrame, model: job.ResolvedModel, cfg: ScoreConfig, keep: Sequence[str]) -> DataFrame:
+    """``keep`` + ``embedding`` (unit-length ``mu``, null on error) + ``error_code``/``error_message``."""
+    from pyspark.sql import functions as F
+
+    scored = job.apply_model(df, model, cfg, keep)
+    norm = F.sqrt(F.aggregate(F.transform(EMBEDDING, lambda x: x * x), F.lit(0.0), lambda a, b: a + b))
+    unit = F.transform(EMBEDDING, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
+    return scored.select(*keep, unit.alias("embedding"), "error_code", "error_message")
+
+
+def _centroid(frame: pd.DataFrame) -> pd.DataFrame:
+    """``applyInPandas`` body: one identity's unit embeddings → its re-normalised mean."""
+    import pandas as pd
+
+    vectors = np.stack(frame["embedding"].to_numpy()).astype(np.float64)
+    mean = vectors.mean(axis=0)
+    mean /= max(float(np.linalg.norm(mean)), 1e-12)
+    return pd.DataFrame(
+        {"identity": [int(frame["identity"].iloc[0])], "n_images": [len(frame)], "centroid": [mean.astype(np.float32)]}
+    )
+
+
+class MatchBatches:
+    """``mapInPandas`` body: embeddings → nearest gallery identity, similarity and the open-set decision.
+
+    Args:
+        gallery: Broadcast of ``(identities int array, centroid matrix float32 (n, d))``.
+        threshold: Similarity below which the face is ``"unknown"``.
+        keep: Columns copied to the output.
+    """
+
+    def __init__(self, gallery: Broadcast, threshold: float, keep: Sequence[str]) -> None:
+        self.gallery = gallery
+        self.threshold = threshold
+        self.keep = list(keep)
+
+    def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        ids, centroids = self.gallery.value
+        for frame in batches:
+            out = frame[self.keep].reset_index(drop=True)
+            ok = frame["embedding"].notna().to_numpy()
+            best = np.full(len(frame), -1, np.int64)
+            sim = np.full(len(frame), np.nan, np.float32)
+            if ok.any() and len(ids):
+                emb = np.stack(frame["embedding"].to_numpy()[ok]).astype(np.float32)
+                sims = emb @ centroids.T
+                arg = sims.argmax(axis=1)
+                best[ok] = ids[arg]
+                sim[ok] = sims[np.arange(len(arg)), arg]
+            accepted = ok & (sim >= self.threshold)
+            out["best_identity"] = [int(b) if k else None for b, k in zip(best, ok, strict=True)]
+            out["similarity"] = [float(s) if k else None for s, k in zip(sim, ok, strict=True)]
+            out["predicted_identity"] = [int(b) if a else None for b, a in zip(best, accepted, strict=True)]
+            out["predicted_label"] = [
+                (str(int(b)) if a else UNKNOWN) if k else None for b, a, k in zip(best, accepted, ok, strict=True)
+            ]
+            out["error_code"] = frame["error_code"].to_numpy()
+            out["error_message"] = frame["error_message"].to_numpy()
+            yield out
+
+
+def _match(df: DataFrame, gallery: Broadcast, threshold: float, keep: Sequence[str]) -> DataFrame:
+    types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    schema = ", ".join(
+        [f"`{c}` {types[c]}" for c in keep]
+        + ["best_identity int", "similarity float", "predicted_identity int", "predicted_label string"]
+        + ["error_code string", "error_message string"]
+    )
+    return df.mapInPandas(MatchBatches(gallery, threshold, keep), schema)
+
+
+def _read_centroids(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(folder)).to_pandas().sort_values("identity")
+    if table.empty:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return table["identity"].to_numpy(np.int64), np.stack(table["centroid"].to_numpy()).astype(np.float32)
+
+
+def choose_threshold(impostor_similarities: np.ndarray, target_far: float) -> tuple[float, float]:
+    """The smallest threshold whose false-accept rate on impostor probes is at most ``target_far``.
+
+    Args:
+        impostor_similarities: Best gallery similarity of each probe whose identity is not enrolled.
+        target_far: Allowed fraction of those probes accepted as an enrolled identity.
+
+    Returns:
+        ``(threshold, achieved false-accept rate)``.
+
+    Raises:
+        ValueError: No impostor probes.
+    """
+    sims = np.sort(np.asarray(impostor_similarities, np.float64))[::-1]
+    if len(sims) == 0:
+        raise ValueError("cannot choose a threshold: no impostor probes (val images of identities not enrolled)")
+    k = int(np.floor(target_far * len(sims) + 1e-9))  # impostors we may accept
+    threshold = float(np.nextafter(np.float32(sims[k]), np.float32(np.inf))) if k < len(sims) else float(sims[-1])
+    threshold = min(threshold, 1.0)
+    return threshold, float(np.mean(sims >= threshold))
+
+
+def enroll(
+    spark: SparkSession,
+    model_uri: str,
+    input: str,
+    gallery: str,
+    cfg: FacesConfig,
+    *,
+    splits: Sequence[str] = ("train",),
+    images_per_identity: int = 0,
+    threshold_split: str = "val",
+    score_cfg: ScoreConfig | None = None,
+) -> dict[str, Any]:
+    """Embed known identities' images and publish the gallery (centroids, embeddings, threshold).
+
+    Args:
+        spark: The session.
+        model_uri: The VAE (``models:/NAME@ALIAS``); empty: ``cfg.model_uri``.
+        input: An ingested CelebA dataset folder (``identity`` column).
+        gallery: Gallery folder to publish.
+        cfg: Threshold (``< 0``: choose on ``threshold_split``) and target false-accept rate.
+        splits: Splits whose rows are enrolled.
+        images_per_identity: Enroll only the first N images of each identity (ordered by ``id``),
+            leaving the others as probes of known identities for ``identify``; 0: all.
+        threshold_split: Split of never-enrolled identities used to choose the threshold.
+        score_cfg: Batch sizes for the embedding model (default ``ScoreConfig()``).
+
+    Returns:
+        The gallery manifest (also ``GALLERY/manifest.json``).
+
+    Raises:
+        ValueError: Not a dataset, the model has no ``mu`` output, nothing to enroll, or no
+            impostor probes to choose the threshold from.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    t0 = time.perf_counter()
+    model_uri = model_uri or cfg.model_uri
+    if not model_uri:
+        raise ValueError("faces enroll: no model given (--model-uri or faces.model_uri)")
+    _require_dataset(input, "faces enroll")
+    score_cfg = score_cfg or ScoreConfig()
+    model = job.resolve_model(spark, model_uri)
+    if EMBEDDING not in dict(model.outputs):
+        raise ValueError(f"{model_uri}: expected a model with a '{EMBEDDING}' output (the VAE), found {model.outputs}")
+    keep = ["identity", "id", "split", "source_path", "content_hash"]
+    staging = pub.stage(gallery)
+    with job.session_conf(spark, job.job_conf(spark, score_cfg)):
+        rows = job.read_input(spark, input)
+        if "identity" not in rows.columns:
+            raise ValueError(f"faces enroll input {input}: expected an 'identity' column, found {rows.columns}")
+        chosen = rows.where(F.col("split").isin(list(splits)))
+        if images_per_identity > 0:
+            order = Window.partitionBy("identity").orderBy("id", "content_hash")
+            chosen = chosen.withColumn("_n", F.row_number().over(order)).where(F.col("_n") <= images_per_identity)
+        embedded = _embed(chosen, model, score_cfg, keep).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counts = {r["error_code"]: r["count"] for r in embedded.groupBy("error_code").count().collect()}
+            if not counts.get(None):
+                raise ValueError(f"faces enroll: no usable image of splits {list(splits)} in {input} ({counts})")
+            good = embedded.where(F.col("error_code").isNull()).select(*keep, "embedding")
+            good.orderBy("identity", "id").write.mode("overwrite").parquet(str(staging / "embeddings"))
+            good.groupBy("identity").applyInPandas(
+                _centroid, "identity int, n_images int, centroid array<float>"
+            ).orderBy("identity").coalesce(1).write.mode("overwrite").parquet(str(staging / "identities"))
+        finally:
+            embedded.unpersist()
+        ids, centroids = _read_centroids(staging / "identities")
+
+        threshold, source, val_far, val_probes = cfg.threshold, "config", None, 0
+        if cfg.threshold < 0:
+            probes = rows.where(F.col("split") == threshold_split).join(
+                spark.createDataFrame([(int(i),) for i in ids], "identity int"), "identity", "left_anti"
+            )
+            bc = spark.sparkContext.broadcast((ids, centroids))
+            try:
+                matched = _match(_embed(probes, model, score_cfg, ["identity"]), bc, 2.0, ["identity"])
+                sims = np.array([r[0] for r in matched.select("similarity").dropna().collect()], np.float64)
+            finally:
+                bc.unpersist()
+            if len(sims) == 0:
+                raise ValueError(
+                    f"faces enroll: cannot choose the threshold: no '{threshold_split}' images of non-enrolled "
+                    f"identities in {input}; set faces.threshold"
+                )
+            threshold, val_far = choose_threshold(sims, cfg.target_far)
+            source, val_probes = threshold_split, len(sims)
+
+    manifest = {
+        "gallery": str(Path(gallery).absolute()),
+        "input": str(input),
+        "model": model.info(),
+        "embedding": EMBEDDING,
+        "embedding_dim": int(centroids.shape[1]) if centroids.size else 0,
+        "splits": list(splits),
+        "images_per_identity": images_per_identity,
+        "identities": len(ids),
+        "images": int(counts.get(None, 0)),
+        "failed": int(sum(v for k, v in counts.items() if k is not None)),
+        "failed_by_reason": {str(k): int(v) for k, v in sorted((k, v) for k, v in counts.items() if k is not None)},
+        "threshold": float(threshold),
+        "threshold_source": source,
+        "target_far": cfg.target_far,
+        "val_far": val_far,
+        "val_probes": val_probes,
+        "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest["version"] = pub.publish(staging, gallery).name
+    log.info("enrolled %d identities (%d images), threshold %.4f (%s)", len(ids), manifest["images"], threshold, source)
+    return manifest
+
+
+def load_gallery(gallery: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The gallery's manifest, identity numbers and unit centroid matrix.
+
+    Raises:
+        FileNotFoundError: ``gallery`` is not a gallery made by ``enroll``.
+    """
+    folder = Path(gallery)
+    if not (folder / MANIFEST).is_file():
+        raise FileNotFoundError(f"gallery {gallery}: expected {MANIFEST} written by `faces enroll`, found none")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    ids, centroids = _read_centroids(folder / "identities")
+    return manifest, ids, centroids
+
+
+def identify(
+    spark: SparkSession,
+    gallery: str,
+    input: str,
+    output: str,
+    cfg: FacesConfig,
+    *,
+    splits: Sequence[str] = (),
+    threshold: float | None = None,
+    score_cfg: ScoreConfig | None = None,
+) -> dict[str, Any]:
+    """Nearest enrolled identity of each new face, or ``"unknown"``; Parquet with lineage.
+
+    Args:
+        spark: The session.
+        gallery: A gallery published by ``enroll``.
+        input: Folder/glob of images, or an ingested dataset (then ``true_identity`` is kept and
+            accuracy is reported).
+        output: Output folder (published atomically).
+        cfg: ``threshold >= 0`` overrides the gallery's threshold.
+        splits: For a dataset input, only these splits (empty: all).
+        threshold: Overrides both the gallery's and ``cfg``'s threshold.
+        score_cfg: Batch sizes for the embedding model.
+
+    Returns:
+        Summary (also ``OUTPUT/_summary.json``): counts, threshold and, with ground truth,
+        ``top1_accuracy`` (known identities, images not enrolled, threshold applied),
+        ``rank1_accuracy`` (same probes, closed set), ``far`` (probes of non-enrolled identities
+        accepted) and ``enrolled_self_match`` (enrolled images mapped to their own identity).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    t0 = time.perf_counter()
+    manifest, ids, centroids = load_gallery(gallery)
+    if threshold is None:
+        threshold = cfg.threshold if cfg.threshold >= 0 else float(manifest["threshold"])
+    score_cfg = score_cfg or ScoreConfig()
+    scored_at = datetime.now(UTC).replace(microsecond=0)
+    model = job.resolve_model(spark, manifest["model"]["pinned_uri"])
+    staging = pub.stage(output)
+    with job.session_conf(spark, job.job_conf(spark, score_cfg)):
+        rows = job.read_input(spark, input)
+        truth = "identity" in rows.columns
+        if splits and "split" in rows.columns:
+            rows = rows.where(F.col("split").isin(list(splits)))
+        keep = ["source_path", "content_hash", "id"]
+        if truth:
+            rows = rows.withColumnRenamed("identity", "true_identity")
+            keep += ["split", "true_identity"]
+        bc = spark.sparkContext.broadcast((ids, centroids))
+        enrolled = spark.read.parquet(str(Path(gallery) / "embeddings")).select("content_hash").distinct()
+        matched = (
+            _match(_embed(rows, model, score_cfg, keep), bc, threshold, keep)
+            .join(enrolled.withColumn("enrolled", F.lit(True)), "content_hash", "left")
+            .withColumn("enrolled", F.coalesce("enrolled", F.lit(False)))
+            .withColumn("threshold", F.lit(threshold).cast("float"))
+            .withColumn("gallery_version", F.lit(manifest.get("version") or Path(gallery).resolve().name))
+            .withColumn("model_name", F.lit(model.name).cast("string"))
+            .withColumn("model_version", F.lit(model.version).cast("string"))
+            .withColumn("model_run_id", F.lit(model.run_id).cast("string"))
+            .withColumn("model_uri", F.lit(model.pinned_uri))
+            .withColumn("scored_at", F.lit(scored_at).cast("timestamp"))
+        )
+        columns = [*keep, "best_identity", "similarity", "predicted_identity", "predicted_label", "enrolled"]
+        columns += ["threshold"]
+        columns += ["gallery_version", "model_name", "model_version", "model_run_id", "model_uri", "scored_at"]
+        columns += ["error_code", "error_message"]
+        matched = matched.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            stats = _identify_stats(matched, ids, truth)
+            job.write_sorted(matched, staging, stats["inputs"])
+        finally:
+            matched.unpersist()
+            bc.unpersist()
+    seconds = time.perf_counter() - t0
+    summary = {
+        "output": str(Path(output).absolute()),
+        "input": str(input),
+        "gallery": str(Path(gallery).absolute()),
+        "threshold": float(threshold),
+        **stats,
+        "model": model.info(),
+        "scored_at": scored_at.isoformat(),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(stats["inputs"] / seconds, 2) if seconds > 0 else 0.0,
+    }
+    (staging / job.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    summary["version"] = pub.publish(staging, output).name
+    return summary
+
+
+def _identify_stats(matched: DataFrame, ids: np.ndarray, truth: bool) -> dict[str, Any]:
+    """Counts and, with ground truth, accuracy / false-accept figures (one Spark aggregation)."""
+    from pyspark.sql import functions as F
+
+    ok = F.col("error_code").isNull()
+    accepted = F.col("predicted_identity").isNotNull()
+    aggs = [
+        F.count(F.lit(1)).alias("inputs"),
+        F.sum(ok.cast("int")).alias("identified"),
+        F.sum((ok & accepted).cast("int")).alias("accepted"),
+    ]
+    if truth:
+        known = F.col("true_identity").isin([int(i) for i in ids])
+        probe = ok & known & ~F.col("enrolled")
+        impostor = ok & ~known
+        selfm = ok & F.col("enrolled")
+        aggs += [
+            F.sum(probe.cast("int")).alias("known_probes"),
+            F.sum((probe & (F.col("predicted_identity") == F.col("true_identity"))).cast("int")).alias("_top1"),
+            F.sum((probe & (F.col("best_identity") == F.col("true_identity"))).cast("int")).alias("_rank1"),
+            F.sum(impostor.cast("int")).alias("unknown_probes"),
+            F.sum((impostor & accepted).cast("int")).alias("_fa"),
+            F.sum(selfm.cast("int")).alias("enrolled_probes"),
+            F.sum((selfm & (F.col("predicted_identity") == F.col("true_identity"))).cast("int")).alias("_self"),
+        ]
+    row = matched.agg(*aggs).first().asDict()
+    row = {k: int(v or 0) for k, v in row.items()}
+    failed = {
+        str(r["error_code"]): int(r["count"])
+        for r in matched.where(~ok).groupBy("error_code").count().orderBy("error_code").collect()
+    }
+    stats: dict[str, Any] = {
+        "inputs": row["inputs"],
+        "identified": row["identified"],
+        "accepted": row["accepted"],
+        "unknown": row["identified"] - row["accepted"],
+        "failed": row["inputs"] - row["identified"],
+        "failed_by_reason": failed,
+    }
+    if truth:
+
+        def rate(num: str, den: str) -> float | None:
+            return round(row[num] / row[den], 4) if row[den] else None
+
+        stats.update(
+            known_probes=row["known_probes"],
+            top1_accuracy=rate("_top1", "known_probes"),
+            rank1_accuracy=rate("_rank1", "known_probes"),
+            unknown_probes=row["unknown_probes"],
+            far=rate("_fa", "unknown_probes"),
+            enrolled_probes=row["enrolled_probes"],
+            enrolled_self_match=rate("_self", "enrolled_probes"),
+        )
+    return stats
