@@ -304,6 +304,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     _check_keys({section: {name: None}}, Config, f"override '{item}'")
     if _field_type(section, name) is str or (section == "spark" and name == "conf"):
         value: Any = text.strip()  # keep text as typed: `no`, `on`, `1e3` stay strings
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = yaml.safe_load(value)  # an explicitly quoted string: unquote/unescape
     else:
         try:
             value = yaml.safe_load(text) if text.strip() else ""
