@@ -307,10 +307,7 @@ def _finish(
         .collect()
     )
     log.info("processed %d input files", len(facts))
-    listed_read = sum(1 for f in facts if f["listed"])
-    if listed_read != len(catalog.entries):
-        raise IngestError(f"{catalog.root}: listed {len(catalog.entries)} image files, but Spark read "
-                          f"{listed_read} of them; files were added or removed during the ingest?")  # fmt: skip
+    empty = _unread_empty_files(catalog, facts)
     losers = _duplicates(facts)
     data_rows = work.where(F.col("q_reason").isNull()).select("split", "id", "row_hash", "source_path").collect()
     kept = [r for r in data_rows if r["source_path"] not in losers]
@@ -326,11 +323,11 @@ def _finish(
 
     plan = _file_plan(spark, by_split, cfg, workers)
     _write_data(spark, work, losers, plan, table, staging / "data")
-    quarantine_rows = _write_quarantine(spark, work, facts, losers, catalog, staging / "quarantine")
+    quarantine_rows = _write_quarantine(spark, work, facts, losers, empty, catalog, staging / "quarantine")
 
     source_images = len({r["source_path"] for r in kept})
     quarantined = sum(quarantine_rows.values())
-    input_files = len(facts) + len(catalog.orphans)
+    input_files = len(facts) + len(empty) + len(catalog.orphans)
     if input_files != source_images + quarantined:
         raise IngestError(f"{catalog.root}: {input_files} inputs but {source_images} in the output and "
                           f"{quarantined} quarantined; an input was lost")  # fmt: skip
@@ -342,7 +339,7 @@ def _finish(
         "table": table,
         "input_dir": str(catalog.root),
         "input_files": input_files,
-        "image_files": len(facts),
+        "image_files": len(facts) + len(empty),
         "annotations_without_image": len(catalog.orphans),
         "source_images": source_images,
         "output_rows": len(kept),
@@ -358,6 +355,18 @@ def _finish(
         **{k: v for k, v in catalog.info.items() if v},
     }
     return manifest
+
+
+def _unread_empty_files(catalog: readers.Catalog, facts: list[Any]) -> list[str]:
+    """Listed files Spark did not read: empty files (its file scan skips them), else an error."""
+    read = {f["source_path"] for f in facts if f["listed"]}
+    unread = [str(catalog.root / key) for key in catalog.entries if str(catalog.root / key) not in read]
+    sizes = {p: Path(p).stat().st_size if Path(p).is_file() else None for p in unread}
+    lost = [p for p, size in sizes.items() if size != 0]
+    if lost:
+        raise IngestError(f"{catalog.root}: listed {len(catalog.entries)} image files, but Spark did not read "
+                          f"{len(lost)} of them (first: {lost[0]}); were files changed during the ingest?")  # fmt: skip
+    return sorted(unread)
 
 
 def _duplicates(facts: list[Any]) -> dict[str, str]:
@@ -461,6 +470,7 @@ def _write_quarantine(
     work: DataFrame,
     facts: list[Any],
     losers: dict[str, str],
+    empty: list[str],
     catalog: readers.Catalog,
     out: Path,
 ) -> Counter[str]:
@@ -483,6 +493,8 @@ def _write_quarantine(
         (p, hashes[p], images.DUPLICATE_CONTENT, f"{p}: same content (sha256 {hashes[p]}) as {kept}", "dedupe")
         for p, kept in sorted(losers.items())
     ]
+    zero = images.content_hash(b"")
+    extra += [(p, zero, images.ZERO_BYTES, f"{p}: file is empty (0 bytes)", "read") for p in empty]
     extra += [(o.source, None, images.MISSING_IMAGE, f"{o.source}: {o.message}", "annotate") for o in catalog.orphans]
     counts.update(row[2] for row in extra)
     if extra:
@@ -506,8 +518,6 @@ class _Processor:
     flush_bytes: int = 16 * 1024 * 1024
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import pandas as pd
-
         columns = work_schema(self.table).fieldNames()
         handler = {"celeba": self._celeba, "fabric": self._fabric, "folder": self._folder}[self.table]
         out: list[dict[str, Any]] = []
@@ -518,10 +528,10 @@ class _Processor:
                     out.append(row)
                     size += len(row.get("image") or b"") + len(row.get("mask") or b"")
                     if size >= self.flush_bytes:
-                        yield pd.DataFrame.from_records(out, columns=columns)
+                        yield _frame(out, columns)
                         out, size = [], 0
         if out:
-            yield pd.DataFrame.from_records(out, columns=columns)
+            yield _frame(out, columns)
 
     def _one(self, rec: dict[str, Any], handler: Callable[..., list[dict[str, Any]]]) -> list[dict[str, Any]]:
         data: bytes = rec["content"] if rec["content"] is not None else b""
@@ -640,6 +650,13 @@ class _Processor:
                                         f"the image, found {m.width}x{m.height}")  # fmt: skip
             mask |= np.asarray(m.convert("L")) > 127
         return mask
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Rows as object columns: absent values stay None (a NaN would not convert to an Arrow list)."""
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
 
 
 def _row_digest(row: dict[str, Any], table: str) -> str:

@@ -215,7 +215,8 @@ def _parse_table(
             found_header = found_header[1:]
         if tuple(found_header) != tuple(header):
             diff = next(
-                (i for i, (a, b) in enumerate(zip(header, found_header, strict=False)) if a != b), min(len(header), len(found_header))
+                (i for i, (a, b) in enumerate(zip(header, found_header, strict=False)) if a != b),
+                min(len(header), len(found_header)),
             )
             raise AnnotationError(
                 f"{name}:2: expected a header of {len(header)} names ({' '.join(header[:3])} ...), "
