@@ -161,8 +161,10 @@ def training_dataset(
     import tensorflow as tf
 
     ds = stream.filter(task.keep_for_training)
-    ds = ds.map(lambda row: task.parse_row(row, meta, cfg, True), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)  # fmt: skip
+    # Serial on purpose: augmentation draws its per-row seeds from a stateful generator, and a
+    # parallel map would hand them to rows in a varying order (a run would not repeat). The
+    # prefetch below still overlaps decoding with training.
+    ds = ds.map(lambda row: task.parse_row(row, meta, cfg, True))
     if cfg.shuffle_buffer > 0:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -145,6 +145,8 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
             run_id = state.run_id
             client.set_tag(run_id, "sparkvision.resumed_from_epoch", str(state.epoch))
             client.update_run(run_id, status="RUNNING")
+            # Parameters are immutable: the configuration of each resumed segment is an artifact.
+            client.log_text(run_id, cfg.to_yaml(), f"resumed/config-from-epoch-{state.epoch + 1}.yaml")
         else:
             exp = client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else client.create_experiment(experiment)

@@ -45,6 +45,7 @@ def run_worker(job: WorkerJob) -> dict[str, Any]:
     """
     import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
+    import numpy as np
     import tensorflow as tf
 
     from sparkvision.models import get_task
@@ -87,19 +88,17 @@ def run_worker(job: WorkerJob) -> dict[str, Any]:
                            steps_per_epoch=job.steps_per_epoch, monitor=monitor,
                            patience=tcfg.reduce_lr_patience, factor=tcfg.reduce_lr_factor,
                            stop_patience=tcfg.early_stopping_patience)  # fmt: skip
-    controller: list[Any] = []  # filled below; make_state runs only during fit
 
     def make_state(epoch: int, logs: dict[str, Any]) -> CheckpointState:
-        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        metrics = {k: float(v) for k, v in logs.items() if np.ndim(v) == 0}
         return CheckpointState(epoch=epoch, run_id=job.run_id, checkpoint="", meta=job.meta,
                                lr=float(logs.get("lr", target_lr)),
-                               callbacks={"plateau": controller[0].state.to_dict()}, metrics=metrics)  # fmt: skip
+                               callbacks={"plateau": lr_controller.state.to_dict()}, metrics=metrics)  # fmt: skip
 
     callbacks, lr_controller = cb.callback_list(rank=rank, schedule=schedule, state=plateau,
                                  images_per_epoch=job.steps_per_epoch * tcfg.batch_size * size,
                                  store=store, checkpoint=checkpoint, make_state=make_state,
                                  tracking_uri=job.tracking_uri, run_id=job.run_id)  # fmt: skip
-    controller.append(lr_controller)
 
     history: dict[str, list[float]] = {}
     if initial_epoch < tcfg.epochs:
