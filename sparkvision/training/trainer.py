@@ -173,7 +173,10 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
             log.info("evaluation, pictures and registration of run %s took %.1f s", run_id,
                      time.perf_counter() - started)  # fmt: skip
         except BaseException:
-            client.set_terminated(run_id, status="FAILED")
+            try:
+                client.set_terminated(run_id, status="FAILED")
+            except Exception as exc:  # keep the training error, not the bookkeeping one
+                log.warning("could not mark run %s FAILED: %s", run_id, exc)
             raise
         client.set_terminated(run_id, status="FINISHED")
     return {"run_id": run_id, "experiment": experiment, **outcome}
@@ -265,8 +268,6 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
 
 
 def _metric_entities(metrics: dict[str, float], step: int) -> list[Any]:
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)

@@ -88,7 +88,8 @@ def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any]
                 "epoch_time_s", "lr"):  # fmt: skip
         assert [s for s, _ in _steps(client, run.info.run_id, key)] == [0, 1], key
     assert [v for _, v in _steps(client, run.info.run_id, "loss")] == pytest.approx(trained["history"]["loss"])
-    assert "test_loss" in run.data.metrics or any(k.startswith("test_") for k in run.data.metrics)
+    assert {"test_loss", "test_recon_mse", "eval_val_loss"} <= set(run.data.metrics)
+    assert run.data.metrics["test_loss"] == pytest.approx(trained["metrics"]["test_loss"])
     files = _artifacts(client, run.info.run_id)
     assert {"config.yaml", "dataset/manifest.json", "checkpoint/state.json", "pictures/curve_loss.png"} <= files
     assert any(f.startswith("pictures/") and "curve" not in f for f in files)
