@@ -56,3 +56,36 @@ def test_missing_or_nan_monitor_changes_nothing() -> None:
     state = PlateauState(best=1.0)
     assert s.update(state, 0, None) == state
     assert s.update(state, 0, float("nan")) == state
+
+
+def test_controller_in_fit_warms_up_per_step_lowers_on_plateau_and_stops() -> None:
+    """The Keras callback drives a real optimizer: per-step warm-up, one plateau cut, early stop."""
+    import numpy as np
+    import tensorflow as tf
+
+    from sparkvision.training.callbacks import make_classes
+
+    classes = make_classes()
+    monitored = iter([3.0, 2.0, 2.5, 2.4, 2.6, 2.7, 2.8])
+    seen_lr: list[float] = []
+
+    class FakeValidation(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen_lr.append(float(self.model.optimizer.learning_rate.numpy()))
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = next(monitored)
+
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer=tf.keras.optimizers.Adam(1.0), loss="mse")
+    schedule = Schedule(0.01, warmup_epochs=1, steps_per_epoch=4, monitor="val_loss", patience=2, factor=0.1,
+                        stop_patience=3)  # fmt: skip
+    controller = classes["LearningRateController"](schedule, PlateauState())
+    timer = classes["EpochTimer"](images_per_epoch=16)
+    x = np.ones((16, 2), np.float32)
+    fit = model.fit(x, x[:, :1], batch_size=4, epochs=10, verbose=0, callbacks=[FakeValidation(), timer, controller])
+    assert seen_lr[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
+    assert len(fit.history["loss"]) == 5  # best at epoch 1, three worse epochs -> stop after epoch 4
+    assert fit.history["lr"] == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.001])
+    assert controller.state.stopped_epoch == 4
+    assert all(v > 0 for v in fit.history["images_per_s"]) and all(v > 0 for v in fit.history["epoch_time_s"])
