@@ -170,6 +170,7 @@ def _tuning(catalog: readers.Catalog, parallelism: int) -> dict[str, str]:
         # Arrow batches of ~16 MB of input bytes; cached column batches of bounded size.
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(int(min(1024, max(4, 16 * 1024 * 1024 // avg)))),
         "spark.sql.inMemoryColumnarStorage.batchSize": "256",
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
 
@@ -300,13 +301,14 @@ def _finish(
 ) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
+    started = time.time()
     # One pass over the work table fills the cache and gives the per-input facts.
     facts = (
         work.groupBy("source_path", "content_hash", "listed")
         .agg(F.max(F.col("q_reason")).alias("q_reason"), F.count("*").alias("rows"))
         .collect()
     )
-    log.info("processed %d input files", len(facts))
+    log.info("processed %d input files (%.1fs)", len(facts), time.time() - started)
     empty = _unread_empty_files(catalog, facts)
     losers = _duplicates(facts)
     data_rows = work.where(F.col("q_reason").isNull()).select("split", "id", "row_hash", "source_path").collect()
@@ -321,9 +323,12 @@ def _finish(
     for digest in sorted(f"{r['split']}:{r['row_hash']}" for r in kept):
         checksum.update(digest.encode())
 
+    log.info("collected %d row ids (%.1fs)", len(kept), time.time() - started)
     plan = _file_plan(spark, by_split, cfg, workers)
-    _write_data(spark, work, losers, plan, table, staging / "data")
+    _write_data(spark, work, by_split, plan, table, staging / "data")
+    log.info("wrote %d rows in %d files (%.1fs)", len(kept), sum(map(len, plan.values())), time.time() - started)
     quarantine_rows = _write_quarantine(spark, work, facts, losers, empty, catalog, staging / "quarantine")
+    log.info("wrote %d quarantine rows (%.1fs)", sum(quarantine_rows.values()), time.time() - started)
 
     source_images = len({r["source_path"] for r in kept})
     quarantined = sum(quarantine_rows.values())
@@ -331,9 +336,6 @@ def _finish(
     if input_files != source_images + quarantined:
         raise IngestError(f"{catalog.root}: {input_files} inputs but {source_images} in the output and "
                           f"{quarantined} quarantined; an input was lost")  # fmt: skip
-    written = spark.read.parquet(str(staging / "data")).count() if kept else 0
-    if written != len(kept):
-        raise IngestError(f"{staging / 'data'}: expected {len(kept)} rows written, found {written}")
     manifest: dict[str, Any] = {
         "format": fmt,
         "table": table,
@@ -420,12 +422,16 @@ def _bucket_keys(spark: SparkSession, buckets: int) -> list[int]:
 def _write_data(
     spark: SparkSession,
     work: DataFrame,
-    losers: dict[str, str],
+    by_split: dict[str, list[str]],
     plan: dict[str, list[str]],
     table: str,
     out: Path,
 ) -> None:
-    """Write ``out/split=<s>/`` with exactly ``len(plan[s])`` files, rows sorted by id."""
+    """Write ``out/split=<s>/`` with exactly ``len(plan[s])`` files, rows sorted by id.
+
+    Only ids in ``by_split`` are written (duplicates are already left out of it).
+    """
+    import pandas as pd
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -434,35 +440,39 @@ def _write_data(
         out.mkdir(parents=True)
         return
     keys = _bucket_keys(spark, total)
-    offsets, index = {}, 0
+    ids: list[str] = []
+    buckets: list[int] = []
+    offset = 0
     for split in SPLITS:
-        offsets[split] = index
-        index += len(plan.get(split, []))
-    bounds = {s: plan.get(s, []) for s in SPLITS}
-
-    import pandas as pd
-
-    def bucket(split, ids):  # type: ignore[no-untyped-def]
-        out_keys = [keys[offsets[s] + bisect.bisect_right(bounds[s], i) - 1] for s, i in zip(split, ids, strict=True)]
-        return pd.Series(out_keys, dtype="int64")
-
-    # Real classes, not the postponed strings: pandas_udf reads the hints to pick the UDF kind.
-    bucket.__annotations__ = {"split": pd.Series, "ids": pd.Series, "return": pd.Series}
-    bucket_udf = F.pandas_udf(bucket, T.LongType())  # type: ignore[call-overload]
-    rows = work.where(F.col("q_reason").isNull())
-    if losers:
-        gone = spark.createDataFrame([(p,) for p in losers], "source_path string")
-        rows = rows.join(F.broadcast(gone), "source_path", "left_anti")
+        starts = plan.get(split, [])
+        for i in by_split[split]:
+            ids.append(i)
+            buckets.append(keys[offset + bisect.bisect_right(starts, i) - 1])
+        offset += len(starts)
+    schema = T.StructType([T.StructField("id", T.StringType(), False), T.StructField("_bucket", T.LongType(), False)])
+    mapping = spark.createDataFrame(pd.DataFrame({"id": ids, "_bucket": pd.Series(buckets, dtype="int64")}), schema)
     columns = [f.name for f in TABLES[table]]
     (
-        rows.withColumn("_bucket", bucket_udf("split", "id"))
+        work.where(F.col("q_reason").isNull())
+        .join(F.broadcast(mapping), "id")
         .repartition(total, "_bucket")
         .sortWithinPartitions("split", "id")
         .select(*columns, "split")
         .write.partitionBy("split")
         .parquet(str(out))
     )
-    log.info("wrote %d files to %s", total, out)
+    for split in SPLITS:
+        files = sorted((out / f"split={split}").glob("*.parquet"))
+        rows = [_parquet_rows(f) for f in files]
+        if len(files) != len(plan.get(split, [])) or sum(rows) != len(by_split[split]):
+            raise IngestError(f"{out}/split={split}: expected {len(by_split[split])} rows in "
+                              f"{len(plan.get(split, []))} files, found {sum(rows)} rows in {len(files)} files")  # fmt: skip
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
 
 
 def _write_quarantine(
@@ -500,7 +510,7 @@ def _write_quarantine(
     if extra:
         q = q.unionByName(spark.createDataFrame(extra, schema=schema))
     q.repartition(1).sortWithinPartitions("source_path", "reason").write.parquet(str(out))
-    written = spark.read.parquet(str(out)).count()
+    written = sum(_parquet_rows(f) for f in out.glob("*.parquet"))
     if written != sum(counts.values()):
         raise IngestError(f"{out}: expected {sum(counts.values())} quarantine rows written, found {written}")
     return counts

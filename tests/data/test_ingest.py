@@ -287,8 +287,8 @@ def test_crash_mid_write_keeps_previous_dataset(
     before = sorted(_rows(out), key=lambda r: r["id"])
     real_write = ingest_mod._write_data
 
-    def crash(spark_, work, losers, plan, table, target):  # type: ignore[no-untyped-def]
-        real_write(spark_, work, losers, plan, table, target)  # staging data fully written ...
+    def crash(spark_, work, by_split, plan, table, target):  # type: ignore[no-untyped-def]
+        real_write(spark_, work, by_split, plan, table, target)  # staging data fully written ...
         raise OSError("disk full")  # ... then the job dies before publishing
 
     monkeypatch.setattr(ingest_mod, "_write_data", crash)

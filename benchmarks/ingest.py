@@ -1,0 +1,96 @@
+"""Ingest throughput: ``sparkvision.data.ingest.ingest`` on local[2] against a single-process
+Pillow loop doing the same per-image work on the same files.
+
+    .venv/bin/python benchmarks/ingest.py --count 5000
+
+(a) baseline: one Python process reads every CelebA image, hashes it, decodes and validates it,
+    converts to RGB, centre-crops, resizes to ``ingest.image_size`` and PNG-encodes it (the
+    ``sparkvision.data.images`` functions ingest uses); nothing is written.
+(b) ``ingest(spark, "celeba", ...)``: annotation parsing, the Spark job, quarantine, dedupe,
+    the Parquet write and the atomic publish. The SparkSession is started and warmed up on a
+    tiny data set first (not timed): start-up is not throughput.
+
+Prints images/s of each and the ratio b/a. Generated data is cached in ``--data-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def celeba_folder(data_dir: Path, count: int, seed: int = 0) -> Path:
+    """A generated CelebA folder of ``count`` images, reused when it already holds that many."""
+    from sparkvision.data.generators.celeba import generate_celeba
+
+    out = data_dir / f"celeba-{count}-seed{seed}"
+    attr = out / "list_attr_celeba.txt"
+    if not (attr.is_file() and attr.read_text().split("\n", 1)[0].strip() == str(count)):
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        generate_celeba(out, count=count, seed=seed)
+        print(f"generated {count} CelebA images in {time.perf_counter() - started:.1f}s -> {out}")
+    return out
+
+
+def pillow_loop(files: list[Path], size: int, compress_level: int) -> float:
+    """Seconds for the single-process decode/validate/crop/resize/PNG-encode of ``files``."""
+    from sparkvision.data import images
+
+    started = time.perf_counter()
+    for path in files:
+        data = path.read_bytes()
+        images.content_hash(data)
+        img = images.to_rgb(images.decode_image(data, min_side=16))
+        out = images.crop_resize(img, images.crop_box(img.width, img.height, "center_square"), size)
+        images.encode_png(out, compress_level)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=5000, help="CelebA images to generate and ingest")
+    parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "sparkvision-bench"),
+                        help="cache folder for generated data")  # fmt: skip
+    parser.add_argument("--env", default="base", help="configuration layer (ingest and spark sections)")
+    args = parser.parse_args()
+
+    from sparkvision.config import load_config
+    from sparkvision.data.ingest import ingest
+    from sparkvision.spark import get_spark
+
+    cfg = load_config(args.env)
+    data_dir = Path(args.data_dir)
+    root = celeba_folder(data_dir, args.count)
+    warm = celeba_folder(data_dir, 64)
+    files = sorted((root / cfg.ingest.celeba_image_dir).glob("*.jpg"))
+    print(f"{len(files)} images, {sum(p.stat().st_size for p in files) / 1e6:.1f} MB, "
+          f"image_size={cfg.ingest.image_size}, png level {cfg.ingest.png_compress_level}")  # fmt: skip
+
+    base_s = pillow_loop(files, cfg.ingest.image_size, cfg.ingest.png_compress_level)
+    base_rate = len(files) / base_s
+    print(f"(a) single-process Pillow loop: {base_s:7.2f}s  {base_rate:8.1f} images/s")
+
+    spark = get_spark(cfg.spark)
+    workers = spark.sparkContext.defaultParallelism
+    out_dir = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=data_dir))
+    try:
+        ingest(spark, "celeba", str(warm), str(out_dir / "warm"), cfg.ingest, workers=workers)
+        started = time.perf_counter()
+        manifest = ingest(spark, "celeba", str(root), str(out_dir / "out"), cfg.ingest, workers=workers)
+        spark_s = time.perf_counter() - started
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    assert manifest["output_rows"] + manifest["quarantined"] == len(files), manifest
+    spark_rate = len(files) / spark_s
+    print(f"(b) ingest on {cfg.spark.master} ({workers} cores): {spark_s:7.2f}s  {spark_rate:8.1f} images/s  "
+          f"({manifest['output_rows']} rows, {manifest['quarantined']} quarantined, "
+          f"files per split {manifest['files_per_split']})")  # fmt: skip
+    print(f"ratio b/a: {spark_rate / base_rate:.2f}x (goal >= 1.6x)")
+
+
+if __name__ == "__main__":
+    main()
