@@ -201,7 +201,10 @@ def _catalog_schema(table: str) -> T.StructType:
             T.StructField("landmarks_raw", T.ArrayType(T.IntegerType(), False), True),
             T.StructField("identity", T.IntegerType(), True),
         ],
-        "fabric": [T.StructField("defect_type", T.StringType(), True)],
+        "fabric": [
+            T.StructField("defect_type", T.StringType(), True),
+            T.StructField("split_shares", T.ArrayType(T.DoubleType(), False), True),
+        ],
         "folder": [T.StructField("label", T.IntegerType(), True), T.StructField("label_name", T.StringType(), True)],
     }[table]
     return T.StructType(
@@ -568,6 +571,8 @@ class _Processor:
             return quarantine(exc.reason, f"{src}: {exc.message}", "annotate")
         for row in rows:
             row.update(base, split=rec["split"])
+            if self.table == "fabric" and not c.split_by_source_image:
+                row["split"] = readers.hash_split(row["id"], list(rec["split_shares"]), c.split_seed)
             row["row_hash"] = _row_digest(row, self.table)
         return rows
 

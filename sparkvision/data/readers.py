@@ -406,7 +406,8 @@ def list_mvtec(
         split_seed: Salt of the hash split.
 
     Returns:
-        A catalog whose entry values are ``defect_type`` (folder name) and whose entries of
+        A catalog whose entry values are ``defect_type`` (folder name) and ``split_shares`` (the
+        train/val/test shares of the image's role, for splitting patches one by one), and whose entries of
         defect images name their mask keys. With several categories ids start with the category.
 
     Raises:
@@ -437,13 +438,12 @@ def list_mvtec(
             for rel in list_files(cat / role, ("png",)):
                 defect = rel.split("/", 1)[0] if "/" in rel else "good"
                 key = f"{prefix}{role}/{rel}"
-                if role == "train":
-                    split = hash_split(key, (f_train, f_val, 0.0), split_seed)
-                else:
-                    split = hash_split(key, (0.0, f_val, f_test), split_seed)
+                shares = [f_train, f_val, 0.0] if role == "train" else [0.0, f_val, f_test]
+                split = hash_split(key, shares, split_seed)
                 stem = rel.rsplit(".", 1)[0]
                 mask = () if defect == "good" else (f"{prefix}ground_truth/{stem}_mask.png",)
-                entries[key] = CatalogEntry(key, key, split, values={"defect_type": defect}, masks=mask)
+                values = {"defect_type": defect, "split_shares": shares}
+                entries[key] = CatalogEntry(key, key, split, values=values, masks=mask)
         if (cat / "ground_truth").is_dir():
             mask_dirs.append(f"{prefix}ground_truth")
             masks.extend(f"{prefix}ground_truth/{m}" for m in list_files(cat / "ground_truth", ("png",)))
@@ -481,7 +481,7 @@ def list_aitex(
         split_seed: Salt of the hash split.
 
     Returns:
-        A catalog whose entry values are ``defect_type``.
+        A catalog whose entry values are ``defect_type`` and ``split_shares``.
 
     Raises:
         FileNotFoundError: Neither ``Defect_images`` nor ``NODefect_images`` exists.
@@ -502,7 +502,8 @@ def list_aitex(
             split = hash_split(key, split_fractions, split_seed)
             stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
             if d == "NODefect_images":
-                entries[key] = CatalogEntry(key, key, split, values={"defect_type": "good"})
+                values = {"defect_type": "good", "split_shares": list(split_fractions)}
+                entries[key] = CatalogEntry(key, key, split, values=values)
                 continue
             match = AITEX_NAME.match(stem)
             code = int(match.group(2)) if match else None
@@ -517,7 +518,8 @@ def list_aitex(
             mask_keys = tuple(masks_by_stem.get(stem, ())) if defect != "good" else ()
             if defect != "good" and not mask_keys:
                 mask_keys = (f"Mask_images/{stem}_mask.png",)
-            entries[key] = CatalogEntry(key, key, split, values={"defect_type": defect}, masks=mask_keys)
+            values = {"defect_type": defect, "split_shares": list(split_fractions)}
+            entries[key] = CatalogEntry(key, key, split, values=values, masks=mask_keys)
     stems = {e.key.rsplit("/", 1)[-1].rsplit(".", 1)[0] for e in entries.values() if e.key.startswith("Defect_images/")}
     orphans = [
         Orphan(str(base / mk), f"mask {mk} has no image (expected Defect_images/{stem}.png)")

@@ -355,6 +355,18 @@ def test_mvtec_splits_follow_official_split(mvtec_out: tuple[dict, Path]) -> Non
         assert splits <= ({"train", "val"} if source.startswith("train/") else {"val", "test"})
 
 
+def test_mvtec_patch_split_without_source_grouping(spark, cfg: Config, fabric_dir: Path, tmp_path: Path) -> None:
+    icfg = dataclasses.replace(cfg.ingest, split_by_source_image=False, split_fractions=(0.4, 0.3, 0.3))
+    m = ingest(spark, "mvtec", str(fabric_dir), str(tmp_path / "out"), icfg, workers=WORKERS)
+    _check_invariant(m)
+    split_of: dict[str, set[str]] = {}
+    for r in _rows(tmp_path / "out"):
+        shares = [0.4, 0.3, 0.0] if r["source_id"].startswith("train/") else [0.0, 0.3, 0.3]
+        assert r["split"] == readers.hash_split(r["id"], shares, icfg.split_seed)
+        split_of.setdefault(r["source_id"], set()).add(r["split"])
+    assert any(len(s) > 1 for s in split_of.values())
+
+
 def test_mvtec_defect_without_mask_is_quarantined(spark, cfg: Config, fabric_dir: Path, tmp_path: Path) -> None:
     root = Path(shutil.copytree(fabric_dir, tmp_path / "fabric"))
     mask = sorted((root / "ground_truth").rglob("*_mask.png"))[0]
