@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from sparkvision.models.base import Meta, Task
 
 READER_THREADS = 1
-"""Petastorm reader threads per rank. The one thread already reads ahead of training (the
-expensive PNG decoding runs in ``tf.data``'s parallel map), and it keeps the row order of a
-seed repeatable, which more threads would not."""
+"""Petastorm reader threads per rank. The one thread already reads Parquet ahead of training
+(PNG decoding happens later, in ``tf.data`` behind a prefetch), and it keeps the row order of
+a seed repeatable, which more threads would not."""
 
 
 @dataclass(frozen=True)
