@@ -324,6 +324,8 @@ def identify(
     from pyspark.sql import functions as F
 
     t0 = time.perf_counter()
+    if not output:
+        raise ValueError("faces identify: expected an output folder (--output), found none")
     manifest, ids, centroids = load_gallery(gallery)
     if threshold is None:
         threshold = cfg.threshold if cfg.threshold >= 0 else float(manifest["threshold"])

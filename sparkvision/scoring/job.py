@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -211,12 +212,27 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
         .option("pathGlobFilter", f"*.{{{exts}}}")
         .load(str(Path(input).absolute()) if not input.startswith(("file:", "hdfs:", "s3")) else input)
     )
-    return raw.select(
+    rows = raw.select(
         F.col("content").alias("image"),
-        F.regexp_replace("path", "^file:", "").alias("source_path"),
+        F.regexp_replace("path", "^file:(//)?", "").alias("source_path"),
         F.sha2(F.col("content"), 256).alias("content_hash"),
         F.element_at(F.split("path", "/"), -1).alias("id"),
     )
+    # Spark's file scan drops zero-byte files; they are inputs too and get a zero_bytes error row.
+    local = [re.sub("^file:(//)?", "", p) for p in raw.inputFiles() if p.startswith("file:")]
+    empty = [p for p in local if _size(p) == 0]
+    if empty:
+        blank = hashlib.sha256(b"").hexdigest()
+        extra = [(b"", p, blank, p.rsplit("/", 1)[-1]) for p in empty]
+        rows = rows.unionByName(spark.createDataFrame(extra, rows.schema))
+    return rows
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
 
 
 @contextlib.contextmanager
@@ -310,6 +326,7 @@ def score(
     output: str,
     cfg: ScoreConfig,
     incremental: bool = False,
+    log_to_run: bool = True,
 ) -> dict[str, Any]:
     """Score images with a registered model into Parquet with lineage, published atomically.
 
@@ -321,6 +338,8 @@ def score(
         cfg: Batch sizes and partitioning.
         incremental: Score only inputs whose ``content_hash`` is not in the published output and
             publish old rows ∪ new rows.
+        log_to_run: Also log the summary to the model's training run as
+            ``scoring/<output name>/_summary.json`` (the run report shows it).
 
     Returns:
         The summary (also written to ``OUTPUT/_summary.json``): ``inputs``, ``scored``, ``failed``,
@@ -334,6 +353,8 @@ def score(
     from pyspark.sql import functions as F
 
     t0 = time.perf_counter()
+    if not output or not input:
+        raise ValueError(f"score: expected an input and an output folder, found input={input!r} output={output!r}")
     scored_at = datetime.now(UTC).replace(microsecond=0)
     model = resolve_model(spark, model_uri)
     old = _published_rows(spark, output) if incremental else None
@@ -382,5 +403,14 @@ def score(
     }
     (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     summary["version"] = pub.publish(staging, output).name
+    if log_to_run and model.run_id:
+        import mlflow
+
+        from sparkvision.reporting import log_scoring_summary
+
+        try:
+            summary["logged_to_run"] = log_scoring_summary(model.run_id, summary, mlflow.get_tracking_uri())
+        except Exception as exc:  # noqa: BLE001 - the output is published; the log is a courtesy
+            log.warning("could not log the scoring summary to run %s: %s", model.run_id, exc)
     log.info("scored %d images (%d failed) into %s in %.1fs", processed, summary["failed"], output, seconds)
     return summary

@@ -45,7 +45,7 @@ def vae_model(mlflow_server: str, cfg: Config) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def new_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Mixed-format new faces (JPEG/PNG/grey/RGBA/EXIF-rotated), one truncated JPEG and one text file."""
+    """Mixed-format new faces (JPEG/PNG/grey/RGBA/EXIF-rotated), a truncated JPEG, an empty PNG and a text file."""
     from sparkvision.data.generators.celeba import generate_new_images
 
     out = tmp_path_factory.mktemp("new-images")
@@ -54,5 +54,6 @@ def new_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     paths[0].rename(out / "batch" / "sub" / paths[0].name)  # inputs are found recursively
     good = paths[1].read_bytes()
     (out / "batch" / "broken.jpg").write_bytes(good[: len(good) // 3] if paths[1].suffix == ".jpg" else b"\xff\xd8junk")
+    (out / "batch" / "sub" / "empty.png").write_bytes(b"")
     (out / "batch" / "notes.txt").write_text("not an image: skipped by extension")
     return out / "batch"

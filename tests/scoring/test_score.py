@@ -64,26 +64,31 @@ def test_one_row_per_input_with_lineage(scored: dict, attributes_model: dict[str
         assert row["content_hash"] == hashlib.sha256(p.read_bytes()).hexdigest()
     # deterministic order: by content hash, then path
     assert list(frame["content_hash"]) == sorted(frame["content_hash"])
-    assert summary["inputs"] == len(files) and summary["scored"] == len(files) - 1 and summary["failed"] == 1
+    assert summary["inputs"] == len(files) and summary["scored"] == len(files) - 2 and summary["failed"] == 2
     assert json.loads((scored["out"] / "_summary.json").read_text())["failed_by_reason"] == summary["failed_by_reason"]
     assert summary["model"]["run_id"] == attributes_model["run_id"]
     assert summary["images_per_s"] > 0
+    from mlflow import MlflowClient
+
+    logged = MlflowClient().list_artifacts(attributes_model["run_id"], f"scoring/{scored['out'].name}")
+    assert [a.path for a in logged] == [summary["logged_to_run"]]
 
 
-def test_corrupt_file_gets_error_row_and_others_are_scored(scored: dict) -> None:
+def test_corrupt_files_get_error_rows_and_others_are_scored(scored: dict) -> None:
     frame = scored["frame"]
-    bad = frame[frame["source_path"].str.endswith("broken.jpg")]
-    assert len(bad) == 1
-    assert bad["error_code"].iloc[0] in REASONS and bad["error_message"].iloc[0]
-    assert bad["probabilities"].isna().all()
-    assert scored["summary"]["failed_by_reason"] == {bad["error_code"].iloc[0]: 1}
-    good = frame[~frame["source_path"].str.endswith("broken.jpg")]
+    bad = frame[frame["source_path"].str.endswith(("broken.jpg", "empty.png"))].set_index("id")
+    assert len(bad) == 2
+    assert bad.loc["empty.png", "error_code"] == "zero_bytes"
+    assert bad.loc["broken.jpg", "error_code"] in REASONS and bad["error_message"].notna().all()
+    assert bad["probabilities"].isna().all() and bad["predicted"].isna().all()
+    assert scored["summary"]["failed_by_reason"] == bad["error_code"].value_counts().sort_index().to_dict()
+    good = frame[~frame["id"].isin(bad.index)]
     assert good["error_code"].isna().all() and good["error_message"].isna().all()
     assert all(len(p) == 40 and np.all((p >= 0) & (p <= 1)) for p in good["probabilities"])
 
 
 def test_predictions_equal_pyfunc_predict(scored: dict, attributes_model: dict[str, str], new_images: Path) -> None:
-    files = [p for p in image_files(new_images) if p.name != "broken.jpg"]
+    files = [p for p in image_files(new_images) if p.name not in ("broken.jpg", "empty.png")]
     ref = pyfunc_reference(attributes_model["uri"], files)
     frame = scored["frame"].set_index("source_path")
     for path in ref.index:
@@ -107,7 +112,7 @@ def test_rerun_is_identical_except_scored_at(spark, cfg: Config, scored: dict, a
 def test_other_task_outputs(spark, cfg: Config, vae_model, new_images: Path, tmp_path: Path, task: str) -> None:
     from sparkvision.scoring import score
 
-    files = [p for p in image_files(new_images) if p.name != "broken.jpg"][:4]
+    files = [p for p in image_files(new_images) if p.name not in ("broken.jpg", "empty.png")][:4]
     folder = tmp_path / "in"
     folder.mkdir()
     for p in files:
