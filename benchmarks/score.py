@@ -1,0 +1,245 @@
+"""Batch scoring throughput and memory: ``sparkvision.scoring.score`` on local[2] against
+(a) the same Keras model's ``predict`` on the same images already decoded in memory in one
+process (the local limit; decoding is not timed) and (b) Horovod's row-wise
+``horovod.spark.keras.KerasModel.transform`` (the peer, timed on a subset).
+
+    .venv/bin/python benchmarks/score.py --count 10000 --memory-counts 10000,40000
+
+Images are a pool of generated faces (``generate_new_images``: mixed JPEG/PNG/grey/RGBA/EXIF,
+178x218 scaled 0.6-2x) hard-linked under distinct names up to ``--count`` files. Peak memory
+is the sum of the RSS of this driver process and all its descendants (the JVM and the Python
+workers), sampled every 0.1 s while ``score`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_images(folder: Path, count: int, pool: int, seed: int = 0) -> list[Path]:
+    """``count`` image files: ``pool`` generated ones, hard-linked (copied across filesystems) to fill up."""
+    from sparkvision.data.generators.celeba import generate_new_images
+
+    src = folder / "_pool"
+    if not src.is_dir() or len(list(src.iterdir())) < min(pool, count):
+        shutil.rmtree(src, ignore_errors=True)
+        generate_new_images(src, min(pool, count), seed)
+    base = sorted(src.iterdir())
+    out = folder / f"n{count}"
+    if not out.is_dir() or len(list(out.iterdir())) != count:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for i in range(count):
+            p = base[i % len(base)]
+            dst = out / f"img_{i:06d}{p.suffix}"
+            try:
+                os.link(p, dst)
+            except OSError:
+                shutil.copy(p, dst)
+    return sorted(out.iterdir())
+
+
+class PeakRss:
+    """Samples the RSS of this process plus all descendants in a thread; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self.peak_python_workers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total, workers = self.proc.memory_info().rss, 0
+            for child in self.proc.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss
+                    total += rss
+                    if "python" in child.name().lower():
+                        workers += rss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+            self.peak_python_workers = max(self.peak_python_workers, workers)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def register_model(task_name: str, image_size: int, tracking_uri: str) -> str:
+    """Build ``task_name`` (random weights), log it with ``log_vision_model``, alias ``candidate``."""
+    import mlflow
+
+    from sparkvision.config import load_config
+    from sparkvision.models import REGISTRY
+    from sparkvision.models.packaging import log_vision_model
+
+    cfg = load_config("base", [f"train.image_size={image_size}"]).train
+    task = REGISTRY[task_name]
+    meta = task.prepare_meta({"table": "celeba", "image_size": image_size, "output": "benchmark"}, cfg)
+    model = task.build(cfg, meta)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("benchmark-score")
+    name = f"bench-{task_name}-{image_size}"
+    with mlflow.start_run():
+        log_vision_model(model, task_name, meta, registered_model_name=name, alias="candidate")
+    return f"models:/{name}@candidate"
+
+
+def local_limit(uri: str, files: list[Path], batch_size: int) -> tuple[float, Any, dict, Any]:
+    """(a) images/s of ``keras_model.predict`` on the images decoded in memory (decode not timed)."""
+    from sparkvision.data.images import prepare_image
+    from sparkvision.models.packaging import load_vision_model
+
+    model, meta, task = load_vision_model(uri)
+    size, crop = int(meta["image_size"]), meta.get("crop", "center_square")
+    t0 = time.perf_counter()
+    x = np.stack([prepare_image(p.read_bytes(), size, crop) for p in files])
+    decode_s = time.perf_counter() - t0
+    task.predict(model, x[:batch_size], meta)  # warm-up (graph tracing)
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch_size):
+        task.predict(model, x[i : i + batch_size], meta)
+    predict_s = time.perf_counter() - t0
+    print(f"    one process: decode+resize {len(files) / decode_s:,.0f} images/s, predict {len(files) / predict_s:,.0f} "
+          f"images/s, both {len(files) / (decode_s + predict_s):,.0f} images/s")  # fmt: skip
+    return len(files) / predict_s, model, meta, task
+
+
+def horovod_peer(spark: Any, model: Any, files: list[Path], meta: dict, task: Any) -> float:
+    """(b) images/s of ``horovod.spark.keras.KerasModel.transform`` on pre-decoded flattened images."""
+    from horovod.spark.keras import KerasModel
+    from pyspark.ml.linalg import DenseVector
+    from pyspark.sql import types as T
+
+    from sparkvision.data.images import prepare_image
+
+    size, crop = int(meta["image_size"]), meta.get("crop", "center_square")
+    rows = [(p.name, prepare_image(p.read_bytes(), size, crop).reshape(-1).tolist()) for p in files]
+    schema = T.StructType([T.StructField("id", T.StringType()), T.StructField("features", T.ArrayType(T.FloatType()))])
+    df = spark.createDataFrame(rows, schema).repartition(spark.sparkContext.defaultParallelism).cache()
+    df.count()
+    out_dim = int(np.prod(model.outputs[0].shape[1:]))
+    peer = KerasModel(
+        model=model,
+        feature_columns=["features"],
+        label_columns=["prediction"],
+        _metadata={"prediction": {"spark_data_type": DenseVector, "shape": out_dim}},
+        _floatx="float32",
+    )
+    t0 = time.perf_counter()
+    n = peer.transform(df).select("id", "prediction__output").count()
+    seconds = time.perf_counter() - t0
+    df.unpersist()
+    assert n == len(files)
+    return len(files) / seconds
+
+
+def run_score(spark: Any, uri: str, folder: Path, out: Path, batch_size: int, records: int) -> dict[str, Any]:
+    from sparkvision.config import ScoreConfig
+    from sparkvision.scoring import score
+
+    cfg = ScoreConfig(batch_size=batch_size, max_records_per_batch=records)
+    with PeakRss() as mem:
+        summary = score(spark, uri, str(folder), str(out), cfg)
+    summary["peak_rss_mb"] = mem.peak / 2**20
+    summary["peak_python_workers_rss_mb"] = mem.peak_python_workers / 2**20
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=10_000, help="images scored for the throughput figures")
+    parser.add_argument("--memory-counts", default="10000,40000", help="input sizes for the peak-memory check")
+    parser.add_argument("--peer-count", type=int, default=300, help="images for Horovod KerasModel.transform")
+    parser.add_argument("--pool", type=int, default=1000, help="distinct generated images")
+    parser.add_argument("--task", default="attributes", help="model family from REGISTRY")
+    parser.add_argument("--image-size", type=int, default=128, help="model input size (conf/base train.image_size)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-records-per-batch", type=int, default=256)
+    parser.add_argument("--workdir", default="", help="where images and outputs go (default: a temp folder)")
+    parser.add_argument("--tracking-uri", default="", help="MLflow server (default: start one on a free port)")
+    args = parser.parse_args()
+
+    from sparkvision import tracking
+    from sparkvision.config import MlflowConfig, SparkConfig
+    from sparkvision.spark import get_spark
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-score-"))
+    work.mkdir(parents=True, exist_ok=True)
+    server_state = None
+    uri = args.tracking_uri
+    if not uri:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server_state = work / "mlflow"
+        uri = tracking.start_server(MlflowConfig(port=port), server_state).url
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        t0 = time.perf_counter()
+        counts = sorted({args.count, *(int(c) for c in args.memory_counts.split(",") if c)})
+        folders = {n: make_images(work / "images", n, args.pool)[0].parent for n in counts}
+        print(f"images ready in {time.perf_counter() - t0:.0f}s: {counts} (pool of {args.pool} distinct faces)")
+        model_uri = register_model(args.task, args.image_size, uri)
+        print(f"model: {model_uri} ({args.task}, {args.image_size}x{args.image_size}, random weights)")
+
+        files = sorted(folders[args.count].iterdir())
+        limit, model, meta, task = local_limit(model_uri, files, args.batch_size)
+        print(f"(a) local limit, Keras predict on {len(files)} decoded images in one process: {limit:,.0f} images/s")
+
+        spark = get_spark(SparkConfig(master="local[2]", app_name="bench-score",
+                                      conf={"spark.driver.memory": "2g", "spark.sql.shuffle.partitions": "4"}))  # fmt: skip
+        results = {}
+        for n in counts:
+            results[n] = run_score(spark, model_uri, folders[n], work / f"scored-{n}", args.batch_size,
+                                   args.max_records_per_batch)  # fmt: skip
+            s = results[n]
+            print(f"score {n:>6} images: {s['seconds']:.1f}s, {s['images_per_s']:,.0f} images/s, "
+                  f"failed {s['failed']}, peak RSS driver+JVM+workers {s['peak_rss_mb']:,.0f} MB "
+                  f"(python workers {s['peak_python_workers_rss_mb']:,.0f} MB)")  # fmt: skip
+        main_run = results[args.count]
+
+        peer_files = files[: args.peer_count]
+        peer = horovod_peer(spark, model, peer_files, meta, task)
+        print(f"(b) Horovod KerasModel.transform on {len(peer_files)} pre-decoded images: {peer:,.1f} images/s")
+
+        ours = main_run["images_per_s"]
+        print("\n== summary ==")
+        print(f"sparkvision score ({args.count} files, local[2]): {ours:,.0f} images/s (includes decode, resize, "
+              f"reading files, hashing, writing Parquet, model download)")  # fmt: skip
+        print(f"ratio to (a) local limit: {ours / limit:.2f}   (goal >= 0.8)")
+        print(f"speed-up over (b) Horovod KerasModel.transform: {ours / peer:.1f}x   (goal >= 10x)")
+        mems = ", ".join(f"{n}: {results[n]['peak_rss_mb']:,.0f} MB" for n in counts)
+        print(f"peak RSS by input size: {mems}")
+        spark.stop()
+    finally:
+        if server_state is not None:
+            tracking.stop_server(server_state)
+
+
+if __name__ == "__main__":
+    main()
