@@ -327,7 +327,7 @@ def _finish(
         checksum.update(digest.encode())
 
     log.info("collected %d row ids (%.1fs)", len(kept), time.time() - started)
-    plan = _file_plan(spark, by_split, cfg, workers)
+    plan = _file_plan(by_split, cfg, workers)
     _write_data(spark, work, by_split, plan, table, staging / "data")
     log.info("wrote %d rows in %d files (%.1fs)", len(kept), sum(map(len, plan.values())), time.time() - started)
     quarantine_rows = _write_quarantine(spark, work, facts, losers, empty, catalog, staging / "quarantine")
@@ -389,9 +389,7 @@ def _duplicates(facts: list[Any]) -> dict[str, str]:
     return losers
 
 
-def _file_plan(
-    spark: SparkSession, by_split: dict[str, list[str]], cfg: IngestConfig, workers: int
-) -> dict[str, list[str]]:
+def _file_plan(by_split: dict[str, list[str]], cfg: IngestConfig, workers: int) -> dict[str, list[str]]:
     """For each split, the first id of each file (files hold contiguous runs of sorted ids)."""
     plan: dict[str, list[str]] = {}
     for split, ids in by_split.items():
