@@ -115,10 +115,21 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _use_tracking_server(cfg: Config) -> str:
+    """Point this process's MLflow client at the configured server (env, config or the project's)."""
+    import os
+
+    from sparkvision.tracking import tracking_uri
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri = tracking_uri(cfg)
+    return uri
+
+
 def _score(args: argparse.Namespace, cfg: Config) -> int:
     from sparkvision.scoring import score
     from sparkvision.spark import get_spark
 
+    _use_tracking_server(cfg)
     spark = get_spark(cfg.spark)
     summary = score(spark, args.model_uri, args.input, args.output, cfg.score,
                     incremental=args.incremental or cfg.score.incremental)  # fmt: skip
@@ -130,6 +141,7 @@ def _faces(args: argparse.Namespace, cfg: Config) -> int:
     from sparkvision import faces
     from sparkvision.spark import get_spark
 
+    _use_tracking_server(cfg)
     spark = get_spark(cfg.spark)
     if args.action == "enroll":
         result = faces.enroll(spark, args.model_uri or cfg.faces.model_uri, args.input, args.gallery, cfg.faces)
@@ -142,7 +154,9 @@ def _faces(args: argparse.Namespace, cfg: Config) -> int:
 def _report(args: argparse.Namespace, cfg: Config) -> int:
     from sparkvision.reporting import write_report
 
-    path = write_report(args.run, args.out, tracking_uri=args.tracking_uri)
+    uri = args.tracking_uri or _use_tracking_server(cfg)
+    out = args.out or str(cfg.path("runs") / "reports" / f"{args.run}.html")
+    path = write_report(args.run, out, tracking_uri=uri)
     print(f"report: {path}")
     return 0
 
