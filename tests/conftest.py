@@ -60,6 +60,18 @@ def fabric_dir(tmp_path_factory: pytest.TempPathFactory, cfg: Config) -> Path:
 
 
 @pytest.fixture(scope="session")
+def celeba_parquet(spark, cfg: Config, celeba_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated CelebA folder ingested once with the test configuration (2 row groups per split).
+
+    Shared read-only by the training, faces and scoring tests; copy before modifying."""
+    from sparkvision.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("celeba-parquet") / "celeba"
+    ingest(spark, "celeba", str(celeba_dir), str(out), cfg.ingest, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow server (SQLite + artifact folder) on a free port; yields its URL and
     points MLFLOW_TRACKING_URI at it for the session. Stopped by process group at the end."""

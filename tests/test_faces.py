@@ -22,16 +22,7 @@ from sparkvision.config import Config
 
 
 @pytest.fixture(scope="module")
-def celeba_dataset(spark, cfg: Config, celeba_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sparkvision.data.ingest import ingest
-
-    out = tmp_path_factory.mktemp("faces") / "celeba"
-    ingest(spark, "celeba", str(celeba_dir), str(out), cfg.ingest, workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def vae_uri(mlflow_server: str, cfg: Config, celeba_dataset: Path) -> str:
+def vae_uri(mlflow_server: str, cfg: Config, celeba_parquet: Path) -> str:
     """A VAE trained 30 epochs on the train split with ``model.fit``, registered as ``@candidate``."""
     import mlflow
     import pyarrow.parquet as pq
@@ -42,10 +33,10 @@ def vae_uri(mlflow_server: str, cfg: Config, celeba_dataset: Path) -> str:
 
     tf.keras.utils.set_random_seed(0)
     task = REGISTRY["vae"]
-    manifest = json.loads((celeba_dataset / "manifest.json").read_text())
+    manifest = json.loads((celeba_parquet / "manifest.json").read_text())
     meta = task.prepare_meta(manifest, cfg.train)
     model = task.build(cfg.train, meta)
-    frame = pq.read_table(str(celeba_dataset / "data" / "split=train")).to_pandas()
+    frame = pq.read_table(str(celeba_parquet / "data" / "split=train")).to_pandas()
     x, _ = task.arrays(frame, meta)
     model.fit(x, x, epochs=30, batch_size=8, verbose=0)
     name = f"faces-test-vae-{uuid.uuid4().hex[:6]}"
@@ -56,22 +47,22 @@ def vae_uri(mlflow_server: str, cfg: Config, celeba_dataset: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def enrolled(spark, cfg: Config, vae_uri: str, celeba_dataset: Path, tmp_path_factory) -> dict:
+def enrolled(spark, cfg: Config, vae_uri: str, celeba_parquet: Path, tmp_path_factory) -> dict:
     from sparkvision.faces import enroll
 
     gallery = tmp_path_factory.mktemp("gallery") / "g"
-    manifest = enroll(spark, vae_uri, str(celeba_dataset), str(gallery), cfg.faces, images_per_identity=1)
+    manifest = enroll(spark, vae_uri, str(celeba_parquet), str(gallery), cfg.faces, images_per_identity=1)
     return {"gallery": gallery, "manifest": manifest}
 
 
 @pytest.fixture(scope="module")
-def identified(spark, cfg: Config, enrolled: dict, celeba_dataset: Path, tmp_path_factory) -> dict:
+def identified(spark, cfg: Config, enrolled: dict, celeba_parquet: Path, tmp_path_factory) -> dict:
     import pyarrow.parquet as pq
 
     from sparkvision.faces import identify
 
     out = tmp_path_factory.mktemp("identified") / "out"
-    summary = identify(spark, str(enrolled["gallery"]), str(celeba_dataset), str(out), cfg.faces)
+    summary = identify(spark, str(enrolled["gallery"]), str(celeba_parquet), str(out), cfg.faces)
     return {"summary": summary, "frame": pq.read_table(str(out)).to_pandas(), "out": out}
 
 
@@ -81,10 +72,10 @@ def splits_of(dataset: Path) -> pd.DataFrame:
     return pq.read_table(str(dataset / "data"), columns=["id", "identity", "split"]).to_pandas()
 
 
-def test_gallery_tables_and_threshold(enrolled: dict, celeba_dataset: Path, cfg: Config) -> None:
+def test_gallery_tables_and_threshold(enrolled: dict, celeba_parquet: Path, cfg: Config) -> None:
     import pyarrow.parquet as pq
 
-    rows = splits_of(celeba_dataset)
+    rows = splits_of(celeba_parquet)
     train_ids = set(rows.loc[rows["split"] == "train", "identity"])
     m, gallery = enrolled["manifest"], enrolled["gallery"]
     assert json.loads((gallery / "manifest.json").read_text())["threshold"] == m["threshold"]
@@ -100,10 +91,10 @@ def test_gallery_tables_and_threshold(enrolled: dict, celeba_dataset: Path, cfg:
     assert m["model"]["pinned_uri"].startswith("models:/faces-test-vae-")
 
 
-def test_identify_mechanics_and_accuracy(identified: dict, enrolled: dict, celeba_dataset: Path) -> None:
+def test_identify_mechanics_and_accuracy(identified: dict, enrolled: dict, celeba_parquet: Path) -> None:
     frame, s = identified["frame"], identified["summary"]
     threshold = enrolled["manifest"]["threshold"]
-    assert len(frame) == len(splits_of(celeba_dataset)) == s["inputs"] and frame["source_path"].is_unique
+    assert len(frame) == len(splits_of(celeba_parquet)) == s["inputs"] and frame["source_path"].is_unique
     assert frame["error_code"].isna().all()
     # enrolled images: their own identity, similarity ~1
     own = frame[frame["enrolled"]]

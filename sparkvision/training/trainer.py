@@ -245,6 +245,9 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
     from sparkvision.models.packaging import log_vision_model
 
     mlflow.set_tracking_uri(uri)
+    # start_run(run_id=...) refuses a run outside the process's active experiment, which a
+    # notebook or an earlier job may have set to another one.
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id):
         info = log_vision_model(model, cfg.train.model, meta, registered_model_name=p.registered_name,
                                 alias=cfg.train.alias, input_example_images=examples or None)  # fmt: skip

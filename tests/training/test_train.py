@@ -20,16 +20,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def celeba_data(spark, celeba_dir: Path, cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The CelebA fixture ingested with the test configuration (2 row groups per split)."""
-    from sparkvision.data.ingest import ingest
-
-    out = tmp_path_factory.mktemp("ingested") / "celeba"
-    ingest(spark, "celeba", str(celeba_dir), str(out), cfg.ingest, workers=2)
-    return out
-
-
-@pytest.fixture(scope="module")
 def train_cfg(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
     store = tmp_path_factory.mktemp("store")
     return cfg.replace(**{"train.model": "vae", "train.workers": "2", "train.epochs": "2",
@@ -38,10 +28,10 @@ def train_cfg(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 @pytest.fixture(scope="module")
-def trained(spark, mlflow_server: str, celeba_data: Path, train_cfg: Config) -> dict[str, Any]:
+def trained(spark, mlflow_server: str, celeba_parquet: Path, train_cfg: Config) -> dict[str, Any]:
     from sparkvision.training import train
 
-    return train(spark, train_cfg, str(celeba_data), resume=False)
+    return train(spark, train_cfg, str(celeba_parquet), resume=False)
 
 
 def _client(url: str):
@@ -69,7 +59,7 @@ def test_loss_falls_and_ranks_agree(trained: dict[str, Any]) -> None:
 
 
 def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any], mlflow_server: str,
-                                                         train_cfg: Config, celeba_data: Path) -> None:  # fmt: skip
+                                                         train_cfg: Config, celeba_parquet: Path) -> None:  # fmt: skip
     import json
 
     client = _client(mlflow_server)
@@ -81,9 +71,9 @@ def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any]
     params = run.data.params
     assert params["train.batch_size"] == "8" and params["workers"] == "2"
     assert float(params["effective_lr"]) == pytest.approx(2 * train_cfg.train.learning_rate)
-    manifest = json.loads((celeba_data / "manifest.json").read_text())
+    manifest = json.loads((celeba_parquet / "manifest.json").read_text())
     assert run.data.tags["dataset.checksum"] == manifest["checksum"] == params["dataset.checksum"]
-    assert run.data.tags["dataset.path"] == str(celeba_data.resolve())
+    assert run.data.tags["dataset.path"] == str(celeba_parquet.resolve())
     for key in ("loss", "r_loss", "kl_loss", "val_loss", "val_r_loss", "val_kl_loss", "images_per_s",
                 "epoch_time_s", "lr"):  # fmt: skip
         assert [s for s, _ in _steps(client, run.info.run_id, key)] == [0, 1], key
@@ -98,7 +88,7 @@ def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any]
 
 
 def test_registered_version_has_the_alias_and_predicts_like_the_keras_model(
-    trained: dict[str, Any], mlflow_server: str, train_cfg: Config, celeba_data: Path
+    trained: dict[str, Any], mlflow_server: str, train_cfg: Config, celeba_parquet: Path
 ) -> None:
     import mlflow.pyfunc
 
@@ -113,7 +103,7 @@ def test_registered_version_has_the_alias_and_predicts_like_the_keras_model(
     version = client.get_model_version_by_alias(name, "candidate")
     assert str(version.version) == trained["version"] and version.run_id == trained["run_id"]
 
-    frame = data.read_frame(data.inspect_split(celeba_data, "test"), None, 8)
+    frame = data.read_frame(data.inspect_split(celeba_parquet, "test"), None, 8)
     task = get_task("vae")
     keras_model = load_checkpoint(train_cfg, trained["meta"], Store(trained["store"]), trained["checkpoint"])
     x, _ = task.arrays(frame, trained["meta"])
@@ -125,13 +115,13 @@ def test_registered_version_has_the_alias_and_predicts_like_the_keras_model(
 
 
 def test_resume_continues_the_same_run_at_the_next_epoch(
-    spark, trained: dict[str, Any], mlflow_server: str, train_cfg: Config, celeba_data: Path
+    spark, trained: dict[str, Any], mlflow_server: str, train_cfg: Config, celeba_parquet: Path
 ) -> None:
     import tensorflow as tf
 
     from sparkvision.training import train
 
-    resumed = train(spark, train_cfg.replace(**{"train.epochs": "3"}), str(celeba_data), resume=True)
+    resumed = train(spark, train_cfg.replace(**{"train.epochs": "3"}), str(celeba_parquet), resume=True)
     assert resumed["run_id"] == trained["run_id"]
     assert resumed["initial_epoch"] == 2 and resumed["epochs_run"] == 1
     client = _client(mlflow_server)
@@ -145,17 +135,17 @@ def test_resume_continues_the_same_run_at_the_next_epoch(
     assert client.get_model_version_by_alias("sparkvision-vae", "candidate").version == resumed["version"]
 
 
-def test_too_few_row_groups_fail_before_any_run(spark, mlflow_server: str, celeba_data: Path,
+def test_too_few_row_groups_fail_before_any_run(spark, mlflow_server: str, celeba_parquet: Path,
                                                  train_cfg: Config) -> None:  # fmt: skip
     from sparkvision.training import train
 
     bad = train_cfg.replace(**{"train.workers": "3", "train.experiment": f"never-{uuid.uuid4().hex[:8]}"})
     with pytest.raises(ValueError, match=r"split=train.*2 Parquet row group\(s\).*3 workers"):
-        train(spark, bad, str(celeba_data), resume=False)
+        train(spark, bad, str(celeba_parquet), resume=False)
     assert _client(mlflow_server).get_experiment_by_name(bad.train.experiment) is None
 
 
-def test_one_worker_runs_repeat_exactly(spark, mlflow_server: str, celeba_data: Path, train_cfg: Config,
+def test_one_worker_runs_repeat_exactly(spark, mlflow_server: str, celeba_parquet: Path, train_cfg: Config,
                                         tmp_path: Path) -> None:  # fmt: skip
     import tensorflow as tf
 
@@ -163,8 +153,8 @@ def test_one_worker_runs_repeat_exactly(spark, mlflow_server: str, celeba_data: 
 
     one = train_cfg.replace(**{"train.workers": "1", "train.epochs": "1", "train.pictures": "false",
                                "train.registered_model_prefix": "repeat", "paths.store": str(tmp_path)})  # fmt: skip
-    first = train(spark, one, str(celeba_data), resume=False)
-    second = train(spark, one, str(celeba_data), resume=False)
+    first = train(spark, one, str(celeba_parquet), resume=False)
+    second = train(spark, one, str(celeba_parquet), resume=False)
     assert first["run_id"] != second["run_id"]
     assert first["metrics"]["loss"] == second["metrics"]["loss"]
     a = tf.train.load_checkpoint(f"{first['store']}/{first['checkpoint']}")
