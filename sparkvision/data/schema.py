@@ -120,6 +120,7 @@ def describe(fields: tuple[Field, ...]) -> list[dict[str, object]]:
         for f in fields
     ]  # fmt: skip
 
+
 AITEX_DEFECT_CODES: dict[int, str] = {
     0: "good",
     2: "broken_end",
