@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, load the configuration and run one command; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # one INFO line per closed gateway connection
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.env, args.overrides)
