@@ -104,7 +104,8 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[tuple[np.ndarray, Color]], wid
         x0, y0, x1, y1 = (float(v) for v in np.asarray(box).reshape(4))
         if x1 <= x0 or y1 <= y0:
             continue
-        draw.rectangle([x0 * w, y0 * h, x1 * w - 1, y1 * h - 1], outline=color, width=width)
+        left, top = x0 * w, y0 * h  # a box thinner than a pixel is still drawn, one pixel wide
+        draw.rectangle([left, top, max(left, x1 * w - 1), max(top, y1 * h - 1)], outline=color, width=width)
     return np.asarray(img)
 
 

@@ -106,7 +106,10 @@ class DetectorTask:
 
     def _coords(self, model: tf.keras.Model, x: np.ndarray) -> np.ndarray:
         parts = common.predict_batches(lambda b: model(b, training=False).numpy(), np.asarray(x, np.float32))
-        return np.concatenate(parts) if parts else np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
+        out = np.concatenate(parts) if parts else np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
+        if out.shape[-1] == 4:  # four independent sigmoids can cross: report a valid box
+            out = np.concatenate([np.minimum(out[:, :2], out[:, 2:]), np.maximum(out[:, :2], out[:, 2:])], axis=1)
+        return out
 
     def evaluate(self, model: tf.keras.Model, x: np.ndarray, y: dict[str, np.ndarray], meta: Meta) -> dict[str, float]:
         target = meta["target"]

@@ -41,3 +41,9 @@ def test_figures_are_written_as_png(tmp_path: Path, kind: str) -> None:
     assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 2000
     with pytest.raises(ValueError, match="at least one image"):
         pictures.save_grid([], tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("box", [[0.49, 0.49, 0.495, 0.5], [0.5, 0.5, 0.5001, 0.52]], ids=["sub-pixel", "hair-thin"])
+def test_draw_boxes_handles_boxes_thinner_than_a_pixel(box: list[float]) -> None:
+    drawn = pictures.draw_boxes(np.zeros((32, 32, 3), np.float32), [(np.array(box), (255, 0, 0))])
+    assert drawn[..., 0].max() == 255
