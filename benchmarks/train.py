@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             common = {"train.model": "vae", "train.image_size": str(args.size), "train.latent_dim": str(args.latent),
                       "train.batch_size": str(args.batch), "train.epochs": str(args.epochs), "train.warmup_epochs": "0",
                       "train.validation_steps": "1", "train.pictures": "false", "paths.store": str(root / "store"),
-                      "train.experiment": "benchmark-train", "train.shuffle_buffer": "256"}  # fmt: skip
+                      "train.experiment": "benchmark-train", "train.shuffle_buffer": "256",
+                      # (a) fits plain arrays: (b) must do the same work, so no augmentation in either
+                      "train.augment_flip": "false", "train.augment_shift": "0", "train.augment_color": "0"}  # fmt: skip
             cfg_a = base.replace(**common, **{"train.workers": "1"})
             a = plain_keras(cfg_a, small, args.epochs)
             steps_b = max(1, rows // (args.batch * 2))
