@@ -109,16 +109,12 @@ class AttributesTask:
         return model
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
-        import tensorflow as tf
-
-        return tf.constant(True)
+        return common.keep_every_row(row)
 
     def parse_row(self, row: dict[str, tf.Tensor], meta: Meta, cfg: TrainConfig, training: bool) -> tuple[Any, Any]:
         import tensorflow as tf
 
-        image = common.decode_png(row["image"], meta["image_size"])
-        if training:
-            image, _, _ = common.augment_row(image, cfg)
+        image = common.row_image(row, meta, cfg, training)
         if meta["multi_label"]:
             target = tf.gather(tf.cast(row["attributes"], tf.float32), meta["attribute_indices"])
             target.set_shape((len(meta["attribute_indices"]),))

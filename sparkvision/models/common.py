@@ -207,6 +207,22 @@ def augment(
     return image, boxes, landmarks
 
 
+def row_image(row: dict[str, tf.Tensor], meta: dict[str, Any], cfg: TrainConfig, training: bool) -> tf.Tensor:
+    """The decoded image of a petastorm row, augmented when ``training`` (for tasks whose
+    targets do not move with the image; the detector augments its boxes with it)."""
+    image = decode_png(row["image"], meta["image_size"])
+    if training:
+        image, _, _ = augment_row(image, cfg)
+    return image
+
+
+def keep_every_row(row: dict[str, tf.Tensor]) -> tf.Tensor:
+    """``Task.keep_for_training`` of tasks that train on every row."""
+    import tensorflow as tf
+
+    return tf.constant(True)
+
+
 def augment_row(
     image: tf.Tensor,
     cfg: TrainConfig,

@@ -104,9 +104,7 @@ class FabricAeTask:
         return tf.equal(tf.cast(row["label"], tf.int32), 0)
 
     def parse_row(self, row: dict[str, tf.Tensor], meta: Meta, cfg: TrainConfig, training: bool) -> tuple[Any, Any]:
-        image = common.decode_png(row["image"], meta["image_size"])
-        if training:
-            image, _, _ = common.augment_row(image, cfg)
+        image = common.row_image(row, meta, cfg, training)
         return image, image
 
     def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -180,14 +180,10 @@ class VaeTask:
         return vae
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
-        import tensorflow as tf
-
-        return tf.constant(True)
+        return common.keep_every_row(row)
 
     def parse_row(self, row: dict[str, tf.Tensor], meta: Meta, cfg: TrainConfig, training: bool) -> tuple[Any, Any]:
-        image = common.decode_png(row["image"], meta["image_size"])
-        if training:
-            image, _, _ = common.augment_row(image, cfg)
+        image = common.row_image(row, meta, cfg, training)
         return image, image
 
     def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:
