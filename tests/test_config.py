@@ -207,3 +207,8 @@ def test_unquoted_boolean_for_a_string_key_is_an_error(tmp_path: Path) -> None:
     root = _conf(tmp_path, {**BASE, "small": {"small.yaml": "train:\n  alias: no\n"}})
     with pytest.raises(ConfigError, match="quote it"):
         load_config("small", conf_dir=root)
+
+
+@pytest.mark.parametrize(("text", "expected"), [('"no"', "no"), ("'a b'", "a b"), ('"x\\ty"', "x\ty")])
+def test_quoted_string_override_is_unquoted(text: str, expected: str) -> None:
+    assert load_config("base", [f"train.alias={text}"]).train.alias == expected
