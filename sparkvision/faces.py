@@ -38,6 +38,7 @@ import numpy as np
 from sparkvision.config import FacesConfig, ScoreConfig
 from sparkvision.data import publish as pub
 from sparkvision.scoring import job
+from sparkvision.spark import session_conf
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -209,7 +210,7 @@ def enroll(
         raise ValueError(f"{model_uri}: expected a model with a '{EMBEDDING}' output (the VAE), found {model.outputs}")
     keep = ["identity", "id", "split", "source_path", "content_hash"]
     staging = pub.stage(gallery)
-    with job.session_conf(spark, job.job_conf(spark, score_cfg)):
+    with session_conf(spark, job.job_conf(spark, score_cfg)):
         rows = job.read_input(spark, input)
         if "identity" not in rows.columns:
             raise ValueError(f"faces enroll input {input}: expected an 'identity' column, found {rows.columns}")
@@ -333,7 +334,7 @@ def identify(
     scored_at = datetime.now(UTC).replace(microsecond=0)
     model = job.resolve_model(spark, manifest["model"]["pinned_uri"])
     staging = pub.stage(output)
-    with job.session_conf(spark, job.job_conf(spark, score_cfg)):
+    with session_conf(spark, job.job_conf(spark, score_cfg)):
         rows = job.read_input(spark, input)
         truth = "identity" in rows.columns
         if splits and "split" in rows.columns:

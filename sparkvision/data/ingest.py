@@ -19,7 +19,6 @@ Steps:
 from __future__ import annotations
 
 import bisect
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from sparkvision.config import IngestConfig
 from sparkvision.data import images, publish, readers
 from sparkvision.data.schema import FORMAT_TABLE, QUARANTINE, SPLITS, TABLES, describe
+from sparkvision.spark import session_conf
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,7 +116,7 @@ def ingest(
              len(catalog.entries), len(catalog.orphans))  # fmt: skip
     staging = publish.stage(output_dir)
     parallelism = spark.sparkContext.defaultParallelism
-    with _session_conf(spark, _tuning(catalog, parallelism)):
+    with session_conf(spark, _tuning(catalog, parallelism)):
         work = _process(spark, fmt, catalog, cfg).persist(_storage_level())
         try:
             manifest = _finish(spark, fmt, table, catalog, work, staging, cfg, workers)
@@ -173,22 +173,6 @@ def _tuning(catalog: readers.Catalog, parallelism: int) -> dict[str, str]:
         "spark.sql.inMemoryColumnarStorage.compressed": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
-
-
-@contextlib.contextmanager
-def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
-    """Apply runtime SQL settings for the duration of the block, then restore the previous values."""
-    previous = {k: spark.conf.get(k, None) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)
 
 
 def _catalog_schema(table: str) -> T.StructType:

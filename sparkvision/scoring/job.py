@@ -23,7 +23,6 @@ not in the published output are scored, and old rows ∪ new rows are published.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +34,7 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
 from sparkvision.scoring.udf import ScoreBatches
+from sparkvision.spark import session_conf
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -233,22 +233,6 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return -1
-
-
-@contextlib.contextmanager
-def session_conf(spark: SparkSession, values: Mapping[str, str]) -> Iterator[None]:
-    """Set SQL settings for the duration of a job and restore the previous values."""
-    old = {k: spark.conf.get(k, None) for k in values}
-    for k, v in values.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)
 
 
 def job_conf(spark: SparkSession, cfg: ScoreConfig) -> dict[str, str]:
