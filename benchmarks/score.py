@@ -191,13 +191,8 @@ def main() -> None:
     server_state = None
     uri = args.tracking_uri
     if not uri:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         server_state = work / "mlflow"
-        uri = tracking.start_server(MlflowConfig(port=port), server_state).url
+        uri = tracking.start_server(MlflowConfig(port=0), server_state).url
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         t0 = time.perf_counter()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -23,12 +22,6 @@ import time
 from pathlib import Path
 
 from sparkvision.config import Config, MlflowConfig, load_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ingest(spark, src: Path, out: Path, cfg: Config, size: int, row_groups: int) -> Path:
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config("test")
     with tempfile.TemporaryDirectory(prefix="sv-bench-train-") as tmp:
         root = Path(tmp)
-        server = tracking.start_server(MlflowConfig(port=_free_port()), root / "mlflow")
+        server = tracking.start_server(MlflowConfig(port=0), root / "mlflow")
         os.environ["MLFLOW_TRACKING_URI"] = server.url
         try:
             spark = get_spark(base.spark)

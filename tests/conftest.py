@@ -4,20 +4,12 @@ and a real MLflow server on a free 127.0.0.1 port. Everything session-scoped is 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sparkvision.config import Config, load_config
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +71,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from sparkvision.config import MlflowConfig
 
     state = tmp_path_factory.mktemp("mlflow")
-    server = tracking.start_server(MlflowConfig(port=free_port()), state)
+    server = tracking.start_server(MlflowConfig(port=0), state)  # port 0: the server picks a free one
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = server.url
     try:
