@@ -3,7 +3,6 @@ detector) or a softmax classifier over the classes of a class-per-folder table."
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +44,9 @@ def build_classifier(
     pooling, Dense 128 and a sigmoid (multi-label) or softmax output named ``probabilities``."""
     import tensorflow as tf
 
-    from sparkvision.models.layers import conv_block
+    from sparkvision.models.layers import pooled_conv_stack
 
-    n_blocks = max(1, min(len(BLOCK_FILTERS), int(math.log2(input_shape[0])) - 2))
-    inputs = tf.keras.Input(shape=input_shape, name="image")
-    x = inputs
-    for i, filters in enumerate(BLOCK_FILTERS[:n_blocks]):
-        x = conv_block(x, filters, f"block_{i}", pool=True)
+    inputs, x = pooled_conv_stack(input_shape, BLOCK_FILTERS)
     x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
     x = tf.keras.layers.Dense(128, activation="relu", name="head_dense")(x)

@@ -4,7 +4,6 @@ with sigmoid outputs in [0, 1] trained with MAE on the face box or the five land
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +27,9 @@ def build_regressor(input_shape: tuple[int, int, int], n_outputs: int, dropout: 
     where things are), Dense 128 and a sigmoid output named ``coords``."""
     import tensorflow as tf
 
-    from sparkvision.models.layers import conv_block
+    from sparkvision.models.layers import pooled_conv_stack
 
-    n_blocks = max(1, min(len(BLOCK_FILTERS), int(math.log2(input_shape[0])) - 2))
-    inputs = tf.keras.Input(shape=input_shape, name="image")
-    x = inputs
-    for i, filters in enumerate(BLOCK_FILTERS[:n_blocks]):
-        x = conv_block(x, filters, f"block_{i}", pool=True)
+    inputs, x = pooled_conv_stack(input_shape, BLOCK_FILTERS)
     x = tf.keras.layers.Flatten(name="flatten")(x)
     x = tf.keras.layers.Dense(128, activation="relu", name="head_dense")(x)
     x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)

@@ -8,7 +8,8 @@ models reload in MLflow, in Horovod workers and in scoring.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -149,3 +150,14 @@ def conv_block(
 def custom_objects_dict() -> dict[str, Any]:
     """Every custom Keras class of sparkvision, for ``load_model(..., custom_objects=...)``."""
     return {"Sampling": Sampling, "VAE": VAE}
+
+
+def pooled_conv_stack(input_shape: tuple[int, int, int], filters: Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Input ``image`` → Conv+BN+ReLU+MaxPool blocks ``block_<i>``: one per entry of ``filters``,
+    fewer on small inputs so at least a 4x4 map is left. Returns ``(inputs, features)``."""
+    n_blocks = max(1, min(len(filters), int(math.log2(input_shape[0])) - 2))
+    inputs = tf.keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, n in enumerate(filters[:n_blocks]):
+        x = conv_block(x, n, f"block_{i}", pool=True)
+    return inputs, x
