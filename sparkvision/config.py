@@ -108,7 +108,8 @@ class TrainConfig:
     warmup_epochs: int = field(default=1, metadata=_range(0, 1000))
     seed: int = 42
     shuffle_buffer: int = field(default=1000, metadata=_range(0, 10_000_000))
-    augment_flip: bool = True
+    bn_calibration_batches: int = field(default=16, metadata=_range(0, 100_000))
+    augment_flip: bool | Literal["auto"] = "auto"
     augment_shift: float = field(default=0.05, metadata=_range(0.0, 0.5))
     augment_color: float = field(default=0.1, metadata=_range(0.0, 1.0))
     early_stopping_patience: int = field(default=0, metadata=_range(0, 1000))
@@ -119,6 +120,7 @@ class TrainConfig:
     r_loss_factor: float = field(default=10000.0, metadata=_range(0.0, None))
     dropout: float = field(default=0.25, metadata=_range(0.0, 0.99))
     attributes: Sequence[str] = ()
+    class_weights: bool = True
     detector_target: Literal["bbox", "landmarks"] = "bbox"
     anomaly_quantile: float = field(default=0.99, metadata=_range(0.5, 1.0))
     registered_model_prefix: str = "sparkvision"

@@ -64,6 +64,53 @@ def celeba_parquet(spark, cfg: Config, celeba_dir: Path, tmp_path_factory: pytes
 
 
 @pytest.fixture(scope="session")
+def folder_dir(tmp_path_factory: pytest.TempPathFactory, cfg: Config) -> Path:
+    """A class-per-folder data set, 4 classes x 40 images at the test image size (PNG and JPEG).
+
+    Classes ``bars``, ``cross``, ``disc``, ``square`` (labels 0-3) each have their own colour
+    and shape on a noisy background, with per-image jitter of position, size and brightness:
+    learnable, but not trivially. Sorting the paths sorts by class, like most real folders."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder")
+    size = cfg.ingest.image_size
+    rng = np.random.default_rng(0)
+    colours = np.array([(220, 60, 50), (60, 200, 70), (60, 90, 230), (230, 210, 60)], dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for label, name in enumerate(("bars", "cross", "disc", "square")):
+        (root / name).mkdir()
+        for i in range(40):
+            cx, cy = rng.uniform(0.35, 0.65, size=2) * size
+            r = rng.uniform(0.2, 0.3) * size
+            dx, dy = np.abs(xx - cx), np.abs(yy - cy)
+            shape = [
+                (dx < r) & (dy < r) & ((yy // max(2, int(r / 2))) % 2 == 0),  # horizontal bars
+                (dx < r) & (dy < r) & ((dx < r / 3) | (dy < r / 3)),  # plus sign
+                dx**2 + dy**2 < r**2,  # disc
+                (dx < r * 0.8) & (dy < r * 0.8),  # square
+            ][label]
+            img = rng.normal(110, 25, (size, size, 3)).astype(np.float32)
+            img[shape] = colours[label] + rng.normal(0, 20, (int(shape.sum()), 3))
+            img *= rng.uniform(0.75, 1.25)
+            pixels = np.clip(img, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_parquet(spark, cfg: Config, folder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``folder_dir`` ingested once with the test configuration (``workers=2``).
+
+    Shared read-only by the ingest, input-pipeline and training tests; copy before modifying."""
+    from sparkvision.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("folder-parquet") / "folder"
+    ingest(spark, "folder", str(folder_dir), str(out), cfg.ingest, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow server (SQLite + artifact folder) on a free port; yields its URL and
     points MLFLOW_TRACKING_URI at it for the session. Stopped by process group at the end."""

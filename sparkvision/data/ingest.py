@@ -8,17 +8,20 @@ Steps:
    every image in one ``mapInPandas`` pass. Every input yields output rows or one quarantine row.
    The result is persisted once; everything after reads only that.
 3. Duplicate contents are found (same SHA-256: the lexicographically first path is kept).
-4. Rows are spread over a fixed number of files per split, in contiguous runs of sorted ids
-   (at least ``max(min_row_groups, workers)`` files when a split has that many rows, at most
-   ``rows_per_row_group`` rows each), sorted by id: the same inputs and configuration give the
-   same files' rows and the same checksum.
+4. Rows are spread over a fixed number of files per split (at least ``max(min_row_groups,
+   workers)`` files when a split has that many rows, at most ``rows_per_row_group`` rows each)
+   so that every file, hence every rank's petastorm shard, holds every class in its proportion:
+   each class's rows (``CLASS_COLUMN``; all rows are one class for CelebA), in the order of a
+   salted hash of their id (``readers.order_key`` with ``split_seed``), are dealt round-robin
+   over the files by one running counter, and each file is sorted by that hash. Nothing is
+   ordered by path or label. The same inputs and configuration give the same files' rows and
+   the same checksum.
 5. ``OUT/data/split=*/``, ``OUT/quarantine/`` and ``OUT/manifest.json`` are written into a
    staging folder and published atomically.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
 import json
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 FORMATS: tuple[str, ...] = tuple(FORMAT_TABLE)
 WORK_EXTRA = ("split", "q_reason", "q_message", "q_stage", "listed", "row_hash")
 """Columns of the persisted work table besides the table's own fields (all nullable)."""
+CLASS_COLUMN: dict[str, str | None] = {"celeba": None, "fabric": "label", "folder": "label"}
+"""Per table, the class column whose values every file holds in proportion (None: no class)."""
 
 
 class IngestError(RuntimeError):
@@ -298,21 +303,25 @@ def _finish(
     log.info("processed %d input files (%.1fs)", len(facts), time.time() - started)
     empty = _unread_empty_files(catalog, facts)
     losers = _duplicates(facts)
-    data_rows = work.where(F.col("q_reason").isNull()).select("split", "id", "row_hash", "source_path").collect()
+    label = CLASS_COLUMN[table]
+    fields = ["split", "id", "row_hash", "source_path", *([label] if label else [])]
+    data_rows = work.where(F.col("q_reason").isNull()).select(*fields).collect()
     kept = [r for r in data_rows if r["source_path"] not in losers]
     ids = Counter(r["id"] for r in kept)
     dup_ids = [i for i, n in ids.items() if n > 1]
     if dup_ids:
         raise IngestError(f"{catalog.root}: row id {sorted(dup_ids)[0]!r} produced {ids[sorted(dup_ids)[0]]} times; "
                           "ids must be unique (two inputs with the same relative name?)")  # fmt: skip
-    by_split: dict[str, list[str]] = {s: sorted(r["id"] for r in kept if r["split"] == s) for s in SPLITS}
+    by_split: dict[str, dict[str, Any]] = {
+        s: {r["id"]: r[label] if label else None for r in kept if r["split"] == s} for s in SPLITS
+    }
     checksum = hashlib.sha256()
     for digest in sorted(f"{r['split']}:{r['row_hash']}" for r in kept):
         checksum.update(digest.encode())
 
     log.info("collected %d row ids (%.1fs)", len(kept), time.time() - started)
     plan = _file_plan(by_split, cfg, workers)
-    _write_data(spark, work, by_split, plan, table, staging / "data")
+    _write_data(spark, work, plan, table, staging / "data")
     log.info("wrote %d rows in %d files (%.1fs)", len(kept), sum(map(len, plan.values())), time.time() - started)
     quarantine_rows = _write_quarantine(spark, work, facts, losers, empty, catalog, staging / "quarantine")
     log.info("wrote %d quarantine rows (%.1fs)", sum(quarantine_rows.values()), time.time() - started)
@@ -373,13 +382,23 @@ def _duplicates(facts: list[Any]) -> dict[str, str]:
     return losers
 
 
-def _file_plan(by_split: dict[str, list[str]], cfg: IngestConfig, workers: int) -> dict[str, list[str]]:
-    """For each split, the first id of each file (files hold contiguous runs of sorted ids)."""
-    plan: dict[str, list[str]] = {}
-    for split, ids in by_split.items():
-        k = files_per_split(len(ids), cfg, workers)
-        if k:
-            plan[split] = [ids[(i * len(ids)) // k] for i in range(k)]
+def _file_plan(by_split: dict[str, dict[str, Any]], cfg: IngestConfig, workers: int) -> dict[str, list[list[str]]]:
+    """For each split with rows, the ids of each of its ``files_per_split`` files, in file order.
+
+    ``by_split`` maps each split's ids to their class (None when the table has none). The rows
+    are taken class by class (classes in sorted order), each class in ``order_key`` order, and
+    dealt round-robin over the files by one running counter: every file gets the floor or the
+    ceiling of each class's share, and file sizes differ by at most one row. Each file is then
+    sorted by ``order_key``.
+    """
+    plan: dict[str, list[list[str]]] = {}
+    for split, classes in by_split.items():
+        k = files_per_split(len(classes), cfg, workers)
+        if not k:
+            continue
+        key = {i: (readers.order_key(i, cfg.split_seed), i) for i in classes}
+        dealt = sorted(classes, key=lambda i: (-1 if classes[i] is None else classes[i], key[i]))
+        plan[split] = [sorted(dealt[f::k], key=key.__getitem__) for f in range(k)]
     return plan
 
 
@@ -407,14 +426,18 @@ def _bucket_keys(spark: SparkSession, buckets: int) -> list[int]:
 def _write_data(
     spark: SparkSession,
     work: DataFrame,
-    by_split: dict[str, list[str]],
-    plan: dict[str, list[str]],
+    plan: dict[str, list[list[str]]],
     table: str,
     out: Path,
 ) -> None:
-    """Write ``out/split=<s>/`` with exactly ``len(plan[s])`` files, rows sorted by id.
+    """Write ``out/split=<s>/`` as exactly the files of ``plan[s]``, each holding its ids in plan order.
 
-    Only ids in ``by_split`` are written (duplicates are already left out of it).
+    Every id gets its file's partition key (``_bucket``) and its position in the file
+    (``_order``); one partition per file is sorted by ``_order`` and both columns are dropped.
+    Only ids in ``plan`` are written (duplicates are already left out of it).
+
+    Raises:
+        IngestError: A file's row count differs from the plan.
     """
     import pandas as pd
     from pyspark.sql import functions as F
@@ -424,34 +447,43 @@ def _write_data(
     if not total:
         out.mkdir(parents=True)
         return
-    keys = _bucket_keys(spark, total)
+    keys = iter(_bucket_keys(spark, total))
     ids: list[str] = []
     buckets: list[int] = []
-    offset = 0
+    order: list[int] = []
     for split in SPLITS:
-        starts = plan.get(split, [])
-        for i in by_split[split]:
-            ids.append(i)
-            buckets.append(keys[offset + bisect.bisect_right(starts, i) - 1])
-        offset += len(starts)
-    schema = T.StructType([T.StructField("id", T.StringType(), False), T.StructField("_bucket", T.LongType(), False)])
-    mapping = spark.createDataFrame(pd.DataFrame({"id": ids, "_bucket": pd.Series(buckets, dtype="int64")}), schema)
+        for file_ids in plan.get(split, []):
+            bucket = next(keys)
+            ids.extend(file_ids)
+            buckets.extend([bucket] * len(file_ids))
+            order.extend(range(len(file_ids)))
+    schema = T.StructType([T.StructField("id", T.StringType(), False), T.StructField("_bucket", T.LongType(), False),
+                           T.StructField("_order", T.LongType(), False)])  # fmt: skip
+    frame = pd.DataFrame({"id": ids, "_bucket": pd.Series(buckets, dtype="int64"),
+                          "_order": pd.Series(order, dtype="int64")})  # fmt: skip
+    mapping = spark.createDataFrame(frame, schema)
     columns = [f.name for f in TABLES[table]]
     (
         work.where(F.col("q_reason").isNull())
         .join(F.broadcast(mapping), "id")
         .repartition(total, "_bucket")
-        .sortWithinPartitions("split", "id")
+        .sortWithinPartitions("split", "_order")
         .select(*columns, "split")
         .write.partitionBy("split")
         .parquet(str(out))
     )
     for split in SPLITS:
-        files = sorted((out / f"split={split}").glob("*.parquet"))
-        rows = [_parquet_rows(f) for f in files]
-        if len(files) != len(plan.get(split, [])) or sum(rows) != len(by_split[split]):
-            raise IngestError(f"{out}/split={split}: expected {len(by_split[split])} rows in "
-                              f"{len(plan.get(split, []))} files, found {sum(rows)} rows in {len(files)} files")  # fmt: skip
+        # part-<partition>-...: partition i of a split holds its file i of the plan
+        files = sorted((out / f"split={split}").glob("*.parquet"), key=lambda f: int(f.name.split("-")[1]))
+        expected = [len(f) for f in plan.get(split, [])]
+        found = [_parquet_rows(f) for f in files]
+        if len(found) != len(expected):
+            raise IngestError(f"{out}/split={split}: expected {sum(expected)} rows in {len(expected)} files, "
+                              f"found {sum(found)} rows in {len(found)} files")  # fmt: skip
+        wrong = next((i for i, (e, f) in enumerate(zip(expected, found, strict=True)) if e != f), None)
+        if wrong is not None:
+            raise IngestError(f"{files[wrong]}: expected {expected[wrong]} rows (file {wrong + 1} of split "
+                              f"{split}), found {found[wrong]}")  # fmt: skip
 
 
 def _parquet_rows(path: Path) -> int:

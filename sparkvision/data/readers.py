@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -143,6 +144,22 @@ def list_files(root: Path, extensions: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
+def _check_fractions(fractions: Sequence[float], splits: Sequence[str]) -> float:
+    """The sum of ``fractions`` after checking they match ``splits`` and are usable shares."""
+    if len(fractions) != len(splits):
+        raise ValueError(f"expected {len(splits)} split fractions for {list(splits)}, found {list(fractions)}")
+    total = float(sum(fractions))
+    if total <= 0 or min(fractions) < 0:
+        raise ValueError(f"expected non-negative split fractions with a positive sum, found {list(fractions)}")
+    return total
+
+
+def _hash_unit(key: str, seed: int) -> float:
+    """A salted SHA-256 of ``key`` mapped to ``[0, 1)``."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
 def hash_split(key: str, fractions: Sequence[float], seed: int, splits: Sequence[str] = SPLITS) -> str:
     """Deterministic split of ``key``: a salted SHA-256 mapped to ``[0, 1)`` and cut by ``fractions``.
 
@@ -155,19 +172,73 @@ def hash_split(key: str, fractions: Sequence[float], seed: int, splits: Sequence
     Returns:
         One of ``splits``.
     """
-    if len(fractions) != len(splits):
-        raise ValueError(f"expected {len(splits)} split fractions for {list(splits)}, found {list(fractions)}")
-    total = float(sum(fractions))
-    if total <= 0 or min(fractions) < 0:
-        raise ValueError(f"expected non-negative split fractions with a positive sum, found {list(fractions)}")
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    total = _check_fractions(fractions, splits)
+    u = _hash_unit(key, seed)
     edge = 0.0
     for name, share in zip(splits, fractions, strict=True):
         edge += share / total
         if u < edge:
             return name
     return next(name for name, share in zip(reversed(splits), reversed(fractions), strict=True) if share > 0)
+
+
+def order_key(key: str, seed: int) -> str:
+    """A stable pseudo-random sort key of ``key``: its SHA-256 (hex) salted with ``seed``.
+
+    Its own salt (``"<seed>:order:"``) keeps it independent of ``hash_split`` with the same seed.
+    Ingest sorts each split's rows by it, so no file or batch is ordered by path or label.
+    """
+    return hashlib.sha256(f"{seed}:order:{key}".encode()).hexdigest()
+
+
+def split_sizes(count: int, fractions: Sequence[float], splits: Sequence[str] = SPLITS) -> list[int]:
+    """How many of ``count`` items each split gets: ``fractions`` rounded by largest remainder.
+
+    When ``count`` is at least the number of splits with a positive share, each of them gets at
+    least one item (taken from the largest split); a split with share 0 always gets none.
+
+    Args:
+        count: Items to divide (files of one class).
+        fractions: Relative shares of ``splits``.
+        splits: Names matching ``fractions``.
+
+    Returns:
+        One count per split, summing to ``count``.
+    """
+    total = _check_fractions(fractions, splits)
+    exact = [count * f / total for f in fractions]
+    sizes = [math.floor(x) for x in exact]
+    by_remainder = sorted((i for i, f in enumerate(fractions) if f > 0), key=lambda i: (sizes[i] - exact[i], i))
+    for i in by_remainder[: count - sum(sizes)]:
+        sizes[i] += 1
+    positive = [i for i, f in enumerate(fractions) if f > 0]
+    if count >= len(positive):
+        for i in positive:
+            if sizes[i] == 0:
+                donor = max(positive, key=lambda j: (sizes[j], -j))
+                sizes[donor] -= 1
+                sizes[i] += 1
+    return sizes
+
+
+def stratified_split(
+    keys: Iterable[str], fractions: Sequence[float], seed: int, splits: Sequence[str] = SPLITS
+) -> dict[str, str]:
+    """Split one stratum (the files of one class) in exact proportions.
+
+    The keys are ordered by their salted hash (``seed``; ties by key, so the listing order does
+    not matter) and the ordered list is cut into runs of ``split_sizes(len(keys), fractions)``.
+
+    Returns:
+        ``{key: split}`` for every key.
+    """
+    ordered = sorted(set(keys), key=lambda k: (_hash_unit(k, seed), k))
+    out: dict[str, str] = {}
+    start = 0
+    for name, size in zip(splits, split_sizes(len(ordered), fractions, splits), strict=True):
+        out.update((k, name) for k in ordered[start : start + size])
+        start += size
+    return out
 
 
 def _require(path: Path, what: str) -> Path:
@@ -547,13 +618,17 @@ def list_folder(
 ) -> Catalog:
     """List ``root/<class>/**/*.(jpg|jpeg|png|bmp|gif|webp)``; label = index in sorted class names.
 
-    Image files directly in ``root`` are listed without a class (quarantined as
-    ``missing_annotation``).
+    The split is stratified by class (``stratified_split``): each class's files are ordered by a
+    salted hash of their path (``split_seed``) and that list is cut by ``split_fractions``, so
+    every class follows the fractions (rounded; a class with at least as many files as positive
+    shares has a file in each such split). It depends only on the set of paths and the seed,
+    not on the listing order. Image files directly in ``root`` are listed without a class
+    (quarantined as ``missing_annotation``).
 
     Args:
         root: Folder of class folders.
-        split_fractions: Shares of train/val/test of the hash split by file.
-        split_seed: Salt of the hash split.
+        split_fractions: Shares of train/val/test, applied within each class.
+        split_seed: Salt of the per-class hash order.
 
     Returns:
         A catalog whose entry values are ``label`` and ``label_name``; ``info["classes"]``
@@ -569,8 +644,18 @@ def list_folder(
     if not classes:
         raise FileNotFoundError(f"{base}: expected class sub-folders (ROOT/<class>/*.jpg), found none")
     index = {c: i for i, c in enumerate(classes)}
+    files = list_files(base, IMAGE_EXTENSIONS)
+    by_class: dict[str, list[str]] = {}
+    for rel in files:
+        if "/" in rel:
+            by_class.setdefault(rel.split("/", 1)[0], []).append(rel)
+    split_of = {
+        rel: split
+        for keys in by_class.values()
+        for rel, split in stratified_split(keys, split_fractions, split_seed).items()
+    }
     entries: dict[str, CatalogEntry] = {}
-    for rel in list_files(base, IMAGE_EXTENSIONS):
+    for rel in files:
         if "/" not in rel:
             entries[rel] = CatalogEntry(
                 rel, rel, None, images.MISSING_ANNOTATION,
@@ -578,8 +663,7 @@ def list_folder(
             )  # fmt: skip
             continue
         name = rel.split("/", 1)[0]
-        split = hash_split(rel, split_fractions, split_seed)
-        entries[rel] = CatalogEntry(rel, rel, split, values={"label": index[name], "label_name": name})
+        entries[rel] = CatalogEntry(rel, rel, split_of[rel], values={"label": index[name], "label_name": name})
     return Catalog(
         root=base, read_dirs=[""], glob=glob_for(IMAGE_EXTENSIONS), entries=entries, info={"classes": classes}
     )

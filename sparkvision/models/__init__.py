@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
-from sparkvision.models.attributes import AttributesTask
+from sparkvision.models.attributes import AttributesTask, ClassifierTask
 from sparkvision.models.base import Meta, Task
 from sparkvision.models.common import nearest_name_error
 from sparkvision.models.detector import DetectorTask
 from sparkvision.models.fabric_ae import FabricAeTask
 from sparkvision.models.vae import VaeTask
 
-REGISTRY: dict[str, Task] = {task.name: task for task in (VaeTask(), AttributesTask(), DetectorTask(), FabricAeTask())}
+REGISTRY: dict[str, Task] = {
+    task.name: task for task in (VaeTask(), AttributesTask(), ClassifierTask(), DetectorTask(), FabricAeTask())
+}
 
 
 class UnknownTaskError(KeyError):

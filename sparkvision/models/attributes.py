@@ -1,8 +1,20 @@
 """The attribute CNN: multi-label sigmoid over CelebA attributes (``Smiling`` alone is a smile
-detector) or a softmax classifier over the classes of a class-per-folder table."""
+detector) or a softmax classifier over the classes of a class-per-folder table.
+
+Two registry entries share this code: ``attributes`` (CelebA attributes, and folder classes
+for older configurations) and ``classifier`` (class-per-folder tables only).
+
+Imbalance: attributes are learnt with a binary cross-entropy whose positive terms are
+weighted by each attribute's negative/positive ratio in the train split (``pos_weight``,
+clipped to [1/20, 20]); folder classes with per-row weights ``n / (k * count(class))``
+(``train.class_weights``). Decisions: the first ``evaluate`` (the validation split) picks
+each attribute's probability threshold maximising balanced accuracy and stores it in
+``meta["thresholds"]``; test metrics and scoring use those thresholds, not 0.5.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +31,7 @@ if TYPE_CHECKING:
     from sparkvision.models.base import Meta
 
 BLOCK_FILTERS = (32, 64, 128, 128)
+MAX_POS_WEIGHT = 20.0
 
 
 def resolve_attributes(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -88,19 +101,52 @@ class AttributesTask:
         meta.update(multi_label=False, class_names=[str(c) for c in classes])
         return meta
 
+    def fit_statistics(self, meta: Meta, train: pd.DataFrame, cfg: TrainConfig) -> Meta:
+        """``meta`` plus what the loss needs from the train split's targets (``attributes`` or
+        ``label`` columns of every train row): ``pos_weight`` per attribute, or
+        ``class_counts`` and (``train.class_weights``) ``class_weights`` per class.
+
+        Raises:
+            ValueError: When a class of the folder table has no train row.
+        """
+        meta = dict(meta)
+        if meta["multi_label"]:
+            attrs = common.stack_column(train, "attributes").reshape(len(train), -1)[:, meta["attribute_indices"]]
+            pos = (attrs > 0.5).sum(axis=0).astype(np.float64)
+            neg = len(attrs) - pos
+            weight = np.clip(neg / np.maximum(pos, 1.0), 1.0 / MAX_POS_WEIGHT, MAX_POS_WEIGHT)
+            meta["pos_weight"] = [round(float(w), 4) for w in weight]
+            return meta
+        names = meta["class_names"]
+        counts = np.bincount(train["label"].astype(int).to_numpy(), minlength=len(names))[: len(names)]
+        meta["class_counts"] = [int(c) for c in counts]
+        missing = [names[i] for i, c in enumerate(counts) if c == 0]
+        if missing:
+            raise ValueError(f"train split: expected rows of every class, found none of {missing}")
+        if cfg.class_weights:
+            weights = counts.sum() / (len(names) * counts)
+            meta["class_weights"] = [round(float(w), 4) for w in weights]
+        return meta
+
     def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
         import tensorflow as tf
+
+        from sparkvision.models.layers import WeightedBinaryCrossentropy
 
         size = meta["image_size"]
         multi = bool(meta["multi_label"])
         n = len(meta["attribute_names"] if multi else meta["class_names"])
         model = build_classifier((size, size, 3), n, multi, cfg.dropout)
         if multi:
-            model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss="binary_crossentropy",
+            pos_weight = meta.get("pos_weight") or [1.0] * n
+            model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate),
+                          loss=WeightedBinaryCrossentropy(pos_weight),
                           metrics=[tf.keras.metrics.BinaryAccuracy(name="accuracy")])  # fmt: skip
         else:
+            # Rows carry class weights for the loss; accuracy stays a plain share of rows.
             model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
-                          metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])  # fmt: skip
+                          metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                          weighted_metrics=[])  # fmt: skip
         return model
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -113,8 +159,11 @@ class AttributesTask:
         if meta["multi_label"]:
             target = tf.gather(tf.cast(row["attributes"], tf.float32), meta["attribute_indices"])
             target.set_shape((len(meta["attribute_indices"]),))
-        else:
-            target = tf.cast(row["label"], tf.int32)
+            return image, target
+        target = tf.cast(row["label"], tf.int32)
+        weights = meta.get("class_weights")
+        if weights:
+            return image, target, tf.gather(tf.constant(weights, tf.float32), target)
         return image, target
 
     def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -137,15 +186,26 @@ class AttributesTask:
         out: dict[str, float] = {}
         if meta["multi_label"]:
             truth = y["attributes"] > 0.5
+            if meta.get("thresholds") is None:
+                meta["thresholds"] = [metrics.balanced_threshold(truth[:, j], probs[:, j]) for j in range(len(names))]
+            pred = probs > np.asarray(meta["thresholds"])[None, :]
             for j, name in enumerate(names):
-                out[f"accuracy_{name}"] = float(np.mean((probs[:, j] > 0.5) == truth[:, j]))
+                out[f"accuracy_{name}"] = float(np.mean(pred[:, j] == truth[:, j]))
+                out[f"balanced_accuracy_{name}"] = metrics.balanced_accuracy(truth[:, j], pred[:, j])
                 out[f"auroc_{name}"] = metrics.auroc(truth[:, j], probs[:, j])
             out["mean_accuracy"] = metrics.nanmean([out[f"accuracy_{n}"] for n in names])
+            out["mean_balanced_accuracy"] = metrics.nanmean([out[f"balanced_accuracy_{n}"] for n in names])
         else:
             labels = y["label"]
-            out["accuracy"] = float(np.mean(probs.argmax(axis=1) == labels))
+            pred_idx = probs.argmax(axis=1)
+            out["accuracy"] = float(np.mean(pred_idx == labels))
+            per_class = metrics.precision_recall_f1(labels, pred_idx, len(names))
             for j, name in enumerate(names):
                 out[f"auroc_{name}"] = metrics.auroc(labels == j, probs[:, j])
+                for key, values in per_class.items():
+                    out[f"{key}_{name}"] = float(values[j])
+            out["macro_f1"] = metrics.nanmean([float(v) for v in per_class["f1"]])
+            out["balanced_accuracy"] = metrics.nanmean([float(v) for v in per_class["recall"]])
         out["mean_auroc"] = metrics.nanmean([out[f"auroc_{n}"] for n in names])
         return {k: v for k, v in out.items() if np.isfinite(v)}
 
@@ -155,12 +215,13 @@ class AttributesTask:
         from sparkvision import pictures
 
         out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
         probs = self._probabilities(model, x)
         names = self._names(meta)
         paths: list[Path] = []
         if meta["multi_label"]:
             truth = y["attributes"] > 0.5
-            pred = probs > 0.5
+            pred = probs > np.asarray(meta.get("thresholds") or [0.5] * len(names))[None, :]
             matrices = [metrics.confusion_matrix(truth[:, j], pred[:, j], 2) for j in range(len(names))]
             paths.append(pictures.save_confusion_matrices(matrices, names, [["no", "yes"]] * len(names),
                                                           out_dir / "attributes_confusion.png"))  # fmt: skip
@@ -178,6 +239,9 @@ class AttributesTask:
             matrix = metrics.confusion_matrix(labels, pred_idx, len(names))
             paths.append(pictures.save_confusion_matrices([matrix], ["classes"], [names],
                                                           out_dir / "classes_confusion.png"))  # fmt: skip
+            table = out_dir / "classes_confusion.json"
+            table.write_text(json.dumps({"classes": names, "rows_true_columns_predicted": matrix.tolist()}, indent=1))
+            paths.append(table)
 
             def caption(i: int) -> str:
                 return f"pred {names[pred_idx[i]]} ({probs[i, pred_idx[i]]:.2f})\ntrue {names[int(labels[i])]}"
@@ -193,9 +257,10 @@ class AttributesTask:
         probs = self._probabilities(model, x).astype(np.float32)
         names = np.asarray(self._names(meta), dtype=object)
         if meta["multi_label"]:
+            thresholds = np.asarray(meta.get("thresholds") or [0.5] * len(names))
             predicted = np.empty(len(probs), dtype=object)
             for i, row in enumerate(probs):
-                predicted[i] = [str(n) for n in names[row > 0.5]]
+                predicted[i] = [str(n) for n in names[row > thresholds]]
             return {"probabilities": probs, "predicted": predicted}
         idx = probs.argmax(axis=1).astype(np.int32)
         return {"probabilities": probs, "label": idx, "label_name": names[idx]}
@@ -204,3 +269,12 @@ class AttributesTask:
         if meta["multi_label"]:
             return [("probabilities", "array<float>"), ("predicted", "array<string>")]
         return [("probabilities", "array<float>"), ("label", "int"), ("label_name", "string")]
+
+
+class ClassifierTask(AttributesTask):
+    """``train.model: classifier``: the same CNN as a softmax classifier over the classes of a
+    class-per-folder table (``attributes`` on a folder table trains the same model)."""
+
+    name = "classifier"
+    tables = ("folder",)
+    columns = ("image", "label")

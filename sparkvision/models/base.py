@@ -50,6 +50,10 @@ class Task(Protocol):
         """
         ...
 
+    # Optional: ``fit_statistics(meta, train_targets: pd.DataFrame, cfg) -> Meta`` adds what the
+    # loss needs from the train split's target columns (class weights, positive weights);
+    # the trainer calls it after ``prepare_meta`` when a task defines it.
+
     def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
         """A compiled model (custom ``train_step``/``test_step`` returning named losses where needed)."""
         ...

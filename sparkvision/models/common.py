@@ -27,6 +27,18 @@ the new point ``i`` is the old point ``LANDMARK_FLIP_ORDER[i]`` of ``schema.LAND
 
 DEFAULT_CROP = {"celeba": "center_square", "folder": "center_square", "fabric": "none"}
 
+DEFAULT_FLIP = {"celeba": True, "folder": False, "fabric": False}
+"""``train.augment_flip: auto`` per table: faces are left-right symmetric (landmarks and boxes
+are mirrored with them); digits, text, logos and many class-per-folder sets are not; fabric
+models choose their own texture augmentation."""
+
+
+def resolve_flip(cfg: TrainConfig, table: str) -> bool:
+    """``train.augment_flip`` with ``auto`` replaced by the table's default (``DEFAULT_FLIP``)."""
+    if cfg.augment_flip == "auto":
+        return DEFAULT_FLIP[table]
+    return bool(cfg.augment_flip)
+
 
 def manifest_value(manifest: dict[str, Any], key: str) -> Any:
     """``key`` at the top of the manifest, else in its ``config``/``ingest`` section."""
@@ -77,7 +89,8 @@ def base_meta(task: str, tables: Sequence[str], manifest: dict[str, Any], cfg: T
             f"set train.image_size={ingested} or re-ingest at {cfg.image_size}"
         )
     crop = manifest_value(manifest, "crop") or DEFAULT_CROP[table]
-    return {"task": task, "table": table, "image_size": int(ingested), "crop": str(crop)}
+    return {"task": task, "table": table, "image_size": int(ingested), "crop": str(crop),
+            "augment_flip": resolve_flip(cfg, table)}  # fmt: skip
 
 
 def check_divisible(task: str, size: int, factor: int) -> None:
@@ -212,7 +225,7 @@ def row_image(row: dict[str, tf.Tensor], meta: dict[str, Any], cfg: TrainConfig,
     targets do not move with the image; the detector augments its boxes with it)."""
     image = decode_png(row["image"], meta["image_size"])
     if training:
-        image, _, _ = augment_row(image, cfg)
+        image, _, _ = augment_row(image, cfg, meta)
     return image
 
 
@@ -226,16 +239,19 @@ def keep_every_row(row: dict[str, tf.Tensor]) -> tf.Tensor:
 def augment_row(
     image: tf.Tensor,
     cfg: TrainConfig,
+    meta: dict[str, Any],
     boxes: tf.Tensor | None = None,
     landmarks: tf.Tensor | None = None,
     *,
     geometric: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
-    """``augment`` with the strengths of ``cfg.augment_*`` and a per-row seed from ``cfg.seed``."""
+    """``augment`` with the strengths of ``cfg.augment_*``, the flip resolved in ``meta``
+    (``augment_flip``) and a per-row seed from ``cfg.seed``."""
+    flip = bool(meta.get("augment_flip", resolve_flip(cfg, meta.get("table", "celeba"))))
     return augment(
         image,
         row_seed(cfg),
-        flip=cfg.augment_flip and geometric,
+        flip=flip and geometric,
         shift=cfg.augment_shift if geometric else 0.0,
         color=cfg.augment_color,
         boxes=boxes,

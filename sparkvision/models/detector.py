@@ -39,6 +39,26 @@ def build_regressor(input_shape: tuple[int, int, int], n_outputs: int, dropout: 
     return tf.keras.Model(inputs, outputs, name="detector")
 
 
+def shift_rows(
+    x: np.ndarray, coords: np.ndarray, shift: float, target: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images moved by seeded whole-pixel shifts of up to ``shift`` of the side (black borders,
+    as in training) and their normalised boxes/landmarks moved with them, clipped to [0, 1]."""
+    n, size = len(x), int(x.shape[1])
+    margin = max(1, int(round(shift * size)))
+    d = np.random.default_rng(seed).integers(-margin, margin + 1, size=(n, 2))
+    moved = np.zeros_like(x)
+    out = np.asarray(coords, np.float32).reshape(n, -1, 2).copy()
+    for i, (dx, dy) in enumerate(d):
+        src_y, dst_y = slice(max(0, -dy), size - max(0, dy)), slice(max(0, dy), size - max(0, -dy))
+        src_x, dst_x = slice(max(0, -dx), size - max(0, dx)), slice(max(0, dx), size - max(0, -dx))
+        moved[i, dst_y, dst_x] = x[i, src_y, src_x]
+        empty = target == "bbox" and not np.any(out[i])
+        if not empty:
+            out[i] = np.clip(out[i] + np.array([dx, dy], np.float32) / size, 0.0, 1.0)
+    return moved, out.reshape(np.shape(coords))
+
+
 class DetectorTask:
     """The box/landmark regressor as a ``Task``; see ``base.Task`` for the contract.
 
@@ -62,6 +82,7 @@ class DetectorTask:
         if meta["table"] == "fabric" and cfg.detector_target != "bbox":
             raise ValueError(f"train.detector_target: fabric tables have only 'bbox', found '{cfg.detector_target}'")
         meta["target"] = cfg.detector_target
+        meta["augment_shift"] = float(cfg.augment_shift)
         return meta
 
     def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
@@ -87,9 +108,9 @@ class DetectorTask:
         coords = tf.reshape(tf.cast(row[target], tf.float32), (TARGET_SIZES[target],))
         if training:
             if target == "bbox":
-                image, coords, _ = common.augment_row(image, cfg, boxes=coords)
+                image, coords, _ = common.augment_row(image, cfg, meta, boxes=coords)
             else:
-                image, _, coords = common.augment_row(image, cfg, landmarks=coords)
+                image, _, coords = common.augment_row(image, cfg, meta, landmarks=coords)
         return image, coords
 
     def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -106,14 +127,43 @@ class DetectorTask:
             out = np.concatenate([np.minimum(out[:, :2], out[:, 2:]), np.maximum(out[:, :2], out[:, 2:])], axis=1)
         return out
 
+    def fit_statistics(self, meta: Meta, train: pd.DataFrame, cfg: TrainConfig) -> Meta:
+        """``meta`` plus ``mean_target``: the mean train box (or landmarks) of the rows the
+        detector trains on, the baseline ``evaluate`` compares with."""
+        target = meta["target"]
+        if "label" in train and meta["table"] == "fabric":
+            train = train[train["label"].astype(int) == 1]
+        if target not in train or train.empty:
+            return meta
+        values = common.stack_column(train, target).reshape(len(train), TARGET_SIZES[target])
+        return {**meta, "mean_target": [round(float(v), 6) for v in values.mean(axis=0)]}
+
     def evaluate(self, model: tf.keras.Model, x: np.ndarray, y: dict[str, np.ndarray], meta: Meta) -> dict[str, float]:
+        """MAE (and IoU or point error) on the rows as they are, and again as ``shifted_*`` on
+        the same rows moved by seeded shifts of up to ``meta["augment_shift"]`` of the side
+        (the range the model was trained for): aligned faces barely move, so only moved ones
+        tell a regressor that finds the face from one that answers the average.
+
+        With ``meta["mean_target"]`` each figure has a ``baseline_*`` twin, the same figure for
+        always answering the mean train target, and ``mae_ratio`` = model MAE / baseline MAE
+        (below 1: the model found where the object is).
+        """
         target = meta["target"]
         if len(x) == 0:
             return {"count": 0.0}
-        pred = self._coords(model, x)
-        truth = y[target]
+        out = {"count": float(len(x)), **self._figures(model, x, y[target], meta, "")}
+        shift = float(meta.get("augment_shift", 0.0))
+        if shift > 0:
+            moved, coords = shift_rows(x, y[target], shift, target, seed=0)
+            out.update(self._figures(model, moved, coords, meta, "shifted_"))
+        return out
+
+    def _figures(self, model: tf.keras.Model, x: np.ndarray, truth: np.ndarray, meta: Meta,
+                 prefix: str) -> dict[str, float]:  # fmt: skip
+        target = meta["target"]
         size = meta["image_size"]
-        out = {"count": float(len(x)), "mae": float(np.abs(pred - truth).mean())}
+        pred = self._coords(model, x)
+        out = {"mae": float(np.abs(pred - truth).mean())}
         out["pixel_mae"] = out["mae"] * size
         if target == "bbox":
             iou = metrics.box_iou(pred, truth)
@@ -121,7 +171,13 @@ class DetectorTask:
         else:
             dist = np.linalg.norm((pred - truth).reshape(len(x), -1, 2), axis=2)
             out["pixel_point_error"] = float(dist.mean() * size)
-        return out
+        if meta.get("mean_target") is not None:
+            base = np.broadcast_to(np.asarray(meta["mean_target"], np.float32), truth.shape)
+            out["baseline_mae"] = float(np.abs(base - truth).mean())
+            out["mae_ratio"] = out["mae"] / max(out["baseline_mae"], 1e-12)
+            if target == "bbox":
+                out["baseline_mean_iou"] = float(metrics.box_iou(base, truth).mean())
+        return {f"{prefix}{k}": v for k, v in out.items()}
 
     def pictures(
         self, model: tf.keras.Model, x: np.ndarray, y: dict[str, np.ndarray], meta: Meta, out_dir: Path

@@ -1,14 +1,32 @@
-"""Fabric anomaly detection: a convolutional autoencoder trained only on defect-free patches.
+"""Fabric anomaly detection: a fully convolutional autoencoder trained only on defect-free tiles.
 
-Anomaly score = mean squared reconstruction error of the patch; heatmap = per-pixel squared
-error (mean over channels) smoothed with a box filter. The first ``evaluate`` call (on the
-validation split) picks the image threshold (and a pixel threshold for the defect box) as the
-``anomaly_quantile`` quantile of that split's defect-free scores and stores them in meta;
-later calls (the test split) keep them. Set ``meta["threshold"] = None`` to choose again.
+The network has no BatchNorm and no dense bottleneck (strided convolutions down by 8, a 1x1
+convolution of ``latent_dim`` channels, transposed convolutions back up, the input mirrored
+by ``PAD`` pixels around it); it is trained with ``SSIM_WEIGHT * (1 - SSIM) + (1 -
+SSIM_WEIGHT) * L1`` on randomly shifted, flipped and slightly re-lit tiles.
+
+A tile's anomaly map starts from two per-pixel error maps, SSIM dissimilarity and L1, each
+smoothed by a Gaussian of ``meta["smooth"]`` pixels. A tile's edge is reconstructed from
+mirrored context only, so both run higher and noisier there: the first ``evaluate`` call (on
+the validation split) measures their mean and spread on defect-free tiles per distance to
+the tile edge (``meta["calibration"]``), and from then on the map is the larger of the two
+standardised errors. The tile score is the maximum of its map.
+
+Evaluation works on whole source images: the tile maps of each image are pasted back at
+their ``tile_x``/``tile_y`` (scaled from source pixels to stored pixels when ingest resized
+the tiles) and the image score is the maximum of the stitched map, so an image is flagged
+exactly when one of its tiles is. The first ``evaluate`` call also picks the image threshold
+(and a pixel threshold for the defect box) as the ``anomaly_quantile`` quantile of that
+split's defect-free image scores and pixels, and stores them in meta; later calls (the test
+split) keep them. Set ``meta["threshold"] = None`` to choose again (``calibration = None``
+to measure again).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,56 +41,298 @@ if TYPE_CHECKING:
     from sparkvision.config import TrainConfig
     from sparkvision.models.base import Meta
 
-ENCODER_FILTERS = (32, 64, 128, 128)
+ENCODER_FILTERS = (32, 64, 128)
+"""Channels of the stride-2 stages; the input side must be a multiple of ``2 ** len``."""
+SSIM_WEIGHT = 0.85
+"""Share of ``1 - SSIM`` in the loss and in the anomaly map (the rest is L1)."""
+SSIM_WINDOW = 11
+"""Side of the Gaussian SSIM window (sigma 1.5, as ``tf.image.ssim``); smaller on tiny tiles."""
+PAD = 4
+"""Pixels of reflected border added around the input and cropped off the output (a multiple of
+``2 ** len(ENCODER_FILTERS) / 2``), so the convolutions' zero padding does not spoil the edges."""
+CALIBRATION_EDGE = 5
+"""Pixels from the tile edge within which anomaly maps are calibrated per distance (``edge_classes``)."""
 
 
 def build_autoencoder(input_shape: tuple[int, int, int], latent_dim: int) -> tf.keras.Model:
-    """Four stride-2 Conv+BN+LeakyReLU blocks, a Dense ``bottleneck`` of ``latent_dim``, and the
-    mirror image with Conv2DTranspose back to a sigmoid image; output named ``reconstruction``."""
+    """A fully convolutional autoencoder without BatchNorm.
+
+    Encoder: per entry of ``ENCODER_FILTERS`` a 4x4 stride-2 convolution and a 3x3
+    convolution, both LeakyReLU; ``bottleneck``: a 1x1 convolution to ``latent_dim`` channels
+    at 1/8 of the side; decoder: the mirror image with 4x4 stride-2 transposed convolutions,
+    then a 3x3 convolution to a sigmoid image. Input ``image``, output ``reconstruction``.
+
+    Args:
+        input_shape: ``(side, side, channels)``; ``side`` a multiple of 8.
+        latent_dim: Channels of the bottleneck.
+
+    Raises:
+        ValueError: When the side is not a multiple of 8.
+    """
     import tensorflow as tf
 
-    from sparkvision.models.layers import conv_block
-
-    common.check_divisible("fabric_ae", input_shape[0], 16)
-    side = input_shape[0] // 16
+    layers = tf.keras.layers
+    common.check_divisible("fabric_ae", input_shape[0], 2 ** len(ENCODER_FILTERS))
     inputs = tf.keras.Input(shape=input_shape, name="image")
     x = inputs
+    if PAD:
+        x = tf.pad(x, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT", name="reflect_pad")
     for i, filters in enumerate(ENCODER_FILTERS):
-        x = conv_block(x, filters, f"encoder_{i}", strides=2, activation="leaky_relu")
-    x = tf.keras.layers.Flatten(name="encoder_flatten")(x)
-    x = tf.keras.layers.Dense(latent_dim, name="bottleneck")(x)
-    x = tf.keras.layers.Dense(side * side * ENCODER_FILTERS[-1], name="decoder_dense")(x)
-    x = tf.keras.layers.Reshape((side, side, ENCODER_FILTERS[-1]), name="decoder_reshape")(x)
-    for i, filters in enumerate(reversed(ENCODER_FILTERS[:-1])):
-        x = conv_block(x, filters, f"decoder_{i}", strides=2, transpose=True, activation="leaky_relu")
-    x = tf.keras.layers.Conv2DTranspose(input_shape[2], 3, strides=2, padding="same", name="decoder_output_conv")(x)
-    outputs = tf.keras.layers.Activation("sigmoid", name="reconstruction")(x)
+        x = layers.Conv2D(filters, 4, strides=2, padding="same", name=f"encoder_{i}_down")(x)
+        x = layers.LeakyReLU(0.2, name=f"encoder_{i}_down_act")(x)
+        x = layers.Conv2D(filters, 3, padding="same", name=f"encoder_{i}_conv")(x)
+        x = layers.LeakyReLU(0.2, name=f"encoder_{i}_conv_act")(x)
+    x = layers.Conv2D(latent_dim, 1, name="bottleneck")(x)
+    for i, filters in enumerate(reversed(ENCODER_FILTERS)):
+        x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", name=f"decoder_{i}_up")(x)
+        x = layers.LeakyReLU(0.2, name=f"decoder_{i}_up_act")(x)
+        x = layers.Conv2D(filters, 3, padding="same", name=f"decoder_{i}_conv")(x)
+        x = layers.LeakyReLU(0.2, name=f"decoder_{i}_conv_act")(x)
+    x = layers.Conv2D(input_shape[2], 3, padding="same", name="decoder_output_conv")(x)
+    if PAD:
+        x = layers.Cropping2D(PAD, name="crop_pad")(x)
+    outputs = layers.Activation("sigmoid", name="reconstruction")(x)
     return tf.keras.Model(inputs, outputs, name="fabric_ae")
 
 
-def smoothing_size(image_size: int) -> int:
-    """Odd box-filter side used to smooth heatmaps: about 1/16 of the image, at least 3."""
-    return max(3, image_size // 16) | 1
+def ssim_window(side: int) -> int:
+    """SSIM window side for images of ``side`` pixels: ``SSIM_WINDOW``, odd and at most ``side``."""
+    return max(1, min(SSIM_WINDOW, side - (1 - side % 2)))
 
 
-def score_and_heatmaps(model: tf.keras.Model, x: np.ndarray, smooth: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image anomaly score (mean squared error) and smoothed per-pixel error maps ``(N, H, W)``."""
+@functools.cache
+def ssim_l1_loss() -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """The training loss, registered as ``sparkvision>ssim_l1_loss`` on first use.
+
+    ``SSIM_WEIGHT * (1 - SSIM) + (1 - SSIM_WEIGHT) * L1`` per image (``tf.image.ssim`` with a
+    Gaussian window that fits the image, ``max_val=1``). A factory so TensorFlow is imported
+    only when a model is built; cached because Keras registers a name once.
+    """
+    import tensorflow as tf
+
+    @tf.keras.utils.register_keras_serializable(package="sparkvision", name="ssim_l1_loss")
+    def ssim_l1_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        y_true = tf.cast(y_true, y_pred.dtype)
+        window = ssim_window(int(y_pred.shape[1]))
+        # tf.image.ssim only centres windows a half-window inside the border, so edge pixels
+        # would count less than inner ones; reflecting both images gives them their share.
+        half = (window - 1) // 2
+        pad = [[0, 0], [half, half], [half, half], [0, 0]]
+        ssim = tf.image.ssim(tf.pad(y_true, pad, "REFLECT"), tf.pad(y_pred, pad, "REFLECT"), max_val=1.0,
+                             filter_size=window)  # fmt: skip
+        l1 = tf.reduce_mean(tf.abs(y_true - y_pred), axis=[1, 2, 3])
+        return SSIM_WEIGHT * (1.0 - ssim) + (1.0 - SSIM_WEIGHT) * l1
+
+    return ssim_l1_loss
+
+
+def augment_texture(image: tf.Tensor, seed: tf.Tensor, *, flip: bool, shift: float, color: float) -> tf.Tensor:
+    """Texture augmentation of one square tile, deterministic in ``seed``.
+
+    A random crop at the tile's own scale (the tile reflected by ``shift`` of its side on
+    every edge, then a window of the tile's size anywhere in it): zooming would change the
+    yarn pitch the model learns, so nothing is resized. Horizontal and vertical flips (a weave
+    looks the same mirrored; no 90-degree turns, which swap warp and weft). A small colour
+    jitter: gain ``1 ± color`` (like the illumination of the fabric) and saturation
+    ``1 ± color / 2``.
+
+    Args:
+        image: ``float32 (S, S, 3)`` in [0, 1].
+        seed: ``int64 [2]`` stateless seed (``common.row_seed``).
+        flip: Mirror left-right and top-bottom, each with probability 1/2.
+        shift: Largest shift as a fraction of the side (``augment_shift``); 0 disables.
+        color: ``augment_color``; 0 disables the jitter.
+    """
+    import tensorflow as tf
+
+    size = int(image.shape[0])
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
+    margin = min(int(round(shift * size)), size - 1)
+    if margin > 0:
+        padded = tf.pad(image, [[margin, margin], [margin, margin], [0, 0]], mode="REFLECT")
+        image = tf.image.stateless_random_crop(padded, (size, size, 3), seeds[0])
+    if flip:
+        image = tf.where(tf.random.stateless_uniform([], seeds[1]) < 0.5, tf.reverse(image, axis=[1]), image)
+        image = tf.where(tf.random.stateless_uniform([], seeds[2]) < 0.5, tf.reverse(image, axis=[0]), image)
+    if color > 0:
+        image = image * tf.random.stateless_uniform([], seeds[3], 1.0 - color, 1.0 + color)
+        image = tf.image.stateless_random_saturation(image, 1.0 - color / 2, 1.0 + color / 2, seeds[4])
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    image.set_shape((size, size, 3))
+    return image
+
+
+def smoothing_size(image_size: int) -> float:
+    """Sigma in pixels of the Gaussian that smooths anomaly maps: 1/16 of the tile side, at least 1."""
+    return max(1.0, image_size / 16)
+
+
+def error_maps(x: np.ndarray, recon: np.ndarray, smooth: float) -> np.ndarray:
+    """``(N, 2, H, W)``: per-pixel SSIM dissimilarity ``1 - SSIM`` and L1 error of images ``x``
+    against their reconstructions, both averaged over channels and smoothed by a Gaussian of
+    sigma ``smooth`` pixels (SSIM of each pixel over a Gaussian window, sigma 1.5, as
+    ``tf.image.ssim``, with the borders reflected)."""
     from scipy import ndimage
 
+    x = np.asarray(x, np.float64)
+    r = np.asarray(recon, np.float64)
+    radius = (ssim_window(x.shape[1]) - 1) // 2
+    sigma = (0, 1.5, 1.5, 0)
+
+    def local(a: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(a, sigma, mode="reflect", radius=(0, radius, radius, 0))
+
+    mx, mr = local(x), local(r)
+    vx, vr, cov = local(x * x) - mx * mx, local(r * r) - mr * mr, local(x * r) - mx * mr
+    c1, c2 = 0.01**2, 0.03**2
+    ssim = ((2 * mx * mr + c1) * (2 * cov + c2)) / ((mx * mx + mr * mr + c1) * (vx + vr + c2))
+    maps = np.stack([1.0 - ssim.mean(axis=3), np.abs(x - r).mean(axis=3)], axis=1)
+    if smooth > 0:
+        maps = ndimage.gaussian_filter(maps, (0, 0, smooth, smooth), mode="nearest")
+    return maps.astype(np.float32)
+
+
+def edge_classes(side: int, edge: int) -> np.ndarray:
+    """``int (side, side)``: the class of each pixel by its distance to the tile edge.
+
+    With ``a, b`` the distances to the nearest horizontal and vertical edge, capped at
+    ``edge``, the class is ``min(a, b) * (edge + 1) + max(a, b)``: corners, edges and the
+    interior (class ``edge * (edge + 2)``) fall in separate classes, symmetric in x and y.
+    """
+    i = np.arange(side)
+    d = np.minimum(np.minimum(i, side - 1 - i), edge)
+    a, b = d[:, None], d[None, :]
+    return np.minimum(a, b) * (edge + 1) + np.maximum(a, b)
+
+
+def fit_calibration(maps: np.ndarray, edge: int = CALIBRATION_EDGE) -> dict[str, Any]:
+    """Mean and standard deviation of defect-free ``error_maps`` ``(N, K, S, S)``, per map kind
+    and ``edge_classes`` class: ``{"edge", "mean": K lists, "std": K lists}``."""
+    classes = edge_classes(maps.shape[2], edge).ravel()
+    flat = maps.reshape(*maps.shape[:2], -1)
+    mean = np.zeros((maps.shape[1], (edge + 1) ** 2))
+    std = np.ones((maps.shape[1], (edge + 1) ** 2))
+    for c in np.unique(classes):
+        values = flat[:, :, classes == c]
+        mean[:, c], std[:, c] = values.mean(axis=(0, 2)), values.std(axis=(0, 2))
+    std = np.maximum(std, 1e-6)
+    return {"edge": edge, "mean": mean.tolist(), "std": std.tolist()}
+
+
+def anomaly_map(maps: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
+    """One anomaly map ``(N, S, S)`` from ``error_maps``.
+
+    Calibrated: each kind standardised per ``edge_classes`` class, then the larger of the
+    two, so an error either kind finds counts and the tile edge needs no other threshold than
+    the middle (L1 finds flat dark holes and colour, SSIM broken structure once the model
+    reconstructs the weave sharply). Without calibration: ``SSIM_WEIGHT * (1 - SSIM) +
+    (1 - SSIM_WEIGHT) * L1``, as the loss.
+    """
+    if not calibration:
+        return (SSIM_WEIGHT * maps[:, 0] + (1.0 - SSIM_WEIGHT) * maps[:, 1]).astype(np.float32)
+    classes = edge_classes(maps.shape[2], int(calibration["edge"]))
+    mean = np.asarray(calibration["mean"], np.float32)[:, classes]
+    std = np.asarray(calibration["std"], np.float32)[:, classes]
+    return ((maps - mean) / std).max(axis=1).astype(np.float32)
+
+
+def score_and_heatmaps(
+    model: tf.keras.Model, x: np.ndarray, smooth: float, calibration: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tile anomaly score (maximum of its map) and anomaly maps ``(N, H, W)``.
+
+    Args:
+        model: The autoencoder.
+        x: ``float32 (N, S, S, 3)`` tiles in [0, 1].
+        smooth: Gaussian sigma of the maps in pixels (``meta["smooth"]``).
+        calibration: ``meta["calibration"]`` (see ``anomaly_map``); None: uncalibrated maps.
+    """
     x = np.asarray(x, np.float32)
     if len(x) == 0:
         return np.zeros(0, np.float32), np.zeros((0, *x.shape[1:3]), np.float32)
-    recon = np.concatenate(common.predict_batches(lambda b: model(b, training=False).numpy(), x))
-    err = np.mean((x - recon) ** 2, axis=3)
-    heat = ndimage.uniform_filter(err, size=(1, smooth, smooth), mode="nearest")
-    return err.mean(axis=(1, 2)).astype(np.float32), heat.astype(np.float32)
+    heat = np.concatenate(
+        common.predict_batches(
+            lambda b: anomaly_map(error_maps(b, model(b, training=False).numpy(), smooth), calibration), x
+        )
+    )
+    return heat.max(axis=(1, 2)), heat
+
+
+def reconstruction_errors(model: tf.keras.Model, x: np.ndarray, smooth: float) -> np.ndarray:
+    """``error_maps`` of tiles ``x`` through ``model`` ``(N, 2, S, S)``, in batches."""
+    x = np.asarray(x, np.float32)
+    return np.concatenate(common.predict_batches(lambda b: error_maps(b, model(b, training=False).numpy(), smooth), x))
+
+
+# --------------------------------------------------------------------------- whole images
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """Where the tiles of one source image go in its stitched map (stored pixels).
+
+    Attributes:
+        source_id: The ``source_id`` of its tiles.
+        rows: Indexes of its tiles in the arrays.
+        offsets: ``(y, x)`` top-left corner of each tile in the stitched map.
+        shape: ``(H, W)`` of the stitched map.
+    """
+
+    source_id: str
+    rows: np.ndarray
+    offsets: np.ndarray
+    shape: tuple[int, int]
+
+
+def source_images(y: dict[str, np.ndarray], meta: Meta, side: int) -> list[SourceImage]:
+    """Group tiles by source image (first-seen order) and place them at their stored-pixel offsets.
+
+    Tiles of ``tile_size`` source pixels stored at ``side`` pixels are scaled by
+    ``side / tile_size``. Without ``source_id``/``tile_x``/``tile_y`` in ``y`` (a table of
+    single images), every row is its own image.
+    """
+    n = len(y["label"])
+    if not all(k in y for k in ("source_id", "tile_x", "tile_y")):
+        return [SourceImage(str(i), np.array([i]), np.zeros((1, 2), int), (side, side)) for i in range(n)]
+    scale = side / float(meta.get("tile_size") or side)
+    ids = [str(s) for s in y["source_id"]]
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(ids):
+        groups.setdefault(s, []).append(i)
+    out = []
+    for s, rows in groups.items():
+        r = np.array(rows)
+        offsets = np.rint(np.stack([y["tile_y"][r], y["tile_x"][r]], axis=1).astype(np.float64) * scale).astype(int)
+        shape = (int(offsets[:, 0].max()) + side, int(offsets[:, 1].max()) + side)
+        out.append(SourceImage(s, r, offsets, shape))
+    return out
+
+
+def stitch(tiles: np.ndarray, image: SourceImage) -> tuple[np.ndarray, np.ndarray]:
+    """Paste ``tiles[image.rows]`` (``(N, S, S, ...)``) into one array; overlaps keep the maximum.
+
+    Returns:
+        ``(stitched, covered)``: the array (0 where no tile lies) and a boolean ``(H, W)`` of
+        the pixels some tile covers (a split read only in part may miss tiles).
+    """
+    side = tiles.shape[1]
+    out = np.full((*image.shape, *tiles.shape[3:]), -np.inf, np.float32)
+    for i, (oy, ox) in zip(image.rows, image.offsets, strict=True):
+        window = out[oy : oy + side, ox : ox + side]
+        np.maximum(window, tiles[i], out=window)
+    covered = np.isfinite(out) if out.ndim == 2 else np.isfinite(out).all(axis=tuple(range(2, out.ndim)))
+    return np.where(np.isfinite(out), out, 0.0).astype(np.float32), covered
 
 
 class FabricAeTask:
     """The fabric autoencoder as a ``Task``; see ``base.Task`` for the contract.
 
-    Meta keys: ``latent_dim``, ``anomaly_quantile``, ``smooth``, and after ``evaluate``
-    ``threshold`` (image score) and ``pixel_threshold`` (heatmap); ``predict`` needs both.
+    Meta keys: ``latent_dim``, ``anomaly_quantile``, ``smooth`` (Gaussian sigma of the maps in
+    stored pixels), ``image_size`` (the stored tile side), ``tile_size``/``tile_stride``
+    (source pixels, from the ingest config; None when unknown), and after the first
+    ``evaluate`` ``calibration`` (see ``fit_calibration``; only when ``tile_size`` is known),
+    ``threshold`` (tile/image score) and ``pixel_threshold`` (map value); ``predict`` needs
+    the last two.
     """
 
     name = "fabric_ae"
@@ -85,9 +345,14 @@ class FabricAeTask:
 
     def prepare_meta(self, manifest: dict[str, Any], cfg: TrainConfig) -> Meta:
         meta = common.base_meta(self.name, self.tables, manifest, cfg)
-        common.check_divisible(self.name, meta["image_size"], 16)
+        common.check_divisible(self.name, meta["image_size"], 2 ** len(ENCODER_FILTERS))
+        tile_size = common.manifest_value(manifest, "tile_size")
+        tile_stride = common.manifest_value(manifest, "tile_stride")
         meta.update(latent_dim=cfg.latent_dim, anomaly_quantile=cfg.anomaly_quantile,
-                    smooth=smoothing_size(meta["image_size"]), threshold=None, pixel_threshold=None)  # fmt: skip
+                    smooth=smoothing_size(meta["image_size"]),
+                    tile_size=int(tile_size) if tile_size else None,
+                    tile_stride=int(tile_stride) if tile_stride else None,
+                    calibration=None, threshold=None, pixel_threshold=None)  # fmt: skip
         return meta
 
     def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
@@ -95,7 +360,7 @@ class FabricAeTask:
 
         size = meta["image_size"]
         model = build_autoencoder((size, size, 3), meta.get("latent_dim", cfg.latent_dim))
-        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss="mse")
+        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss=ssim_l1_loss())
         return model
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -104,7 +369,10 @@ class FabricAeTask:
         return tf.equal(tf.cast(row["label"], tf.int32), 0)
 
     def parse_row(self, row: dict[str, tf.Tensor], meta: Meta, cfg: TrainConfig, training: bool) -> tuple[Any, Any]:
-        image = common.row_image(row, meta, cfg, training)
+        image = common.decode_png(row["image"], meta["image_size"])
+        if training:
+            image = augment_texture(image, common.row_seed(cfg), flip=cfg.augment_flip, shift=cfg.augment_shift,
+                                    color=cfg.augment_color)  # fmt: skip
         return image, image
 
     def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -115,31 +383,53 @@ class FabricAeTask:
             y["mask"] = (common.decode_column(frame, size, column="mask", channels=1)[..., 0] > 0.5).astype(np.uint8)
         if "bbox" in frame:
             y["bbox"] = common.stack_column(frame, "bbox").reshape(len(frame), 4)
+        if all(c in frame for c in ("source_id", "tile_x", "tile_y")):
+            y["source_id"] = np.array([str(s) for s in frame["source_id"].tolist()], dtype=object)
+            y["tile_x"] = common.stack_column(frame, "tile_x", "int32").reshape(-1)
+            y["tile_y"] = common.stack_column(frame, "tile_y", "int32").reshape(-1)
         return x, y
 
     def evaluate(self, model: tf.keras.Model, x: np.ndarray, y: dict[str, np.ndarray], meta: Meta) -> dict[str, float]:
-        scores, heat = score_and_heatmaps(model, x, meta["smooth"])
-        labels = y["label"].astype(int)
+        tile_labels = y["label"].astype(int)
+        if meta.get("calibration") is None and meta.get("tile_size"):
+            good_tiles = np.flatnonzero(tile_labels == 0)
+            if len(good_tiles) == 0:
+                raise ValueError("fabric_ae evaluate: expected defect-free rows (label 0) to calibrate the maps")
+            meta["calibration"] = fit_calibration(reconstruction_errors(model, x[good_tiles], meta["smooth"]))
+        tile_scores, heat = score_and_heatmaps(model, x, meta["smooth"], meta.get("calibration"))
+        layout = source_images(y, meta, heat.shape[1])
+        maps = [stitch(heat, im) for im in layout]
+        scores = np.array([float(m[c].max()) for m, c in maps])
+        labels = np.array([int(tile_labels[im.rows].max()) for im in layout])
         good = labels == 0
         q = float(meta["anomaly_quantile"])
         if meta.get("threshold") is None:
             if not good.any():
-                raise ValueError("fabric_ae evaluate: expected defect-free rows (label 0) to choose the threshold")
+                raise ValueError("fabric_ae evaluate: expected defect-free images (label 0) to choose the threshold")
+            good_pixels = np.concatenate([m[c] for (m, c), g in zip(maps, good, strict=True) if g])
             meta["threshold"] = float(np.quantile(scores[good], q))
-            meta["pixel_threshold"] = float(np.quantile(heat[good], q))
+            meta["pixel_threshold"] = float(np.quantile(good_pixels, q))
         pred = scores > meta["threshold"]
         out = {
             "threshold": meta["threshold"],
             "pixel_threshold": meta["pixel_threshold"],
             "image_auroc": metrics.auroc(labels, scores),
+            "tile_auroc": metrics.auroc(tile_labels, tile_scores),
             "accuracy": float(np.mean(pred == (labels == 1))),
             "false_positive_rate": float(pred[good].mean()) if good.any() else float("nan"),
             "recall": float(pred[~good].mean()) if (~good).any() else float("nan"),
             "mean_score_good": float(scores[good].mean()) if good.any() else float("nan"),
             "mean_score_defect": float(scores[~good].mean()) if (~good).any() else float("nan"),
+            "images": float(len(layout)),
         }
         if "mask" in y:
-            out["pixel_auroc"] = metrics.auroc(y["mask"], heat)
+            masks = [stitch(y["mask"].astype(np.float32), im)[0] > 0.5 for im in layout]
+            covered = [c for _, c in maps]
+            out["pixel_auroc"] = metrics.auroc(
+                np.concatenate([mk[c] for mk, c in zip(masks, covered, strict=True)]),
+                np.concatenate([m[c] for m, c in maps]),
+            )
+            out["aupro"] = metrics.aupro(masks, [m for m, _ in maps], valid=covered)
         return {k: v for k, v in out.items() if np.isfinite(v)}
 
     def pictures(
@@ -147,26 +437,33 @@ class FabricAeTask:
     ) -> list[Path]:
         from sparkvision import pictures
 
-        defective = np.flatnonzero(y["label"] == 1)[:6]
-        if len(defective) == 0:
-            defective = np.arange(min(6, len(x)))
-        if len(defective) == 0:
+        if len(x) == 0:
             return []
-        scores, heat = score_and_heatmaps(model, x[defective], meta["smooth"])
-        vmax = max(float(np.quantile(heat, 0.999)), meta.get("pixel_threshold") or 0.0)
-        rows = [list(x[defective]), [pictures.overlay(x[i], h, vmax) for i, h in zip(defective, heat, strict=True)]]
-        titles = ["patch", "error heatmap"]
+        layout = source_images(y, meta, x.shape[1])
+        defective = [im for im in layout if y["label"][im.rows].max() == 1][:6] or layout[:6]
+        rows_needed = np.concatenate([im.rows for im in defective])
+        _, heat_rows = score_and_heatmaps(model, x[rows_needed], meta["smooth"], meta.get("calibration"))
+        heat = np.zeros(x.shape[:3], np.float32)
+        heat[rows_needed] = heat_rows
+        images = [stitch(x, im)[0] for im in defective]
+        maps = [stitch(heat, im)[0] for im in defective]
+        # Colours saturate at the image threshold: whatever shows bright would flag its tile.
+        vmax = meta.get("threshold") or float(np.quantile(np.concatenate([m.ravel() for m in maps]), 0.999))
+        rows = [images, [pictures.overlay(im, m, vmax) for im, m in zip(images, maps, strict=True)]]
+        titles = ["image", "anomaly map"]
         if "mask" in y:
-            rows.append([y["mask"][i].astype(np.float32) for i in defective])
+            rows.append([stitch(y["mask"].astype(np.float32), im)[0] for im in defective])
             titles.append("true mask")
-        captions = [[f"score {s:.4f}" for s in scores]] + [[""] * len(defective)] * (len(rows) - 1)
-        return [pictures.save_grid(rows, Path(out_dir) / "fabric_heatmaps.png", row_titles=titles, captions=captions,
-                                   title=f"threshold {meta.get('threshold') or float('nan'):.4f}")]  # fmt: skip
+        captions = [[f"{im.source_id[-28:]}\nscore {m.max():.4f}" for im, m in zip(defective, maps, strict=True)]]
+        captions += [[""] * len(defective)] * (len(rows) - 1)
+        title = f"image threshold {meta.get('threshold') or float('nan'):.4f} = brightest colour"
+        path = Path(out_dir) / "fabric_heatmaps.png"
+        return [pictures.save_grid(rows, path, row_titles=titles, captions=captions, title=title, cell_inches=2.4)]
 
     def predict(self, model: tf.keras.Model, x: np.ndarray, meta: Meta) -> dict[str, np.ndarray]:
         if meta.get("threshold") is None or meta.get("pixel_threshold") is None:
             raise ValueError("fabric_ae meta has no 'threshold': run evaluate on the validation split before scoring")
-        scores, heat = score_and_heatmaps(model, x, meta["smooth"])
+        scores, heat = score_and_heatmaps(model, x, meta["smooth"], meta.get("calibration"))
         is_defect = scores > meta["threshold"]
         boxes = np.zeros((len(scores), 4), np.float32)
         for i in np.flatnonzero(is_defect):

@@ -147,9 +147,29 @@ def conv_block(
     return x
 
 
+@tf.keras.utils.register_keras_serializable(package="sparkvision")
+class WeightedBinaryCrossentropy(tf.keras.losses.Loss):
+    """Multi-label binary cross-entropy with each label's positive term weighted by
+    ``pos_weight[j]`` (rare attributes count as much as common ones)."""
+
+    def __init__(self, pos_weight: Sequence[float], name: str = "weighted_binary_crossentropy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.pos_weight = [float(w) for w in pos_weight]
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        eps = tf.keras.backend.epsilon()
+        p = tf.clip_by_value(y_pred, eps, 1.0 - eps)
+        y = tf.cast(y_true, p.dtype)
+        w = tf.constant(self.pos_weight, p.dtype)
+        return -tf.reduce_mean(w * y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p), axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pos_weight": self.pos_weight}
+
+
 def custom_objects_dict() -> dict[str, Any]:
     """Every custom Keras class of sparkvision, for ``load_model(..., custom_objects=...)``."""
-    return {"Sampling": Sampling, "VAE": VAE}
+    return {"Sampling": Sampling, "VAE": VAE, "WeightedBinaryCrossentropy": WeightedBinaryCrossentropy}
 
 
 def pooled_conv_stack(input_shape: tuple[int, int, int], filters: Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -161,3 +181,75 @@ def pooled_conv_stack(input_shape: tuple[int, int, int], filters: Sequence[int])
     for i, n in enumerate(filters[:n_blocks]):
         x = conv_block(x, n, f"block_{i}", pool=True)
     return inputs, x
+
+
+def batchnorm_layers(model: tf.keras.Model) -> list[tf.keras.layers.BatchNormalization]:
+    """Every ``BatchNormalization`` layer of ``model``, nested models included, in a stable order."""
+    return [m for m in model.submodules if isinstance(m, tf.keras.layers.BatchNormalization)]
+
+
+def recalibrate_batchnorm(
+    model: tf.keras.Model,
+    batches: Any,
+    *,
+    max_batches: int,
+    allreduce: Callable[[tf.Tensor], tf.Tensor] | None = None,
+) -> int:
+    """Recompute every BatchNorm layer's moving mean and variance over ``batches`` with the
+    weights frozen: the exact average of the batch statistics instead of Keras' exponential
+    moving average, whose default momentum (0.99) needs thousands of steps to forget the
+    initial values and lags behind weights that still change.
+
+    The network runs in training mode (batch statistics) with dropout switched off, so each
+    BatchNorm layer sees the activations it sees at inference. ``allreduce`` (Horovod's
+    average over ranks) turns each rank's statistics into the statistics of all ranks' data:
+    mean = average of means, variance = average of (variance + mean²) - mean².
+
+    Args:
+        model: A built model; its BatchNorm moving statistics are replaced in place.
+        batches: An iterable of ``x`` or ``(x, y[, w])`` batches (inference preprocessing).
+        max_batches: Batches to use at most.
+        allreduce: Averages a tensor over Horovod ranks; None for one process.
+
+    Returns:
+        The number of batches used (0 when the model has no BatchNorm layer).
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    dropouts = [m for m in model.submodules if isinstance(m, tf.keras.layers.Dropout)]
+    saved_rates = [d.rate for d in dropouts]
+    saved_momentum = [bn.momentum for bn in layers]
+    sums = [(tf.zeros_like(bn.moving_mean), tf.zeros_like(bn.moving_variance)) for bn in layers]
+    used = 0
+    try:
+        for d in dropouts:
+            d.rate = 0.0
+        for bn in layers:
+            bn.momentum = 0.0  # moving value := this batch's statistic, read back below
+        for batch in batches:
+            if used >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, tuple) else batch
+            model(x, training=True)
+            sums = [(m + bn.moving_mean, v + bn.moving_variance + tf.square(bn.moving_mean))
+                    for (m, v), bn in zip(sums, layers, strict=True)]  # fmt: skip
+            used += 1
+    finally:
+        for d, rate in zip(dropouts, saved_rates, strict=True):
+            d.rate = rate
+        for bn, momentum in zip(layers, saved_momentum, strict=True):
+            bn.momentum = momentum
+    flat = tf.concat([tf.concat([m, v], 0) for m, v in sums], 0)
+    count = tf.constant(float(used))
+    if allreduce is not None:
+        flat, count = allreduce(flat), allreduce(count)
+    if float(count.numpy()) <= 0:
+        return 0
+    flat = flat / count
+    sizes = [int(m.shape[0]) for m, _ in sums]
+    means = [(p[:s], p[s:]) for p, s in zip(tf.split(flat, [2 * s for s in sizes]), sizes, strict=True)]
+    for bn, (mean, second) in zip(layers, means, strict=True):
+        bn.moving_mean.assign(mean)
+        bn.moving_variance.assign(tf.maximum(second - tf.square(mean), 0.0))
+    return used

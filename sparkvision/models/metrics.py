@@ -1,7 +1,10 @@
-"""Evaluation metrics in plain numpy: AUROC and ROC curves, box IoU, confusion matrices and
-the box of the largest region of a binary mask."""
+"""Evaluation metrics in plain numpy: AUROC and ROC curves, the per-region overlap (PRO) curve
+and its normalised area (AUPRO), box IoU, confusion matrices and the box of the largest region
+of a binary mask."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -56,6 +59,98 @@ def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.nda
     return fpr, tpr, np.r_[np.inf, s[last]]
 
 
+def pro_curve(
+    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], valid: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region overlap against false positive rate at every distinct threshold (highest first).
+
+    As in MVTec AD (Bergmann et al., 2021): each 8-connected region of every ground-truth
+    mask is one region; at a threshold, its overlap is the fraction of its pixels whose map
+    value is at least the threshold, and PRO is the mean overlap over all regions of all
+    images. The false positive rate is the fraction of all defect-free pixels at or above the
+    threshold.
+
+    Args:
+        masks: Boolean ``(H, W)`` ground truth per image (shapes may differ between images).
+        maps: Anomaly maps of the same shapes, higher means more anomalous.
+        valid: Optional boolean ``(H, W)`` per image: only these pixels count.
+
+    Returns:
+        ``(fpr, pro)``, both starting at 0 and ending at 1 (when regions and defect-free pixels exist).
+
+    Raises:
+        ValueError: When the lists differ in length or a map and its mask differ in shape.
+    """
+    from scipy import ndimage
+
+    if len(masks) != len(maps) or (valid is not None and len(valid) != len(maps)):
+        raise ValueError(f"pro_curve: expected as many masks as maps, found {len(masks)} and {len(maps)}")
+    scores, negatives, weights = [], [], []
+    regions = 0
+    per_image: list[tuple[np.ndarray, np.ndarray]] = []
+    for i, (mask, amap) in enumerate(zip(masks, maps, strict=True)):
+        mask, amap = np.asarray(mask, bool), np.asarray(amap, np.float64)
+        if mask.shape != amap.shape:
+            raise ValueError(f"pro_curve: image {i}: mask shape {mask.shape} differs from map shape {amap.shape}")
+        keep = np.ones(mask.shape, bool) if valid is None else np.asarray(valid[i], bool)
+        labels, n = ndimage.label(mask & keep, structure=np.ones((3, 3), bool))
+        scores.append(amap[keep])
+        negatives.append(~mask[keep])
+        per_image.append((labels[keep], np.bincount(labels[keep], minlength=n + 1).astype(np.float64)))
+        regions += n
+    # A defect pixel adds 1 / (its region's size * number of regions) to PRO once it is above
+    # the threshold, so PRO at a threshold is the mean over regions of their found fraction.
+    for labels, sizes in per_image:
+        w = np.zeros(len(labels))
+        inside = labels > 0
+        w[inside] = 1.0 / (sizes[labels[inside]] * max(regions, 1))
+        weights.append(w)
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    negative = np.concatenate(negatives) if negatives else np.zeros(0, bool)
+    weight = np.concatenate(weights) if weights else np.zeros(0)
+    order = np.argsort(-score, kind="mergesort")
+    s = score[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1] if len(s) else np.zeros(0, dtype=int)
+    fpr = np.cumsum(negative[order])[last] / max(int(negative.sum()), 1)
+    pro = np.cumsum(weight[order])[last]
+    return np.r_[0.0, fpr], np.r_[0.0, np.minimum(pro, 1.0)]
+
+
+def aupro(
+    masks: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
+    max_fpr: float = 0.3,
+    valid: Sequence[np.ndarray] | None = None,
+) -> float:
+    """Area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (1 is perfect).
+
+    The MVTec AD definition (see ``pro_curve``); the curve is interpolated linearly at
+    ``max_fpr``. A random map gives about ``max_fpr / 2``. ``nan`` without defect regions or
+    without defect-free pixels.
+
+    Args:
+        masks: Boolean ``(H, W)`` ground truth per image.
+        maps: Anomaly maps of the same shapes.
+        max_fpr: Upper end of the false positive rate range, in ``(0, 1]``.
+        valid: Optional boolean ``(H, W)`` per image: only these pixels count.
+
+    Raises:
+        ValueError: On a ``max_fpr`` outside ``(0, 1]`` (and as ``pro_curve``).
+    """
+    if not 0.0 < max_fpr <= 1.0:
+        raise ValueError(f"aupro: expected max_fpr in (0, 1], found {max_fpr}")
+    fpr, pro = pro_curve(masks, maps, valid)
+    if len(fpr) < 2 or fpr[-1] <= 0 or pro[-1] <= 0:
+        return float("nan")
+    # Several points may share one fpr (regions found before any false positive): keep their order.
+    end = int(np.searchsorted(fpr, max_fpr, side="right"))
+    xs, ys = fpr[:end], pro[:end]
+    if end < len(fpr) and xs[-1] < max_fpr:
+        x0, x1, y0, y1 = fpr[end - 1], fpr[end], pro[end - 1], pro[end]
+        xs, ys = np.r_[xs, max_fpr], np.r_[ys, y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)]
+    return float(np.trapz(ys, xs) / max_fpr)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise intersection over union of ``(N, 4)`` ``x_min, y_min, x_max, y_max`` boxes
     (0 where both are empty)."""
@@ -99,3 +194,43 @@ def nanmean(values: list[float]) -> float:
     """Mean of the finite values; ``nan`` when there are none (without a numpy warning)."""
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean of the true positive and true negative rates of binary predictions (``nan`` when a
+    class is absent): 0.5 for a constant or random predictor whatever the class balance."""
+    y = np.asarray(y_true).reshape(-1) > 0.5
+    p = np.asarray(y_pred).reshape(-1) > 0.5
+    if y.all() or not y.any():
+        return float("nan")
+    return float((p[y].mean() + (~p[~y]).mean()) / 2.0)
+
+
+def balanced_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
+    """The score threshold (``score > t`` is positive) that maximises balanced accuracy
+    (Youden's J) on these labels; 0.5 when a class is absent."""
+    y = np.asarray(y_true).reshape(-1) > 0.5
+    if y.all() or not y.any():
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y, score)
+    best = int(np.argmax(tpr - fpr))
+    # roc_curve's thresholds are "score >= t": halfway to the next lower score keeps ">" right.
+    s = np.sort(np.unique(np.asarray(score, dtype=np.float64)))[::-1]
+    t = thresholds[best]
+    if not np.isfinite(t):
+        return float(s[0])
+    lower = s[s < t]
+    return float((t + lower[0]) / 2.0) if len(lower) else float(np.nextafter(t, -np.inf))
+
+
+def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Per-class ``precision``, ``recall`` and ``f1`` of single-label predictions (``nan`` where
+    a class is never predicted, or never true)."""
+    m = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
+    tp = np.diag(m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / m.sum(axis=0)
+        recall = tp / m.sum(axis=1)
+        f1 = 2 * precision * recall / (precision + recall)
+    f1 = np.where((precision + recall) == 0, 0.0, f1)
+    return {"precision": precision, "recall": recall, "f1": f1}

@@ -202,8 +202,13 @@ class VaeTask:
         )  # fmt: skip
         kl = -0.5 * np.sum(1.0 + log_var - mu**2 - np.exp(log_var), axis=1)
         r_loss = float(out["recon_error"].mean())
+        # The error of always answering the mean image of these rows: a model that learnt
+        # nothing beyond the average face scores a ratio of 1 or more.
+        baseline = float(np.mean((np.asarray(x, np.float32) - np.asarray(x, np.float32).mean(axis=0)) ** 2))
         return {
             "recon_mse": r_loss,
+            "mean_image_mse": baseline,
+            "recon_mse_ratio": r_loss / max(baseline, 1e-12),
             "kl_loss": float(kl.mean()),
             "loss": float(model.r_loss_factor * r_loss + kl.mean()),
             "mu_std": float(mu.std(axis=0).mean()),

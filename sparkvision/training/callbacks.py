@@ -1,8 +1,10 @@
 """Keras callbacks run on every Horovod rank (rank-0-only ones say so).
 
-Order matters: Horovod's ``MetricAverageCallback`` must come first so every later callback
-sees the metrics averaged over ranks, and all ranks then take the same decisions (lower the
-rate, stop early). ``callback_list`` builds the list in that order.
+Order matters: the inference-mode evaluation (BatchNorm recalibration, ``train_eval_*``,
+``val_*``) runs first at each epoch end, then Horovod's ``MetricAverageCallback``, so every
+later callback sees the metrics averaged over ranks, and all ranks then take the same
+decisions (lower the rate, stop early, keep the best checkpoint). ``callback_list`` builds
+the list in that order.
 
 TensorFlow is imported inside functions; the classes are built by ``make_classes`` on the
 worker, so importing this module stays cheap on the driver.
@@ -141,9 +143,8 @@ def make_classes() -> dict[str, type]:
             self._start = time.perf_counter()
             self._train_end = None
 
-        def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-            if self._train_end is None:
-                self._train_end = time.perf_counter()
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self._train_end = time.perf_counter()  # evaluation after the last batch is not training
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs if logs is not None else {}
@@ -152,18 +153,65 @@ def make_classes() -> dict[str, type]:
             logs["epoch_time_s"] = end - self._start
             logs["images_per_s"] = self.images_per_epoch / max(train_time, 1e-9)
 
-    class CheckpointWriter(tf.keras.callbacks.Callback):
-        """Rank 0 only: writes weights + optimizer and ``state.json`` to the store every epoch."""
+    class InferenceModeEvaluation(tf.keras.callbacks.Callback):
+        """Every rank, first at the end of each epoch: recompute BatchNorm statistics over a
+        fixed sample of training rows (inference preprocessing, averaged over ranks), then
+        evaluate that sample and the validation batches in inference mode.
 
-        def __init__(self, store: Store, checkpoint: tf.train.Checkpoint, make_state: Callable[[int, dict], CheckpointState]) -> None:  # fmt: skip
+        Adds ``train_eval_<metric>`` (the training sample, inference mode: compare with the
+        training-mode ``<metric>``) and ``val_<metric>`` to the epoch logs, so everything
+        later callbacks compare (plateau, early stopping, best checkpoint) is what scoring sees.
+        """
+
+        def __init__(self, evaluation: Evaluation) -> None:
+            super().__init__()
+            self.evaluation = evaluation
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            from sparkvision.models.layers import recalibrate_batchnorm
+
+            logs = logs if logs is not None else {}
+            e = self.evaluation
+            if e.calibration_batches > 0:
+                recalibrate_batchnorm(self.model, e.calibration, max_batches=e.calibration_batches,
+                                      allreduce=e.allreduce)  # fmt: skip
+            sample = self.model.evaluate(e.calibration, steps=max(1, e.calibration_batches), verbose=0,
+                                         return_dict=True)  # fmt: skip
+            logs.update({f"train_eval_{k}": float(v) for k, v in sample.items()})
+            if e.validation is not None:
+                val = self.model.evaluate(e.validation, steps=e.validation_steps, verbose=0, return_dict=True)
+                logs.update({f"val_{k}": float(v) for k, v in val.items()})
+
+    class CheckpointWriter(tf.keras.callbacks.Callback):
+        """Rank 0 only: writes weights + optimizer and ``state.json`` to the store every epoch,
+        and marks the checkpoint best (``best.json``) when ``monitor`` is lower than ever in the run."""
+
+        def __init__(self, store: Store, checkpoint: tf.train.Checkpoint, make_state: Callable[[int, dict], CheckpointState], monitor: str, best: float = math.inf) -> None:  # fmt: skip
             super().__init__()
             self.store = store
             self.checkpoint = checkpoint
             self.make_state = make_state
+            self.monitor = monitor
+            self.best = best
             self.last: CheckpointState | None = None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self.last = self.store.save(self.checkpoint, self.make_state(epoch, dict(logs or {})))
+            logs = dict(logs or {})
+            value = logs.get(self.monitor)
+            improved = value is not None and math.isfinite(float(value)) and float(value) < self.best
+            if improved:
+                self.best = float(value)
+            self.last = self.store.save(self.checkpoint, self.make_state(epoch, logs), best=improved)
+
+    class EpochPrinter(tf.keras.callbacks.Callback):
+        """Rank 0 only: one line per epoch with the metrics a user compares."""
+
+        def __init__(self, epochs: int) -> None:
+            super().__init__()
+            self.epochs = epochs
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            print(epoch_line(epoch, self.epochs, dict(logs or {})), flush=True)
 
     class MlflowEpochLogger(tf.keras.callbacks.Callback):
         """Rank 0 only: logs every numeric epoch metric to the run over HTTP, ``step=epoch``."""
@@ -180,9 +228,39 @@ def make_classes() -> dict[str, type]:
     return {
         "LearningRateController": LearningRateController,
         "EpochTimer": EpochTimer,
+        "InferenceModeEvaluation": InferenceModeEvaluation,
         "CheckpointWriter": CheckpointWriter,
+        "EpochPrinter": EpochPrinter,
         "MlflowEpochLogger": MlflowEpochLogger,
     }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``InferenceModeEvaluation`` reads: datasets of ``(x, y[, w])`` batches without
+    augmentation, repeated identically every epoch."""
+
+    calibration: Any
+    """A fixed sample of this rank's training rows (BatchNorm statistics, ``train_eval_*``)."""
+    calibration_batches: int
+    """Batches of ``calibration`` used; 0 keeps Keras' moving averages (no recalibration)."""
+    validation: Any | None
+    validation_steps: int
+    allreduce: Callable[[Any], Any] | None = None
+    """Averages a tensor over ranks (Horovod); None in one process."""
+
+
+EPOCH_LINE_KEYS = ("loss", "train_eval_loss", "val_loss", "accuracy", "train_eval_accuracy", "val_accuracy",
+                   "r_loss", "kl_loss", "val_r_loss", "val_kl_loss", "lr")  # fmt: skip
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict[str, Any]) -> str:
+    """``epoch 3/10: loss 0.1234 val_loss 0.2345 ... (12.3 s, 250 img/s)``."""
+    parts = [f"{k} {float(logs[k]):.4g}" for k in EPOCH_LINE_KEYS if k in logs]
+    timing = ""
+    if "epoch_time_s" in logs:
+        timing = f" ({float(logs['epoch_time_s']):.1f} s, {float(logs.get('images_per_s', 0.0)):.0f} img/s)"
+    return f"epoch {epoch + 1}/{epochs}: " + " ".join(parts) + timing
 
 
 def epoch_in_warmup(schedule: Schedule, epoch: int) -> bool:
@@ -201,6 +279,9 @@ def callback_list(
     make_state: Callable[[int, dict], CheckpointState],
     tracking_uri: str,
     run_id: str,
+    evaluation: Evaluation,
+    epochs: int,
+    best: float = math.inf,
 ) -> tuple[list[tf.keras.callbacks.Callback], Any]:
     """All callbacks of a rank, in the order they must run, and the learning-rate controller.
 
@@ -214,6 +295,9 @@ def callback_list(
         make_state: Builds the ``CheckpointState`` to record after an epoch.
         tracking_uri: MLflow server URL.
         run_id: The training run.
+        evaluation: Datasets of the inference-mode evaluation that opens every epoch end.
+        epochs: Epochs of the job (for the printed lines).
+        best: Lowest monitored value of earlier epochs of the run (a resume continues it).
 
     Returns:
         The callbacks for ``fit`` and the ``LearningRateController`` among them (its
@@ -225,11 +309,13 @@ def callback_list(
     controller = classes["LearningRateController"](schedule, state)
     callbacks: list[Any] = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        classes["InferenceModeEvaluation"](evaluation),  # before averaging: its metrics are averaged too
         hvd.callbacks.MetricAverageCallback(),
         classes["EpochTimer"](images_per_epoch),
         controller,
     ]
     if rank == 0:
-        callbacks.append(classes["CheckpointWriter"](store, checkpoint, make_state))
+        callbacks.append(classes["CheckpointWriter"](store, checkpoint, make_state, schedule.monitor, best))
+        callbacks.append(classes["EpochPrinter"](epochs))
         callbacks.append(classes["MlflowEpochLogger"](tracking_uri, run_id))
     return callbacks, controller

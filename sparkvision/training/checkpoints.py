@@ -3,6 +3,7 @@
 Layout under the store root of one registered model::
 
     ROOT/state.json                          the latest checkpoint: epoch, run id, meta, lr, ...
+    ROOT/best.json                           the run's best checkpoint so far (lowest monitored value)
     ROOT/runs/<run_id>/epoch-0003/ckpt.*     tf.train.Checkpoint of model weights + optimizer
 
 ``state.json`` is written after the checkpoint files, so it never points at a partial one.
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 STATE_FILE = "state.json"
+BEST_FILE = "best.json"
 KEEP_LAST = 2
-"""Checkpoints kept per run (older epochs are deleted after a newer one is complete)."""
+"""Checkpoints kept per run besides the best one (older epochs are deleted after a newer one is complete)."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +127,21 @@ class Store:
         data = json.loads(self.read_text(STATE_FILE))
         return CheckpointState(**data)
 
-    def save(self, checkpoint: tf.train.Checkpoint, state: CheckpointState) -> CheckpointState:
-        """Write ``checkpoint`` for ``state.epoch``, then ``state.json``; prune older epochs of the run.
+    def best(self, run_id: str) -> CheckpointState | None:
+        """The best checkpoint of run ``run_id`` (``best.json``), or None when the run marked none."""
+        if not self.exists(BEST_FILE):
+            return None
+        state = CheckpointState(**json.loads(self.read_text(BEST_FILE)))
+        return state if state.run_id == run_id else None
+
+    def save(self, checkpoint: tf.train.Checkpoint, state: CheckpointState, best: bool = False) -> CheckpointState:
+        """Write ``checkpoint`` for ``state.epoch``, then ``state.json`` (and ``best.json`` when
+        ``best``); prune older epochs of the run except the best one.
 
         Args:
             checkpoint: A ``tf.train.Checkpoint`` holding the model (and optimizer).
             state: The facts to record; its ``checkpoint`` field is filled in here.
+            best: This checkpoint is the run's best so far.
 
         Returns:
             The state as written.
@@ -142,10 +153,16 @@ class Store:
             self.remove(folder)
             self.upload(tmp, folder)
         written = CheckpointState(**{**asdict(state), "checkpoint": f"{folder}/ckpt"})
-        self.write_text(STATE_FILE, json.dumps(asdict(written), indent=2, sort_keys=True))
+        text = json.dumps(asdict(written), indent=2, sort_keys=True)
+        self.write_text(STATE_FILE, text)
+        if best:
+            self.write_text(BEST_FILE, text)
+        kept = self.best(state.run_id)
+        keep = posixpath.basename(posixpath.dirname(kept.checkpoint)) if kept else None
         epochs = [name for name in self.listdir(run_dir) if name.startswith("epoch-")]
         for old in epochs[:-KEEP_LAST]:
-            self.remove(f"{run_dir}/{old}")
+            if old != keep:
+                self.remove(f"{run_dir}/{old}")
         return written
 
     def restore(self, checkpoint: tf.train.Checkpoint, state: CheckpointState, local_dir: str | Path) -> None:

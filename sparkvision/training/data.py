@@ -210,3 +210,14 @@ def read_frame(info: SplitInfo, columns: Sequence[str] | None, limit: int) -> pd
     if not tables:
         return pd.DataFrame({c: [] for c in columns or ()})
     return pa.concat_tables(tables).to_pandas()
+
+
+def read_columns(info: SplitInfo, columns: Sequence[str]) -> pd.DataFrame:
+    """Every row of a split, only ``columns`` (small target columns, never ``image``)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not info.files:
+        return pd.DataFrame({c: [] for c in columns})
+    return pa.concat_tables([pq.read_table(f, columns=list(columns)) for f in info.files]).to_pandas()

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 EVAL_ROWS = 4096
 """Rows of the val and test splits evaluated on the driver (the first ones in file order);
 logged as ``eval_rows_val``/``eval_rows_test``. Keeps driver memory bounded on large splits."""
+TRAIN_EVAL_ROWS = 1024
+"""Rows of the train split (the first ones in file order, a seeded-hash sample) evaluated in
+inference mode on the driver as ``eval_train_*``: beside ``eval_val_*`` it shows overfitting,
+and beside the training-mode epoch metrics a BatchNorm or augmentation mismatch."""
 PICTURE_ROWS = 16
 """Test images drawn in ``task.pictures``."""
 
@@ -80,9 +84,14 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
         raise FileNotFoundError(f"{data_dir}: expected an ingested dataset with manifest.json, found none")
     manifest = json.loads(manifest_path.read_text())
     tcfg = cfg.train
-    meta = get_task(tcfg.model).prepare_meta(manifest, tcfg)
+    task = get_task(tcfg.model)
+    meta = task.prepare_meta(manifest, tcfg)
     train = data.inspect_split(folder, "train")
     data.check_shardable(train, tcfg.workers)
+    statistics = getattr(task, "fit_statistics", None)
+    if statistics is not None:
+        columns = [c for c in task.columns_for(meta["table"]) if c != "image"]  # targets only: small
+        meta = statistics(meta, data.read_columns(train, columns), tcfg)
     val = data.inspect_split(folder, "val")
     if val.rows:
         data.check_shardable(val, tcfg.workers)
@@ -106,8 +115,9 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
     """Train ``cfg.train.model`` on an ingested dataset with Horovod on Spark, tracked in MLflow.
 
     One MLflow run per job (a resumed job continues its run). Rank 0 checkpoints every epoch
-    to the store and logs epoch metrics; afterwards the driver evaluates the last checkpoint
-    on val and test, logs pictures and curves, and registers the model with the configured alias.
+    to the store and logs epoch metrics (inference-mode ``val_*``/``train_eval_*`` after the
+    BatchNorm recalibration); afterwards the driver evaluates the best checkpoint on val, test
+    and a train sample, logs pictures and curves, and registers it with the configured alias.
 
     Args:
         spark: The active session (``horovod.spark.run`` runs one task per worker on it).
@@ -117,9 +127,10 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
 
     Returns:
         ``run_id``, ``experiment``, ``registered_model``, ``version``, ``alias``, ``model_uri``,
-        ``metrics`` (last epoch, ``eval_val_*`` and ``test_*``), ``meta``, ``checkpoint_dir`` (URL
-        of the last checkpoint folder), ``store`` and ``checkpoint`` (its path in the store),
-        ``initial_epoch``, ``epochs_run``, ``stopped_early`` and rank 0's ``history``.
+        ``metrics`` (last epoch, ``eval_val_*``, ``test_*``, ``eval_train_*`` and ``best_epoch``),
+        ``meta``, ``checkpoint_dir`` (URL of the evaluated checkpoint folder: the epoch with the
+        lowest inference-mode ``val_loss``), ``store`` and ``checkpoint`` (its path in the store),
+        ``best_epoch``, ``initial_epoch``, ``epochs_run``, ``stopped_early`` and rank 0's ``history``.
 
     Raises:
         FileNotFoundError: On ``resume`` without a checkpoint.
@@ -213,18 +224,27 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
 
     task = get_task(cfg.train.model)
     meta = dict(p.meta)
-    model = load_checkpoint(cfg, meta, p.store, rank0["checkpoint"])
-    metrics: dict[str, float] = {}
+    chosen = rank0.get("best_checkpoint") or rank0["checkpoint"]
+    best_epoch = int(rank0.get("best_epoch", rank0["epoch"]))
+    client.set_tag(run_id, "sparkvision.best_epoch", str(best_epoch))
+    log.info("run %s: evaluating the best checkpoint (epoch %d of %d)", run_id, best_epoch + 1,
+             int(rank0["epoch"]) + 1)  # fmt: skip
+    model = load_checkpoint(cfg, meta, p.store, chosen)
+    metrics: dict[str, float] = {"best_epoch": float(best_epoch)}
     examples: list[bytes] = []
     pictures = work / "pictures"
-    for split, info in (("val", p.val), ("test", p.test)):
+    # val first: it may set meta (fabric threshold, per-attribute thresholds); train last.
+    for split, info, limit in (("val", p.val, EVAL_ROWS), ("test", p.test, EVAL_ROWS), ("train", p.train, TRAIN_EVAL_ROWS)):  # fmt: skip
         if info is None:
             continue
-        frame = data.read_frame(info, None, EVAL_ROWS)
+        frame = data.read_frame(info, None, limit)
+        if frame.empty:
+            continue
         x, y = task.arrays(frame, meta)
-        examples = [bytes(b) for b in frame["image"][:2]]
-        result = task.evaluate(model, x, y, meta)  # val first: may set meta (fabric threshold)
-        prefix = "test_" if split == "test" else "eval_val_"
+        if split != "train":
+            examples = [bytes(b) for b in frame["image"][:2]]
+        result = task.evaluate(model, x, y, meta)
+        prefix = {"val": "eval_val_", "test": "test_", "train": "eval_train_"}[split]
         metrics.update({f"{prefix}{k}": float(v) for k, v in result.items()})
         client.set_tag(run_id, f"eval_rows_{split}", str(len(frame)))
         if split == "test" and cfg.train.pictures:
@@ -238,7 +258,7 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
     if pictures.is_dir() and any(pictures.iterdir()):
         client.log_artifacts(run_id, str(pictures), "pictures")
     client.log_text(run_id, p.store.read_text("state.json"), "checkpoint/state.json")
-    checkpoint_dir = rank0["checkpoint"].rsplit("/", 1)[0]
+    checkpoint_dir = chosen.rsplit("/", 1)[0]
     local_ckpt = p.store.download(checkpoint_dir, work / "checkpoint")
     client.log_artifacts(run_id, str(local_ckpt), "checkpoint")
 
@@ -262,7 +282,8 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
         "meta": meta,
         "checkpoint_dir": p.store.url(checkpoint_dir),
         "store": p.store.root,
-        "checkpoint": rank0["checkpoint"],
+        "checkpoint": chosen,
+        "best_epoch": best_epoch,
         "epochs_run": int(rank0["epoch"]) + 1 - int(rank0["initial_epoch"]),
         "initial_epoch": int(rank0["initial_epoch"]),
         "stopped_early": bool(rank0["stopped_early"]),

@@ -6,6 +6,7 @@ imported inside it.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from contextlib import ExitStack
@@ -40,8 +41,9 @@ def run_worker(job: WorkerJob) -> dict[str, Any]:
         job: The job description from the driver.
 
     Returns:
-        On rank 0: ``{"rank", "checkpoint", "epoch", "history", "initial_epoch", "stopped_early"}``
-        with the store path of the last checkpoint; on other ranks ``{"rank", "history"}``.
+        On rank 0: ``{"rank", "checkpoint", "epoch", "best_checkpoint", "best_epoch", "history",
+        "initial_epoch", "stopped_early"}`` with the store paths of the last and the best
+        checkpoint (lowest monitored value); on other ranks ``{"rank", "history"}``.
     """
     import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
@@ -83,7 +85,7 @@ def run_worker(job: WorkerJob) -> dict[str, Any]:
     stream_seed = tcfg.seed + 1000 * rank + 7919 * initial_epoch
     tf.keras.utils.set_random_seed(stream_seed)
 
-    monitor = "val_loss" if job.val is not None else "loss"
+    monitor = "val_loss" if job.val is not None else "train_eval_loss"  # inference mode either way
     schedule = cb.Schedule(target_lr=target_lr, warmup_epochs=tcfg.warmup_epochs,
                            steps_per_epoch=job.steps_per_epoch, monitor=monitor,
                            patience=tcfg.reduce_lr_patience, factor=tcfg.reduce_lr_factor,
@@ -95,30 +97,48 @@ def run_worker(job: WorkerJob) -> dict[str, Any]:
                                lr=float(logs.get("lr", target_lr)),
                                callbacks={"plateau": lr_controller.state.to_dict()}, metrics=metrics)  # fmt: skip
 
-    callbacks, lr_controller = cb.callback_list(rank=rank, schedule=schedule, state=plateau,
-                                 images_per_epoch=job.steps_per_epoch * tcfg.batch_size * size,
-                                 store=store, checkpoint=checkpoint, make_state=make_state,
-                                 tracking_uri=job.tracking_uri, run_id=job.run_id)  # fmt: skip
+    best_before = store.best(job.run_id) if job.resume else None
+    best_value = best_before.metrics.get(monitor, math.inf) if best_before else math.inf
+
+    def average(tensor: Any) -> Any:
+        return hvd_tf.allreduce(tensor, op=hvd_tf.Average, name="bn_recalibration")
 
     history: dict[str, list[float]] = {}
     if initial_epoch < tcfg.epochs:
         with ExitStack() as stack:
             train_rows = stack.enter_context(data.rows(job.train, task.columns, rank=rank, size=size, seed=stream_seed))
             train_ds = data.training_dataset(train_rows, task, job.meta, tcfg, seed=stream_seed)
+            # A fixed sample of this rank's training rows, without augmentation: BatchNorm
+            # statistics are recomputed on it and it is scored in inference mode every epoch.
+            calib_rows = stack.enter_context(data.rows(job.train, task.columns, rank=rank, size=size, seed=tcfg.seed))
+            calibration = max(1, tcfg.bn_calibration_batches)
+            calib_ds = data.validation_dataset(calib_rows, task, job.meta, tcfg, calibration)
             val_ds = None
             if job.val is not None:
                 val_rows = stack.enter_context(data.rows(job.val, task.columns, rank=rank, size=size, seed=tcfg.seed))
                 val_ds = data.validation_dataset(val_rows, task, job.meta, tcfg, job.validation_steps)
+            evaluation = cb.Evaluation(calibration=calib_ds, calibration_batches=tcfg.bn_calibration_batches,
+                                       validation=val_ds, validation_steps=job.validation_steps,
+                                       allreduce=average if size > 1 else None)  # fmt: skip
+            callbacks, lr_controller = cb.callback_list(rank=rank, schedule=schedule, state=plateau,
+                                         images_per_epoch=job.steps_per_epoch * tcfg.batch_size * size,
+                                         store=store, checkpoint=checkpoint, make_state=make_state,
+                                         tracking_uri=job.tracking_uri, run_id=job.run_id,
+                                         evaluation=evaluation, epochs=tcfg.epochs, best=best_value)  # fmt: skip
             fit = model.fit(train_ds, epochs=tcfg.epochs, initial_epoch=initial_epoch,
-                            steps_per_epoch=job.steps_per_epoch, validation_data=val_ds,
-                            callbacks=callbacks, verbose=2 if rank == 0 else 0)  # fmt: skip
+                            steps_per_epoch=job.steps_per_epoch, callbacks=callbacks, verbose=0)  # fmt: skip
             history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    else:
+        lr_controller = None
     result: dict[str, Any] = {"rank": rank, "history": history}
     if rank == 0:
         last = store.latest()
+        best = store.best(job.run_id) or last
+        stopped = (lr_controller.state if lr_controller else plateau).stopped_epoch >= 0
         result.update({"checkpoint": last.checkpoint if last else None, "epoch": last.epoch if last else -1,
-                       "initial_epoch": initial_epoch,
-                       "stopped_early": lr_controller.state.stopped_epoch >= 0})  # fmt: skip
+                       "best_checkpoint": best.checkpoint if best else None,
+                       "best_epoch": best.epoch if best else -1,
+                       "initial_epoch": initial_epoch, "stopped_early": stopped})  # fmt: skip
     return result
 
 

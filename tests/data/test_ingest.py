@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,24 @@ def test_celeba_manifest_and_files(celeba_out: tuple[dict, Path], cfg: Config) -
         cfg.ingest.image_size,
     )
     assert manifest["config_hash"] == ingest_mod.config_hash(cfg.ingest) and len(manifest["checksum"]) == 64
-    previous_last = ""
+    assert _rows(out, "quarantine") == []
+
+
+@pytest.fixture(scope="module")
+def folder_out(folder_parquet: Path) -> tuple[dict, Path]:
+    """The shared class-sorted folder data set (conftest ``folder_parquet``) and its manifest."""
+    return json.loads((folder_parquet / "manifest.json").read_text()), folder_parquet
+
+
+@pytest.mark.parametrize(("out_fixture", "label"), [("celeba_out", None), ("folder_out", "label"),
+                                                     ("mvtec_out", "label")], ids=["celeba", "folder", "mvtec"])  # fmt: skip
+def test_files_hold_every_class_in_proportion_in_hash_order(
+    request: pytest.FixtureRequest, cfg: Config, out_fixture: str, label: str | None
+) -> None:
+    """Each split has exactly ``files_per_split`` files of balanced size; each file holds the floor
+    or ceiling of every class's share and is ordered by the salted hash of the id, not by path."""
+    manifest, out = request.getfixturevalue(out_fixture)
+    path_ordered = []
     for split in SPLITS:
         files = _files(out, split)
         assert (
@@ -110,15 +128,20 @@ def test_celeba_manifest_and_files(celeba_out: tuple[dict, Path], cfg: Config) -
             == files_per_split(manifest["splits"][split], cfg.ingest, WORKERS)
             == manifest["files_per_split"][split]
         )
-        for path in files:
-            ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
-            assert 0 < len(ids) <= cfg.ingest.rows_per_row_group and ids == sorted(ids)
-        runs = sorted(pq.read_table(p, columns=["id"]).column("id").to_pylist() for p in files)
-        for run in runs:  # contiguous runs of the sorted ids
-            assert run[0] > previous_last
-            previous_last = run[-1]
-        previous_last = ""
-    assert _rows(out, "quarantine") == []
+        tables = [pq.read_table(p, columns=["id", *([label] if label else [])]).to_pylist() for p in files]
+        sizes = [len(t) for t in tables]
+        assert sum(sizes) == manifest["splits"][split]
+        assert all(0 < n <= cfg.ingest.rows_per_row_group for n in sizes) and max(sizes) - min(sizes) <= 1
+        for table in tables:
+            ids = [r["id"] for r in table]
+            assert ids == sorted(ids, key=lambda i: readers.order_key(i, cfg.ingest.split_seed))
+            path_ordered.append(ids == sorted(ids))
+        if label:
+            totals = Counter(r[label] for t in tables for r in t)
+            for table in tables:
+                counts = Counter(r[label] for r in table)
+                assert all(abs(counts[c] - n / len(tables)) < 1 for c, n in totals.items()), (split, counts, totals)
+    assert not all(path_ordered)
 
 
 @pytest.mark.parametrize("shards", [1, 2])
@@ -144,11 +167,15 @@ def test_petastorm_reads_every_train_row(celeba_out: tuple[dict, Path], cfg: Con
     assert len(everything) == len(set(everything)) == manifest["splits"]["train"]
 
 
+@pytest.mark.parametrize(("fmt", "source_fixture", "out_fixture"),
+                         [("celeba", "celeba_dir", "celeba_out"), ("folder", "folder_dir", "folder_out")])  # fmt: skip
 def test_rerun_gives_identical_rows_and_checksum(
-    spark, cfg: Config, celeba_dir: Path, celeba_out: tuple[dict, Path], tmp_path: Path
-) -> None:
-    manifest, out = celeba_out
-    again = ingest(spark, "celeba", str(celeba_dir), str(tmp_path / "again"), cfg.ingest, workers=WORKERS)
+    request: pytest.FixtureRequest, spark, cfg: Config, tmp_path: Path, fmt: str, source_fixture: str,
+    out_fixture: str,
+) -> None:  # fmt: skip
+    manifest, out = request.getfixturevalue(out_fixture)
+    source = request.getfixturevalue(source_fixture)
+    again = ingest(spark, fmt, str(source), str(tmp_path / "again"), cfg.ingest, workers=WORKERS)
     assert again["checksum"] == manifest["checksum"]
     assert _without_run(again) == _without_run(manifest)
     for split in SPLITS:
@@ -252,8 +279,9 @@ def test_broken_annotation_file_fails_before_publishing(spark, cfg: Config, cele
 
 
 @pytest.fixture(scope="module")
-def folder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("folder")
+def mixed_folder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small classes of mixed sizes and extensions, plus an image outside any class."""
+    root = tmp_path_factory.mktemp("mixed-folder")
     rng = np.random.default_rng(0)
     for cls, n in (("dog", 5), ("Cat", 4), ("bird", 3)):
         (root / cls).mkdir()
@@ -264,37 +292,57 @@ def folder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_folder_labels(spark, cfg: Config, folder_dir: Path, tmp_path: Path) -> None:
-    m = ingest(spark, "folder", str(folder_dir), str(tmp_path / "out"), cfg.ingest, workers=WORKERS)
+def test_folder_labels(spark, cfg: Config, mixed_folder_dir: Path, tmp_path: Path) -> None:
+    m = ingest(spark, "folder", str(mixed_folder_dir), str(tmp_path / "out"), cfg.ingest, workers=WORKERS)
     _check_invariant(m)
     assert m["classes"] == ["Cat", "bird", "dog"]
     assert (m["input_files"], m["output_rows"], m["quarantine_by_reason"]) == (13, 12, {images.MISSING_ANNOTATION: 1})
     rows = _rows(tmp_path / "out")
     assert sorted((r["id"], r["label"], r["label_name"]) for r in rows) == sorted(
-        (p.relative_to(folder_dir).as_posix(), m["classes"].index(p.parent.name), p.parent.name)
-        for p in folder_dir.glob("*/*")
+        (p.relative_to(mixed_folder_dir).as_posix(), m["classes"].index(p.parent.name), p.parent.name)
+        for p in mixed_folder_dir.glob("*/*")
     )
     for r in rows:
         assert _pixels(r["image"]).shape == (cfg.ingest.image_size, cfg.ingest.image_size, 3)
-        assert r["split"] == readers.hash_split(r["id"], cfg.ingest.split_fractions, cfg.ingest.split_seed)
+    # stratified 0.8/0.1/0.1 per class: even the 3-image class has a val and a test image
+    per_class = {c: [sum(r["label_name"] == c and r["split"] == s for r in rows) for s in SPLITS] for c in m["classes"]}
+    assert per_class == {"Cat": [2, 1, 1], "bird": [1, 1, 1], "dog": [3, 1, 1]}
+
+
+def test_folder_splits_are_stratified_and_every_file_holds_every_class(
+    folder_out: tuple[dict, Path], folder_dir: Path, cfg: Config
+) -> None:
+    manifest, out = folder_out
+    _check_invariant(manifest)
+    rows = _rows(out)
+    files_per_class = Counter(p.parent.name for p in folder_dir.glob("*/*"))
+    assert len(rows) == manifest["output_rows"] == sum(files_per_class.values())
+    for label, name in enumerate(manifest["classes"]):
+        found = [sum(r["label"] == label and r["split"] == s for r in rows) for s in SPLITS]
+        assert found == readers.split_sizes(files_per_class[name], cfg.ingest.split_fractions)
+        assert all(found), f"class {name} is missing from a split: {found}"
+    for split in SPLITS:
+        for path in _files(out, split):
+            labels = pq.read_table(path, columns=["label"]).column("label").to_pylist()
+            assert set(labels) == set(range(len(manifest["classes"]))), f"{path} holds classes {sorted(set(labels))}"
 
 
 def test_crash_mid_write_keeps_previous_dataset(
-    spark, cfg: Config, folder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark, cfg: Config, mixed_folder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    first = ingest(spark, "folder", str(folder_dir), str(out), cfg.ingest, workers=WORKERS)
+    first = ingest(spark, "folder", str(mixed_folder_dir), str(out), cfg.ingest, workers=WORKERS)
     before = sorted(_rows(out), key=lambda r: r["id"])
     real_write = ingest_mod._write_data
 
-    def crash(spark_, work, by_split, plan, table, target):  # type: ignore[no-untyped-def]
-        real_write(spark_, work, by_split, plan, table, target)  # staging data fully written ...
+    def crash(*args: Any) -> None:
+        real_write(*args)  # staging data fully written ...
         raise OSError("disk full")  # ... then the job dies before publishing
 
     monkeypatch.setattr(ingest_mod, "_write_data", crash)
     changed = dataclasses.replace(cfg.ingest, image_size=cfg.ingest.image_size * 2)
     with pytest.raises(OSError, match="disk full"):
-        ingest(spark, "folder", str(folder_dir), str(out), changed, workers=WORKERS)
+        ingest(spark, "folder", str(mixed_folder_dir), str(out), changed, workers=WORKERS)
     assert sorted(_rows(out), key=lambda r: r["id"]) == before
     assert json.loads((out / "manifest.json").read_text()) == first
 

@@ -223,3 +223,31 @@ def test_folder_labels_are_sorted_class_indexes(tmp_path: Path) -> None:
         "zebra/0.JPG": (2, "zebra"), "zebra/1.JPG": (2, "zebra"), "loose.png": (None, None),
     }  # fmt: skip
     assert catalog.entries["loose.png"].reason == images.MISSING_ANNOTATION
+
+
+@pytest.mark.parametrize(
+    ("count", "fractions", "expected"),
+    [(40, (0.8, 0.1, 0.1), [32, 4, 4]), (5, (0.8, 0.1, 0.1), [3, 1, 1]), (3, (0.8, 0.1, 0.1), [1, 1, 1]),
+     (2, (0.8, 0.1, 0.1), [2, 0, 0]), (7, (1, 1, 1), [3, 2, 2]), (10, (0.5, 0.5, 0.0), [5, 5, 0]),
+     (1, (0.0, 1.0, 0.0), [0, 1, 0]), (0, (0.8, 0.1, 0.1), [0, 0, 0])],
+)  # fmt: skip
+def test_split_sizes_round_and_give_each_positive_share_a_file(
+    count: int, fractions: tuple[float, float, float], expected: list[int]
+) -> None:
+    assert readers.split_sizes(count, fractions) == expected
+
+
+def test_folder_split_is_stratified_per_class_and_independent_of_listing_order(tmp_path: Path) -> None:
+    sizes = {"big": 50, "mid": 12, "tiny": 3}
+    for cls, n in sizes.items():
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(tmp_path / cls / f"{i:02d}.png")
+    catalog = readers.list_folder(tmp_path, split_fractions=(0.8, 0.1, 0.1), split_seed=5)
+    per_class = {c: [sum(e.values["label_name"] == c and e.split == s for e in catalog.entries.values())
+                     for s in ("train", "val", "test")] for c in sizes}  # fmt: skip
+    assert per_class == {"big": [40, 5, 5], "mid": [10, 1, 1], "tiny": [1, 1, 1]}
+    keys = [k for k in catalog.entries if k.startswith("big/")]
+    assert readers.stratified_split(reversed(keys), (0.8, 0.1, 0.1), 5) == {k: catalog.entries[k].split for k in keys}
+    other = readers.list_folder(tmp_path, split_fractions=(0.8, 0.1, 0.1), split_seed=6)
+    assert {k: e.split for k, e in other.entries.items()} != {k: e.split for k, e in catalog.entries.items()}

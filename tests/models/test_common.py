@@ -108,16 +108,20 @@ def test_augmented_landmarks_follow_the_flip(cfg: Config) -> None:
 
 
 @pytest.mark.parametrize(
-    ("manifest", "table", "crop"),
+    ("manifest", "table", "crop", "flip"),
     [
-        ({"format": "celeba", "image_size": 32}, "celeba", "center_square"),
-        ({"format": "aitex", "ingest": {"image_size": 32}}, "fabric", "none"),
-        ({"table": "folder", "config": {"image_size": 32, "crop": "none"}}, "folder", "none"),
+        ({"format": "celeba", "image_size": 32}, "celeba", "center_square", True),
+        ({"format": "aitex", "ingest": {"image_size": 32}}, "fabric", "none", False),
+        ({"table": "folder", "config": {"image_size": 32, "crop": "none"}}, "folder", "none", False),
     ],
 )
-def test_base_meta_reads_table_size_and_crop(cfg: Config, manifest: dict, table: str, crop: str) -> None:
+def test_base_meta_reads_table_size_and_crop(cfg: Config, manifest: dict, table: str, crop: str, flip: bool) -> None:
     meta = common.base_meta("t", ("celeba", "fabric", "folder"), manifest, cfg.train)
-    assert meta == {"task": "t", "table": table, "image_size": 32, "crop": crop}
+    assert meta == {"task": "t", "table": table, "image_size": 32, "crop": crop, "augment_flip": flip}
+    # An explicit train.augment_flip wins over the table's default.
+    assert common.base_meta("t", (table,), manifest, cfg.replace(**{"train.augment_flip": "true"}).train)[
+        "augment_flip"
+    ]
 
 
 def test_base_meta_names_a_missing_format(cfg: Config) -> None:

@@ -59,3 +59,66 @@ def test_largest_region_box() -> None:
     mask[4:7, 2:6] = True
     np.testing.assert_allclose(metrics.largest_region_box(mask), [2 / 8, 4 / 8, 6 / 8, 7 / 8])
     np.testing.assert_array_equal(metrics.largest_region_box(np.zeros((4, 4), bool)), np.zeros(4))
+
+
+# A 2x4 image with two ground-truth regions, A = {(0,0), (0,1)} and B = {(1,3)} (not 8-connected
+# to A), and five defect-free pixels. Scores in descending order: 0.9 (A), 0.8 (B), 0.7 (free),
+# 0.5 (A), 0.4, 0.3, 0.2, 0.1 (free). The PRO curve (fpr, pro) therefore runs
+# (0, 0) → (0, 0.25) → (0, 0.75) → (0.2, 0.75) → (0.2, 1) → ... → (1, 1), so the area up to
+# fpr 0.3 is 0.2 * 0.75 + 0.1 * 1 = 0.25, normalised 0.25 / 0.3; up to fpr 1 it is 0.15 + 0.8.
+PRO_MASK = np.array([[1, 1, 0, 0], [0, 0, 0, 1]], bool)
+PRO_MAP = np.array([[0.9, 0.5, 0.7, 0.1], [0.2, 0.3, 0.4, 0.8]])
+
+
+def test_pro_curve_hand_computed() -> None:
+    fpr, pro = metrics.pro_curve([PRO_MASK], [PRO_MAP])
+    np.testing.assert_allclose(fpr, [0, 0, 0, 0.2, 0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(pro, [0, 0.25, 0.75, 0.75, 1, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize(("max_fpr", "expected"), [(0.3, 0.25 / 0.3), (1.0, 0.95), (0.1, 0.75)])
+def test_aupro_hand_computed(max_fpr: float, expected: float) -> None:
+    assert metrics.aupro([PRO_MASK], [PRO_MAP], max_fpr=max_fpr) == pytest.approx(expected)
+
+
+def test_aupro_counts_regions_not_pixels_and_pools_images() -> None:
+    # A large region found first and a one-pixel region found last (after every defect-free
+    # pixel): PRO stays at 1/2 over the whole range, although 99% of defect pixels are found.
+    big = np.zeros((16, 16), bool)
+    big[2:12, 2:12] = True
+    small = np.zeros((8, 8), bool)
+    small[4, 4] = True
+    maps = [np.where(big, 1.0, 0.5), np.where(small, 0.0, 0.5)]
+    assert metrics.aupro([big, small], maps) == pytest.approx(0.5)
+    # ... while a pixel-level AUROC calls the same maps nearly perfect.
+    assert metrics.auroc(np.r_[big.ravel(), small.ravel()], np.r_[maps[0].ravel(), maps[1].ravel()]) > 0.99
+
+
+def test_aupro_perfect_random_and_invalid_pixels() -> None:
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(40):
+        m = np.zeros((32, 32), bool)
+        y, x = rng.integers(2, 24, size=2)
+        m[y : y + rng.integers(2, 8), x : x + rng.integers(2, 8)] = True
+        masks.append(m)
+    assert metrics.aupro(masks, [m.astype(float) for m in masks]) == pytest.approx(1.0)
+    random = metrics.aupro(masks, [rng.random(m.shape) for m in masks])
+    assert random == pytest.approx(0.15, abs=0.05)  # max_fpr / 2 for a map that knows nothing
+    # Pixels outside ``valid`` do not count: a wrong score there changes nothing.
+    spoiled = [m.astype(float) for m in masks]
+    spoiled[0][0, 0] = 5.0
+    valid = [np.ones(m.shape, bool) for m in masks]
+    valid[0][0, 0] = False
+    assert metrics.aupro(masks, spoiled) < 1.0
+    assert metrics.aupro(masks, spoiled, valid=valid) == pytest.approx(1.0)
+
+
+def test_aupro_undefined_and_bad_input() -> None:
+    empty = np.zeros((4, 4), bool)
+    assert math.isnan(metrics.aupro([empty], [np.zeros((4, 4))]))
+    assert math.isnan(metrics.aupro([np.ones((4, 4), bool)], [np.zeros((4, 4))]))
+    with pytest.raises(ValueError, match=r"image 0: mask shape \(4, 4\) differs from map shape \(4, 5\)"):
+        metrics.aupro([empty], [np.zeros((4, 5))])
+    with pytest.raises(ValueError, match="max_fpr in"):
+        metrics.aupro([empty], [np.zeros((4, 4))], max_fpr=0.0)

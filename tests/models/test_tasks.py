@@ -119,7 +119,8 @@ def test_task_trains_evaluates_and_predicts(
     scores = task.evaluate(model, x, y, meta)
     assert scores and all(np.isfinite(v) for v in scores.values())
     paths = task.pictures(model, x, y, meta, tmp_path)
-    assert paths and all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert pngs and all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
     out = task.predict(model, x[:5], meta)
     assert [c for c, _ in task.output_schema(meta)] == list(out)
@@ -215,7 +216,7 @@ def test_prepare_meta_rejects_with_reason(cfg: Config, name: str, overrides: dic
 
 
 def test_registry_and_nearest_name() -> None:
-    assert sorted(REGISTRY) == ["attributes", "detector", "fabric_ae", "vae"]
+    assert sorted(REGISTRY) == ["attributes", "classifier", "detector", "fabric_ae", "vae"]
     assert all(REGISTRY[k].name == k and "image" in REGISTRY[k].columns for k in REGISTRY)
     with pytest.raises(KeyError, match="did you mean 'fabric_ae'"):
         get_task("fabric-ae")

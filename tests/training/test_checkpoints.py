@@ -81,3 +81,21 @@ def test_restore_names_missing_files(store: Store, tmp_path: Path) -> None:
     store.remove("runs/run1/epoch-0001")
     with pytest.raises(FileNotFoundError, match=r"epoch-0001.*does not exist"):
         store.restore(tf.train.Checkpoint(model=model), state, tmp_path / "r")
+
+
+def test_best_checkpoint_survives_pruning_and_belongs_to_its_run(store: Store, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    model, optimizer = _model_and_optimizer(seed=3)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    assert store.best("run1") is None
+    for epoch in range(KEEP_LAST + 3):
+        store.save(ckpt, _state(epoch), best=epoch == 1)  # epoch 1 was the best one
+    best = store.best("run1")
+    assert best is not None and best.epoch == 1 and best.checkpoint == "runs/run1/epoch-0001/ckpt"
+    kept = store.listdir("runs/run1")
+    assert kept == ["epoch-0001", *[f"epoch-{e:04d}" for e in range(3, KEEP_LAST + 3)]]
+    assert store.latest().epoch == KEEP_LAST + 2
+    store.restore(tf.train.Checkpoint(model=model, optimizer=optimizer), best, tmp_path / "restore")
+    # Another run's best is not this run's.
+    assert store.best("run2") is None

@@ -1,9 +1,11 @@
 """The petastorm → tf.data input pipeline and the split checks, on a small Parquet dataset
-written here with the exact ``schema.CELEBA`` columns (no Spark, no Horovod)."""
+written here with the exact ``schema.CELEBA`` columns (no Spark, no Horovod), and on the
+shards of a folder data set ingested by Spark (conftest ``folder_parquet``)."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,18 @@ def test_read_frame_stops_at_the_limit(dataset: Path) -> None:
     frame = data.read_frame(data.inspect_split(dataset, "train"), ["id", "identity"], 15)
     assert list(frame.columns) == ["id", "identity"]
     assert frame["identity"].tolist() == list(range(15))
+
+
+def test_every_rank_starts_with_every_class_of_an_ingested_folder(folder_parquet: Path) -> None:
+    """The folder images are class-sorted on disk; ingest deals each class over every file, so
+    each rank's shard, and already its first rows, hold every class (not a run of a few)."""
+    classes = json.loads((folder_parquet / "manifest.json").read_text())["classes"]
+    info = data.inspect_split(folder_parquet, "train")
+    assert info.row_groups == 2
+    first_ids: list[set[bytes]] = []
+    for rank in range(2):
+        with data.rows(info, ("id", "label"), rank=rank, size=2, seed=0) as stream:
+            first = list(stream.take(16).as_numpy_iterator())
+        assert {int(r["label"]) for r in first} == set(range(len(classes))), f"rank {rank}"
+        first_ids.append({r["id"] for r in first})
+    assert first_ids[0].isdisjoint(first_ids[1])

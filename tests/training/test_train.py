@@ -56,6 +56,10 @@ def test_loss_falls_and_ranks_agree(trained: dict[str, Any]) -> None:
     assert len(loss) == 2 and loss[1] < loss[0]
     assert trained["metrics"]["loss"] == pytest.approx(loss[-1])
     assert trained["initial_epoch"] == 0 and trained["epochs_run"] == 2
+    # The evaluated and registered checkpoint is the epoch of lowest inference-mode val_loss.
+    val = trained["history"]["val_loss"]
+    assert trained["best_epoch"] == int(np.argmin(val)) == int(trained["metrics"]["best_epoch"])
+    assert trained["checkpoint"].endswith(f"epoch-{trained['best_epoch']:04d}/ckpt")
 
 
 def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any], mlflow_server: str,
@@ -74,8 +78,8 @@ def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any]
     manifest = json.loads((celeba_parquet / "manifest.json").read_text())
     assert run.data.tags["dataset.checksum"] == manifest["checksum"] == params["dataset.checksum"]
     assert run.data.tags["dataset.path"] == str(celeba_parquet.resolve())
-    for key in ("loss", "r_loss", "kl_loss", "val_loss", "val_r_loss", "val_kl_loss", "images_per_s",
-                "epoch_time_s", "lr"):  # fmt: skip
+    for key in ("loss", "r_loss", "kl_loss", "val_loss", "val_r_loss", "val_kl_loss", "train_eval_loss",
+                "train_eval_r_loss", "images_per_s", "epoch_time_s", "lr"):  # fmt: skip
         assert [s for s, _ in _steps(client, run.info.run_id, key)] == [0, 1], key
     assert [v for _, v in _steps(client, run.info.run_id, "loss")] == pytest.approx(trained["history"]["loss"])
     assert {"test_loss", "test_recon_mse", "eval_val_loss"} <= set(run.data.metrics)

@@ -39,6 +39,14 @@ LANDMARKS_HEADER = " ".join(f"{name}_{axis}" for name in LANDMARK_NAMES for axis
 JPEG_QUALITY = 92
 _MAX_CELEBA_IDENTITY = 10177
 
+RANDOM_ATTRIBUTES: tuple[str, ...] = ("Attractive",)
+"""Attributes written to ``list_attr_celeba.txt`` but not drawn: no model can learn them here."""
+DRAWN_ATTRIBUTES: tuple[str, ...] = tuple(a for a in CELEBA_ATTRIBUTES if a not in RANDOM_ATTRIBUTES)
+"""Attributes the painter draws (docs/datasets.md says how): what quality goals are judged on."""
+COARSE_ATTRIBUTES: tuple[str, ...] = ("Male", "Black_Hair", "Blond_Hair", "Gray_Hair", "Bald", "Eyeglasses",
+                                      "Wearing_Hat", "Pale_Skin", "No_Beard", "Bangs")  # fmt: skip
+"""Drawn attributes that cover many pixels and stay visible at 32x32 (tests train at that size)."""
+
 # Independent random streams, so one image does not depend on how many others are drawn.
 _STREAM_LAYOUT, _STREAM_IDENTITY, _STREAM_IMAGE, _STREAM_NEW = 0, 1, 2, 3
 

@@ -1,0 +1,158 @@
+"""Model quality at full size on generated data: every family trained through ``train`` (2
+Horovod workers, petastorm, a real MLflow server), judged on its held-out test split in
+inference mode, each figure printed beside its goal.
+
+    .venv/bin/python benchmarks/quality.py [--faces 3000] [--epochs 10] [--families all]
+
+Faces at the VAE's 128x128 input; fabric in the MVTec layout at the base configuration's
+sizes (512 px images, 128 px tiles); a class-per-folder set made of generated faces sorted
+into folders by hair colour (black, blond, brown, gray: imbalanced, as real folders are).
+Writes the table as Markdown to ``runs/bench/quality.md``. The tests in
+``tests/training/test_quality.py`` run the same families at 32x32 with smaller margins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparkvision.config import Config, MlflowConfig, load_config
+
+HAIR_CLASSES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
+
+# family: [(metric label, key in train()'s metrics, goal, direction)]
+GOALS: dict[str, list[tuple[str, str, float, str]]] = {
+    "attributes": [("drawn-attribute mean AUROC", "drawn_mean_auroc", 0.95, ">=")],
+    "detector": [("face box mean IoU", "test_mean_iou", 0.75, ">="),
+                 ("face box mean IoU, shifted faces", "test_shifted_mean_iou", 0.75, ">="),
+                 ("MAE / mean-box MAE, shifted faces", "test_shifted_mae_ratio", 0.5, "<=")],
+    "fabric_ae": [("image AUROC", "test_image_auroc", 0.95, ">="), ("AUPRO (FPR <= 0.3)", "test_aupro", 0.85, ">=")],
+    "classifier": [("hair-colour folder accuracy", "test_accuracy", 0.9, ">="),
+                   ("inference-mode train - val accuracy", "train_val_gap", 0.05, "<=")],
+    "vae": [("reconstruction MSE / mean-image MSE", "test_recon_mse_ratio", 0.5, "<=")],
+}  # fmt: skip
+
+
+def folder_from_faces(celeba: Path, out: Path) -> Path:
+    """Copy generated faces into ``out/<hair colour>/`` by their (mutually exclusive) hair attribute."""
+    from sparkvision.data.schema import CELEBA_ATTRIBUTES
+
+    lines = (celeba / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    index = [CELEBA_ATTRIBUTES.index(a) for a in HAIR_CLASSES]
+    for line in lines:
+        name, *values = line.split()
+        hits = [c for c, i in zip(HAIR_CLASSES, index, strict=True) if values[i] == "1"]
+        if len(hits) == 1:
+            (out / hits[0].lower()).mkdir(parents=True, exist_ok=True)
+            shutil.copy(celeba / "img_align_celeba" / name, out / hits[0].lower() / name)
+    return out
+
+
+def derived(family: str, metrics: dict[str, float]) -> dict[str, float]:
+    """Figures computed from the logged ones (mean over drawn attributes, train/val gap)."""
+    from sparkvision.data.generators.celeba import DRAWN_ATTRIBUTES
+
+    out = dict(metrics)
+    if family == "attributes":
+        values = [metrics[f"test_auroc_{a}"] for a in DRAWN_ATTRIBUTES if f"test_auroc_{a}" in metrics]
+        out["drawn_mean_auroc"] = float(np.mean(values)) if values else float("nan")
+    if family == "classifier":
+        out["train_val_gap"] = metrics.get("eval_train_accuracy", np.nan) - metrics.get("eval_val_accuracy", np.nan)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--faces", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=0, help="0: train.epochs of conf/base")
+    parser.add_argument("--families", default="all", help=f"comma list of {sorted(GOALS)} or all")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="configuration override for every training, e.g. train.learning_rate=0.001")  # fmt: skip
+    args = parser.parse_args(argv)
+    families = sorted(GOALS) if args.families == "all" else args.families.split(",")
+
+    from sparkvision import tracking
+    from sparkvision.data.generators.celeba import generate_celeba
+    from sparkvision.data.generators.fabric import generate_mvtec
+    from sparkvision.data.ingest import ingest
+    from sparkvision.spark import get_spark
+
+    base = load_config("base")
+    rows: list[tuple[str, str, float, float, str]] = []
+    with tempfile.TemporaryDirectory(prefix="sv-quality-") as tmp:
+        root = Path(tmp)
+        server = tracking.start_server(MlflowConfig(port=0), root / "mlflow")
+        spark = get_spark(base.spark)
+        try:
+            datasets: dict[str, Path] = {}
+            started = time.perf_counter()
+            if {"vae", "attributes", "detector", "classifier"} & set(families):
+                generate_celeba(root / "celeba", count=args.faces, seed=11)
+                datasets["celeba"] = root / "parquet-celeba"
+                ingest(spark, "celeba", str(root / "celeba"), str(datasets["celeba"]), base.ingest, workers=2)
+            if "classifier" in families:
+                folder_from_faces(root / "celeba", root / "hair")
+                datasets["folder"] = root / "parquet-hair"
+                ingest(spark, "folder", str(root / "hair"), str(datasets["folder"]), base.ingest, workers=2)
+            if "fabric_ae" in families:
+                g = base.generate
+                generate_mvtec(root / "fabric", seed=0, train_count=g.fabric_train_count,
+                               test_count=g.fabric_test_count, image_size=g.fabric_image_size)  # fmt: skip
+                datasets["fabric"] = root / "parquet-fabric"
+                ingest(spark, "mvtec", str(root / "fabric"), str(datasets["fabric"]), base.ingest, workers=2)
+            print(f"data generated and ingested in {time.perf_counter() - started:.0f} s", flush=True)
+            for family in families:
+                table = {"fabric_ae": "fabric", "classifier": "folder"}.get(family, "celeba")
+                result = _train_one(spark, base, family, datasets[table], root, server.url, args.epochs,
+                                    args.overrides)  # fmt: skip
+                figures = derived(family, result["metrics"])
+                for label, key, goal, direction in GOALS[family]:
+                    value = float(figures.get(key, float("nan")))
+                    met = value >= goal if direction == ">=" else value <= goal
+                    rows.append((family, label, value, goal, f"{direction} {goal:g}: {'met' if met else 'NOT met'}"))
+                print(f"{family}: trained in {result['seconds']:.0f} s, best epoch {result['best_epoch'] + 1}",
+                      flush=True)  # fmt: skip
+        finally:
+            spark.stop()
+            tracking.stop_server(root / "mlflow")
+    table = ["| model | metric | value | goal |", "|---|---|---|---|"]
+    table += [f"| {f} | {label} | {value:.3f} | {verdict} |" for f, label, value, _, verdict in rows]
+    text = "\n".join(table)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.md").write_text(text + "\n")
+    print(f"wrote {out / 'quality.md'}")
+    return 0
+
+
+def _train_one(spark, base: Config, family: str, data_dir: Path, root: Path, uri: str, epochs: int,
+               overrides: list[str]) -> dict[str, Any]:  # fmt: skip
+    from sparkvision.training import train
+
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    settings = {"train.model": family, "train.image_size": str(manifest["image_size"]),
+                "train.experiment": f"quality-{uuid.uuid4().hex[:8]}", "paths.store": str(root / "store"),
+                "mlflow.tracking_uri": uri}  # fmt: skip
+    if epochs:
+        settings["train.epochs"] = str(epochs)
+    if family == "fabric_ae":
+        settings["train.latent_dim"] = "32"
+    settings.update(item.split("=", 1) for item in overrides)
+    started = time.perf_counter()
+    result = train(spark, base.replace(**settings), str(data_dir), resume=False)
+    return {**result, "seconds": time.perf_counter() - started}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

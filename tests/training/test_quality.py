@@ -1,0 +1,169 @@
+"""Every model family learns: trained end to end through ``train`` (Horovod on Spark, petastorm,
+real MLflow) on generated data, each must beat a chance-level or do-nothing baseline on its
+held-out split by a margin stated below, judged in inference mode.
+
+The margins are set so that an untrained model, or one whose inference-mode network is
+broken (BatchNorm statistics that never settled), fails; the note of the model-quality issue
+lists what each test reported for an untrained model. ``benchmarks/quality.py`` runs the same
+families at full size against the project's goals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sparkvision.config import Config
+
+pytestmark = pytest.mark.slow
+
+FACES = 640
+"""Generated faces for the quality tests (32x32 after ingest): enough rows for 8 identities'
+worth of attributes per split without making ``make test`` slow."""
+
+
+@pytest.fixture(scope="module")
+def faces_parquet(spark, cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sparkvision.data.generators.celeba import generate_celeba
+    from sparkvision.data.ingest import ingest
+
+    raw = tmp_path_factory.mktemp("quality-faces")
+    generate_celeba(raw, count=FACES, seed=3, images_per_identity=4)
+    out = tmp_path_factory.mktemp("quality-faces-parquet") / "celeba"
+    ingest(spark, "celeba", str(raw), str(out), cfg.ingest, workers=2)
+    return out
+
+
+def _train(spark, cfg: Config, data_dir: Path, tmp: Path, **overrides: str) -> dict[str, Any]:
+    """Train through ``train`` and check what every family owes MLflow: one finished run with
+    a metric per epoch, pictures, and the registered version behind the alias."""
+    from mlflow import MlflowClient
+
+    from sparkvision.training import train
+
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    settings = {"train.workers": "2", "train.image_size": str(manifest["image_size"]),
+                "train.experiment": f"quality-{uuid.uuid4().hex[:8]}", "paths.store": str(tmp / "store"),
+                **overrides}  # fmt: skip
+    run_cfg = cfg.replace(**settings)
+    result = train(spark, run_cfg, str(data_dir), resume=False)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    epochs = run_cfg.train.epochs
+    for key in ("loss", "val_loss", "train_eval_loss"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(epochs)), key
+    assert any(a.path.startswith("pictures/") for a in client.list_artifacts(run.info.run_id, "pictures"))
+    version = client.get_model_version_by_alias(f"sparkvision-{run_cfg.train.model}", "candidate")
+    assert version.run_id == run.info.run_id and version.version == result["version"]
+    return result
+
+
+def _drawn_mean(metrics: dict[str, float], prefix: str, attributes: tuple[str, ...]) -> float:
+    return float(np.mean([metrics[f"{prefix}auroc_{a}"] for a in attributes if f"{prefix}auroc_{a}" in metrics]))
+
+
+def test_attribute_cnn_beats_chance_on_coarse_attributes(spark, mlflow_server: str, cfg: Config, faces_parquet: Path,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    from sparkvision.data.generators.celeba import COARSE_ATTRIBUTES
+
+    result = _train(spark, cfg, faces_parquet, tmp_path, **{
+        "train.model": "attributes", "train.attributes": json.dumps(list(COARSE_ATTRIBUTES)),
+        "train.epochs": "6", "train.steps_per_epoch": "16", "train.batch_size": "16",
+        "train.learning_rate": "0.002", "train.bn_calibration_batches": "8"})  # fmt: skip
+    m = result["metrics"]
+    auroc = _drawn_mean(m, "test_", COARSE_ATTRIBUTES)
+    # Chance is 0.5; an untrained CNN scores about 0.5 too.
+    assert auroc >= 0.75, f"test mean AUROC over {COARSE_ATTRIBUTES}: {auroc:.3f} (metrics {m})"
+    # Thresholds picked on val: balanced accuracy well above the 0.5 of a constant answer.
+    assert m["test_mean_balanced_accuracy"] >= 0.65, m["test_mean_balanced_accuracy"]
+
+
+def test_detector_finds_the_face_better_than_the_mean_box(spark, mlflow_server: str, cfg: Config,
+                                                          faces_parquet: Path, tmp_path: Path) -> None:  # fmt: skip
+    result = _train(spark, cfg, faces_parquet, tmp_path, **{
+        "train.model": "detector", "train.detector_target": "bbox", "train.epochs": "6",
+        "train.steps_per_epoch": "16", "train.batch_size": "16", "train.learning_rate": "0.002",
+        "train.augment_shift": "0.15", "train.bn_calibration_batches": "8"})  # fmt: skip
+    m = result["metrics"]
+    # Aligned faces barely move, so the mean box is already a good answer; on the test faces
+    # moved by up to 15% of the side it is not. mae_ratio = model MAE / MAE of the mean box: an
+    # untrained regressor answers 0.5 everywhere (ratio > 1, IoU 0).
+    assert m["test_shifted_mae_ratio"] <= 0.7, m
+    assert m["test_shifted_mean_iou"] >= m["test_shifted_baseline_mean_iou"] + 0.05, m
+
+
+def test_vae_reconstructs_better_than_the_mean_image(spark, mlflow_server: str, cfg: Config,
+                                                     faces_parquet: Path, tmp_path: Path) -> None:  # fmt: skip
+    result = _train(spark, cfg, faces_parquet, tmp_path, **{
+        "train.model": "vae", "train.epochs": "5", "train.steps_per_epoch": "16", "train.batch_size": "16",
+        "train.learning_rate": "0.002", "train.latent_dim": "32", "train.bn_calibration_batches": "8"})  # fmt: skip
+    m = result["metrics"]
+    # recon_mse_ratio = reconstruction MSE / MSE of the mean image; an untrained decoder (grey
+    # 0.5 everywhere) is above 1.
+    assert m["test_recon_mse_ratio"] <= 0.6, m
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_classifier_on_class_sorted_folders_generalises(workers: int, spark, mlflow_server: str, cfg: Config,
+                                                        folder_parquet: Path, tmp_path: Path) -> None:  # fmt: skip
+    """The folder set's paths sort by class; ingest mixes the classes over files, and the
+    inference-mode network (BatchNorm recalibrated) scores what the training-mode one does."""
+    from mlflow import MlflowClient
+
+    result = _train(spark, cfg, folder_parquet, tmp_path, **{
+        "train.model": "classifier", "train.workers": str(workers), "train.epochs": "4",
+        "train.steps_per_epoch": str(8 // workers), "train.batch_size": "16", "train.learning_rate": "0.002",
+        "train.bn_calibration_batches": "4"})  # fmt: skip
+    m = result["metrics"]
+    assert m["test_accuracy"] >= 0.8, m  # 4 classes: chance 0.25
+    # Inference mode on train rows (driver) against validation, and against the training-mode
+    # accuracy of the last epoch (rank 0, augmented rows): no gap beyond a few rows' worth.
+    assert abs(m["eval_train_accuracy"] - m["eval_val_accuracy"]) <= 0.15, m
+    assert m["eval_train_accuracy"] >= m["accuracy"] - 0.1, m
+    run = MlflowClient(mlflow_server).get_run(result["run_id"])
+    names = result["meta"]["class_names"]
+    for key in ("precision", "recall", "f1"):
+        assert all(f"test_{key}_{c}" in run.data.metrics for c in names), key
+    counts = result["meta"]["class_counts"]
+    assert sum(counts) == json.loads((folder_parquet / "manifest.json").read_text())["splits"]["train"]
+    assert min(counts) > 0 and len(counts) == len(names)
+    artifacts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(result["run_id"], "pictures")}
+    assert "pictures/classes_confusion.json" in artifacts, artifacts
+
+
+@pytest.fixture(scope="module")
+def fabric_quality_parquet(spark, cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MVTec-layout fabric at 128 px (yarns about 4.5 px apart, as in the demo), 64 px tiles."""
+    import dataclasses
+
+    from sparkvision.data.generators.fabric import generate_mvtec
+    from sparkvision.data.ingest import ingest
+
+    raw = tmp_path_factory.mktemp("quality-fabric")
+    generate_mvtec(raw, seed=1, train_count=10, test_count=3, image_size=128)
+    out = tmp_path_factory.mktemp("quality-fabric-parquet") / "fabric"
+    ingest_cfg = dataclasses.replace(cfg.ingest, tile_size=64, tile_stride=64, tile_resize=0)
+    ingest(spark, "mvtec", str(raw), str(out), ingest_cfg, workers=2)
+    return out
+
+
+def test_fabric_model_flags_defective_images(spark, mlflow_server: str, cfg: Config,
+                                             fabric_quality_parquet: Path, tmp_path: Path) -> None:  # fmt: skip
+    result = _train(spark, cfg, fabric_quality_parquet, tmp_path, **{
+        "train.model": "fabric_ae", "train.epochs": "5", "train.steps_per_epoch": "30", "train.batch_size": "16",
+        "train.learning_rate": "0.001", "train.latent_dim": "32"})  # fmt: skip
+    m = result["metrics"]
+    # This split holds 12 source images, too few for a stable image AUROC (it swung from 0.65
+    # to 1.0 between runs); its ~190 tiles are enough. Chance is 0.5; an untrained autoencoder
+    # scores about 0.6 (holes and stains shift any reconstruction's error). The image-level
+    # figures are asserted in-process (tests/models/test_fabric_ae.py) and at full size in
+    # benchmarks/quality.py.
+    assert m["test_tile_auroc"] >= 0.75, m
+    assert m["test_mean_score_defect"] > m["test_mean_score_good"], m
