@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import re
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from sparkvision import logs
 from sparkvision.commands import COMMANDS, CONFIG_ARGS, Arg
 from sparkvision.config import load_config
 from sparkvision.errors import exit_code, expected_errors, message_lines
@@ -87,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
     verbosity = 2 if args.debug else 1 if args.verbose else 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # one INFO line per closed gateway connection
+    logs.setup(verbosity)
     command = COMMANDS[args.command]
     kwargs = {a.name: getattr(args, a.name) for a in command.args}
     try:
