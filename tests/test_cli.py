@@ -3,19 +3,47 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 import re
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from sparkvision import logs
 from sparkvision.cli import main
 from sparkvision.commands import COMMANDS, Command
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = sorted(p.stem for p in (ROOT / "jobs").glob("*.py"))
+
+
+@pytest.fixture(autouse=True)
+def _process_state() -> Iterator[None]:
+    """Undo what ``main`` sets for the whole process (logging, warnings, worker environment)."""
+    keys = {k for env in logs.WORKER_ENV.values() for k in env}
+    env = {k: os.environ.get(k) for k in keys}
+    names = ["", "sparkvision", *logs.LIBRARY_LEVELS[0], *logs.QUIET_MESSAGES]
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).handlers[:], logging.getLogger(n).filters[:])
+             for n in names}  # fmt: skip
+    with warnings.catch_warnings():
+        yield
+    logging.captureWarnings(False)
+    for n, (level, handlers, filters) in saved.items():
+        logger = logging.getLogger(n)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.filters[:] = filters
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -69,3 +97,195 @@ def test_importing_the_pipeline_runner_does_not_import_the_cli() -> None:
     code = "import sparkvision.pipeline, sys; print('sparkvision.cli' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "False"
+
+
+# --------------------------------------------------------------------------- user errors
+
+ERROR_CASES = [
+    # (id, fixtures needed, argv with {tmp} {parquet} {port} placeholders, what the line must name)
+    ("usage-missing-argument", [], ["train"], "train: the following arguments are required: --data"),
+    ("usage-bad-choice", [], ["ingest", "--format", "celebb", "--input", "x", "--output", "y"], "'celebb'"),
+    ("usage-unknown-command", [], ["trian"], "did you mean 'train'?"),
+    ("config-unknown-key", [], ["config", "show", "--set", "ingest.image_sise=64"], "did you mean 'image_size'?"),
+    ("missing-dataset", [], ["train", "--data", "/no/such/dir"], "--data /no/such/dir: expected an ingested dataset"),
+    (
+        "missing-input",
+        [],
+        ["ingest", "--format", "celeba", "--input", "/no/such", "--output", "{tmp}/o"],
+        "--input /no/such: expected a folder, found no such file",
+    ),
+    (
+        "input-is-a-file",
+        [],
+        ["ingest", "--format", "celeba", "--input", "{tmp}/file.txt", "--output", "{tmp}/o"],
+        "file.txt: expected a folder, found a file",
+    ),
+    (
+        "missing-score-input",
+        [],
+        ["score", "--model-uri", "models:/m@a", "--input", "/no/such", "--output", "{tmp}/o"],
+        "--input /no/such: expected a folder or file of images",
+    ),
+    (
+        "glob-without-match",
+        [],
+        ["score", "--model-uri", "models:/m@a", "--input", "{tmp}/*.png", "--output", "o"],
+        "*.png: expected a glob matching image files, found no match",
+    ),
+    ("empty-path", [], ["generate", "celeba", "--out", ""], "--out: expected a path, found an empty value"),
+    ("not-a-dataset", [], ["train", "--data", "{tmp}/empty"], "without manifest.json"),
+    ("file-url-becomes-a-path", [], ["train", "--data", "file://{tmp}/empty"], "without manifest.json"),
+    (
+        "remote-url",
+        [],
+        ["train", "--data", "s3://bucket/celeba"],
+        "s3://bucket/celeba: expected a local path or a file:// URL, found a 's3://' URL",
+    ),
+    (
+        "remote-output",
+        [],
+        ["ingest", "--format", "celeba", "--input", "{tmp}/empty", "--output", "hdfs://nn/x"],
+        "--output hdfs://nn/x: expected a local path or a file:// URL, found a 'hdfs://' URL",
+    ),
+    ("file-url-with-host", [], ["train", "--data", "file://host/data"], "expected a file URL of an absolute path"),
+    ("unknown-model", [], ["train", "--model", "vea", "--data", "{tmp}/ds"], "'vea'; did you mean 'vae'?"),
+    (
+        "gallery-not-enrolled",
+        [],
+        ["faces", "identify", "--input", "{tmp}/empty", "--gallery", "{tmp}/empty", "--output", "{tmp}/ids"],
+        "--gallery {tmp}/empty: expected a faces gallery",
+    ),
+    (
+        "enroll-without-model",
+        [],
+        ["faces", "enroll", "--input", "{tmp}/ds", "--gallery", "{tmp}/g"],
+        "--model-uri: expected the embedding model",
+    ),
+    (
+        "model-folder-without-mlmodel",
+        [],
+        ["score", "--model-uri", "{tmp}/empty", "--input", "{tmp}/empty", "--output", "{tmp}/o"],
+        "expected an MLflow model folder",
+    ),
+    ("invalid-pipeline", [], ["pipeline", "{tmp}/bad.yaml"], "bad.yaml:2: step 'a': unknown command 'trian'"),
+    (
+        "image-size-mismatch",
+        ["celeba_parquet"],
+        ["train", "--data", "{parquet}", "--env", "test", "--set", "train.image_size=64"],
+        "train.image_size 64 requested, 32 ingested",
+    ),
+    (
+        "too-many-workers",
+        ["celeba_parquet"],
+        ["train", "--data", "{parquet}", "--env", "test", "--workers", "64"],
+        "row group(s)",
+    ),
+    (
+        "no-checkpoint-to-resume",
+        ["celeba_parquet"],
+        ["train", "--data", "{parquet}", "--env", "test", "--resume", "--set", "paths.store={tmp}/store"],
+        "--resume: expected a checkpoint of sparkvision-vae at {tmp}/store/sparkvision-vae/state.json, found none",
+    ),
+    (
+        "no-tracking-server",
+        ["celeba_parquet", "no_tracking_env"],
+        ["train", "--data", "{parquet}", "--env", "test", "--set", "paths.mlflow={tmp}/mlflow"],
+        "no MLflow tracking server",
+    ),
+    (
+        "unreachable-tracking-server",
+        ["celeba_parquet", "no_tracking_env"],
+        ["train", "--data", "{parquet}", "--env", "test", "--set", "mlflow.tracking_uri=http://127.0.0.1:{port}"],
+        "MLflow server http://127.0.0.1:{port}: expected an answer from http://127.0.0.1:{port}/health, found none",
+    ),
+    (
+        "unknown-alias",
+        ["mlflow_server"],
+        ["score", "--model-uri", "models:/sparkvision-nope@champion", "--input", "{tmp}/empty", "--output", "{tmp}/o"],
+        "--model-uri models:/sparkvision-nope@champion: expected a registered model version on http",
+    ),
+    (
+        "unknown-version",
+        ["mlflow_server"],
+        ["score", "--model-uri", "models:/sparkvision-nope/7", "--input", "{tmp}/empty", "--output", "{tmp}/o"],
+        "--model-uri models:/sparkvision-nope/7: expected a registered model version",
+    ),
+    (
+        "unknown-run",
+        ["mlflow_server"],
+        ["report", "--run", "0123456789abcdef0123456789abcdef"],
+        "--run 0123456789abcdef0123456789abcdef: expected a run on http",
+    ),
+]
+
+
+def _forbid_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make building a SparkSession fail the test: the error must be found before."""
+    from sparkvision import spark
+
+    def no_spark(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the error was found only after Spark started")
+
+    monkeypatch.setattr(spark, "get_spark", no_spark)
+
+
+@pytest.fixture()
+def error_env(tmp_path: Path) -> dict[str, str]:
+    """Placeholders of ERROR_CASES and the files they point at."""
+    from sparkvision.procs import free_port
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text("{}")
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "bad.yaml").write_text("steps:\n  - {name: a, command: trian}\n")
+    return {"tmp": str(tmp_path), "port": str(free_port())}
+
+
+@pytest.mark.parametrize(("fixtures", "argv", "named"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
+def test_user_errors_are_one_line_with_exit_2_before_spark(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error_env: dict[str, str],
+    fixtures: list[str],
+    argv: list[str],
+    named: str,
+) -> None:
+    values = dict(error_env)
+    for name in fixtures:
+        if name == "no_tracking_env":
+            monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        elif name == "celeba_parquet":
+            values["parquet"] = str(request.getfixturevalue(name))
+        else:
+            request.getfixturevalue(name)
+    _forbid_spark(monkeypatch)
+    capsys.readouterr()  # what building the fixtures logged
+    code = main([a.format(**values) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("sparkvision: error: ")
+    assert named.format(**values) in err
+
+
+def test_debug_adds_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--data", "/no/such/dir", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "UserError" in err
+    assert err.splitlines()[-1].startswith("sparkvision: error: --data /no/such/dir")
+
+
+def test_an_unexpected_error_keeps_its_traceback_and_exits_1(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from sparkvision import preflight\n"
+        "def broken(*a, **k): raise RuntimeError('a bug, not a user error')\n"
+        "preflight.dataset = broken\n"
+        "from sparkvision.cli import main\n"
+        "sys.exit(main(['train', '--data', 'x']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "RuntimeError: a bug, not a user error" in done.stderr
