@@ -18,14 +18,16 @@ import yaml
 from sparkvision import logs
 from sparkvision.cli import main
 from sparkvision.commands import COMMANDS, Command
+from sparkvision.spark import console_conf
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = sorted(p.stem for p in (ROOT / "jobs").glob("*.py"))
 
 
 @pytest.fixture(autouse=True)
-def _process_state() -> Iterator[None]:
+def _process_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Undo what ``main`` sets for the whole process (logging, warnings, worker environment)."""
+    monkeypatch.setattr(logs, "_verbosity", logs.verbosity())
     keys = {k for env in logs.WORKER_ENV.values() for k in env}
     env = {k: os.environ.get(k) for k in keys}
     names = ["", "sparkvision", *logs.LIBRARY_LEVELS[0], *logs.QUIET_MESSAGES]
@@ -289,3 +291,78 @@ def test_an_unexpected_error_keeps_its_traceback_and_exits_1(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "RuntimeError: a bug, not a user error" in done.stderr
+
+
+# --------------------------------------------------------------------------- console logs
+
+
+CLOUDPICKLE = "Passing a Python object as `python_model` causes it to be serialized using CloudPickle"
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "root_info", "mlflow_info", "cloudpickle"), [(0, False, False, False), (1, True, True, True)],
+    ids=["default", "verbose"],
+)  # fmt: skip
+def test_default_shows_our_progress_and_hides_library_chatter(
+    verbosity: int, root_info: bool, mlflow_info: bool, cloudpickle: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup(verbosity)
+    logging.getLogger("sparkvision.training.trainer").info("training vae: 4 steps/epoch")
+    logging.info("scope global has keys ['rank_1']")  # Horovod's rendezvous server logs on the root logger
+    err = capsys.readouterr().err
+    assert "INFO sparkvision.training.trainer: training vae: 4 steps/epoch" in err
+    assert ("scope global has keys" in err) == root_info
+    # MLflow logs through its own handler; what we decide is its level and which warnings pass.
+    assert logging.getLogger("mlflow.store.model_registry").isEnabledFor(logging.INFO) == mlflow_info
+    pyfunc = logging.getLogger("mlflow.pyfunc")
+    record = pyfunc.makeRecord("mlflow.pyfunc", logging.WARNING, __file__, 1, CLOUDPICKLE, (), None)
+    assert bool(pyfunc.filter(record)) == cloudpickle
+    record.msg = "model signature does not match the input example"
+    assert pyfunc.filter(record), "other MLflow warnings still show"
+
+
+def test_setup_twice_keeps_one_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup(0)
+    logs.setup(0)
+    logging.getLogger("sparkvision").info("once")
+    assert capsys.readouterr().err.count("once") == 1
+
+
+def test_workers_get_quiet_environment_but_the_users_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in logs.WORKER_ENV[0]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    logs.setup(0)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+    assert "ignore::FutureWarning" in os.environ["PYTHONWARNINGS"]
+    assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"
+    conf = console_conf({}, "ERROR")
+    assert conf["spark.executorEnv.TF_CPP_MIN_LOG_LEVEL"] == "1"
+    assert conf["spark.executorEnv.PYTHONWARNINGS"] == os.environ["PYTHONWARNINGS"]
+
+
+def test_future_warnings_are_ignored_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup(0)
+    warnings.warn("pyarrow.localfs is deprecated", FutureWarning, stacklevel=1)
+    assert "localfs" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("configured", "verbosity", "expected"),
+    [("ERROR", 0, "ERROR"), ("ERROR", 1, "WARN"), ("ERROR", 2, "INFO"), ("INFO", 1, "INFO"), ("warn", 0, "WARN")],
+)
+def test_spark_console_level(configured: str, verbosity: int, expected: str) -> None:
+    logs.setup(verbosity)
+    assert logs.spark_level(configured) == expected
+
+
+def test_spark_console_conf_keeps_the_users_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    conf = console_conf({"spark.driver.extraJavaOptions": "-Xss4m"}, "ERROR")
+    assert conf["spark.ui.showConsoleProgress"] == "false", "no progress bar when stderr is not a terminal"
+    java = conf["spark.driver.extraJavaOptions"]
+    assert java.startswith("-Xss4m -Dlog4j2.configurationFile=file:")
+    props = java.split("configurationFile=file://", 1)[1]
+    text = open(props).read()
+    assert "rootLogger.level = error" in text and "PythonGatewayServer" in text
+    mine = {"spark.ui.showConsoleProgress": "true", "spark.driver.extraJavaOptions": "-Dlog4j2.configurationFile=x"}
+    assert console_conf(mine, "ERROR") == mine
