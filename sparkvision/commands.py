@@ -11,6 +11,7 @@ Heavy modules are imported inside the functions, so reading the table is cheap.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,7 @@ def train(cfg: Config, *, data: str, model: str = "", workers: int = 0, resume: 
     for label, prefix in (("val", "eval_val_"), ("test", "test_")):
         values = {k.removeprefix(prefix): v for k, v in sorted(result["metrics"].items()) if k.startswith(prefix)}
         if values:
-            print(f"  {label}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+            print(f"  {label}: {_metrics_line(values)}")
     print(f"  run: {_run_url(uri, result['run_id'])}")
     print(f"  checkpoint: {result['checkpoint_dir']}")
     return 0
@@ -322,6 +323,17 @@ def _run_url(tracking: str, run_id: str) -> str:
 
     experiment = MlflowClient(tracking).get_run(run_id).info.experiment_id
     return f"{tracking.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def _metrics_line(values: Mapping[str, float], family: int = 5) -> str:
+    """``name value, ...``; a family of ``family`` or more ``prefix_*`` metrics (one per attribute) as its mean."""
+    prefixes = Counter(k.split("_", 1)[0] for k in values if "_" in k)
+    big = {p for p, n in prefixes.items() if n >= family}
+    parts = [f"{k} {v:.4g}" for k, v in values.items() if "_" not in k or k.split("_", 1)[0] not in big]
+    for p in sorted(big):
+        member = [v for k, v in values.items() if k.startswith(f"{p}_")]
+        parts.append(f"{p}_* mean {sum(member) / len(member):.4g} over {len(member)}")
+    return ", ".join(parts)
 
 
 def _reasons(by_reason: Mapping[str, int]) -> str:

@@ -40,9 +40,8 @@ def report_registered(cfg: Config, models: Sequence[str], out_dir: str = "") -> 
     paths = []
     for model in models:
         run_id = registered_run(cfg, model)
-        path = write_report(run_id, folder / f"{model}-{run_id}.html", tracking_uri=tracking_uri(cfg))
-        print(f"report of {cfg.train.registered_model_prefix}-{model}@{cfg.train.alias}: {path}")
-        paths.append(str(path))
+        # write_report logs the path; where_to_look lists them all at the end
+        paths.append(str(write_report(run_id, folder / f"{model}-{run_id}.html", tracking_uri=tracking_uri(cfg))))
     return paths
 
 
