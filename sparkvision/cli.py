@@ -99,8 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if verbosity >= 2:
             traceback.print_exc()
-        for line in message_lines(exc):
-            print(f"{PROG}: error: {line}", file=sys.stderr)
+        for line in message_lines(exc):  # an indented line is a hint under the error above it
+            print(line if line.startswith(" ") else f"{PROG}: error: {line}", file=sys.stderr)
         return exit_code(exc)
 
 

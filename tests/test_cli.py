@@ -366,3 +366,18 @@ def test_spark_console_conf_keeps_the_users_settings(capsys: pytest.CaptureFixtu
     assert "rootLogger.level = error" in text and "PythonGatewayServer" in text
     mine = {"spark.ui.showConsoleProgress": "true", "spark.driver.extraJavaOptions": "-Dlog4j2.configurationFile=x"}
     assert console_conf(mine, "ERROR") == mine
+
+
+def test_a_failed_pipeline_step_is_one_error_line_with_hints_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipe = tmp_path / "fail.yaml"
+    pipe.write_text(
+        "name: p\nsteps:\n"
+        "  - {name: load, command: ingest, args: {format: celeba, input: /no/such, output: x}}\n"
+        "  - {name: show, command: config, args: {action: show}, needs: [load]}\n"
+    )
+    assert main(["pipeline", str(pipe), "--set", f"paths.runs={tmp_path / 'runs'}"]) == 1
+    first, *hints = capsys.readouterr().err.splitlines()
+    assert first.startswith(f"sparkvision: error: pipeline p stopped at step 'load' ({pipe}:3): --input /no/such")
+    assert [h.split(":")[0] for h in hints] == ["  not run", "  rerun from here"]
