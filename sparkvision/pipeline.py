@@ -8,30 +8,32 @@ A pipeline file::
     vars: {demo: "${data}/demo"} # ${name} substitution; built in: data, runs, mlflow, root, env, date, stamp
     steps:
       - name: ingest
-        command: [ingest, --format, celeba, --input, "${demo}/celeba", --output, "${demo}/parquet"]
+        command: ingest          # a command of sparkvision.commands.COMMANDS ...
+        args: {format: celeba, input: "${demo}/celeba", output: "${demo}/parquet"}  # ... and its arguments
       - name: train
-        command: [train, --model, vae, --data, "${demo}/parquet"]
+        command: train
+        args: {model: vae, data: "${demo}/parquet"}
         needs: [ingest]
         set: [train.workers=2]   # overrides for this step only
       - name: look
-        python: sparkvision.pipeline:where_to_look   # module:function, called with `args` as keywords
-        args: {report: "${runs}/reports"}            # (and cfg=Config when it has a `cfg` parameter)
+        python: sparkvision.results:where_to_look   # module:function, called with `args` as keywords
+        args: {reports: "${runs}/reports"}          # (and cfg=Config when it has a `cfg` parameter)
         needs: [train]
 
-Every ``command`` runs through ``sparkvision.cli.main`` in this process, so one SparkSession
-serves all steps. A run record is written to ``<paths.runs>/pipelines/<name>-<stamp>.json``
-after every step.
+Every step is checked against the command table (names, required arguments, types, choices) and
+its configuration resolved (``load_config(env, file set + step set + --set)``) before anything
+runs. Command functions run in this process, so one SparkSession serves all steps. A run record
+is written to ``<paths.runs>/pipelines/<name>-<stamp>.json`` after every step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import importlib
 import inspect
-import io
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,25 +43,44 @@ from typing import Any
 
 import yaml
 
+from sparkvision.commands import COMMANDS
 from sparkvision.config import PROJECT_ROOT, Config, ConfigError, load_config
+from sparkvision.errors import CommandError, UserError, expected_errors
+
+log = logging.getLogger(__name__)
 
 TOP_KEYS = ("name", "description", "env", "set", "vars", "steps")
 STEP_KEYS = ("name", "description", "command", "python", "args", "needs", "set")
 VAR = re.compile(r"\$\{([^}]*)\}")
 
+Report = Callable[[int, str], None]
 
-class PipelineError(ValueError):
-    """A pipeline file is invalid (every problem is listed with file, line and step) or a step failed."""
+
+class PipelineError(UserError):
+    """A pipeline file is invalid; ``problems`` lists each as ``FILE:LINE: what was expected, what was found``."""
+
+    def __init__(self, problems: str | Sequence[str], file: str | Path | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        head = f"invalid pipeline {file} ({len(self.problems)} problem(s)):\n  " if file else ""
+        super().__init__(head + "\n  ".join(self.problems))
+
+    def lines(self) -> list[str]:
+        return self.problems
+
+
+class StepFailedError(CommandError):
+    """A step failed; the message names it, its file and line, what did not run and how to resume."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One validated step: a CLI command line or a ``module:function`` call, after substitution."""
+    """One validated step: a command of the table or a ``module:function`` call, after substitution."""
 
     name: str
     line: int
     needs: tuple[str, ...]
-    command: tuple[str, ...] = ()
+    cfg: Config = dataclasses.field(default_factory=Config)  # resolved once the whole file is read
+    command: str = ""
     python: str = ""
     args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     overrides: tuple[str, ...] = ()
@@ -73,6 +94,7 @@ class Pipeline:
     file: Path
     env: str
     overrides: tuple[str, ...]
+    cfg: Config
     variables: Mapping[str, str]
     steps: tuple[Step, ...]
 
@@ -80,15 +102,17 @@ class Pipeline:
 # --------------------------------------------------------------------------- loading
 
 
-def load_pipeline(file: str | Path, cfg: Config) -> Pipeline:
+def load_pipeline(file: str | Path, env: str | None = None, overrides: Sequence[str] = ()) -> Pipeline:
     """Read and validate a pipeline file; all problems are reported at once.
 
     Args:
         file: The pipeline YAML file.
-        cfg: The configuration of the ``pipeline`` command (its ``env`` and overrides carry over).
+        env: Configuration layer of every step; None: the file's ``env`` (default ``base``).
+        overrides: ``section.key=value`` items of the command line; they win over the file's.
 
     Returns:
-        The pipeline with variables substituted and steps in dependency order.
+        The pipeline with variables substituted, each step's configuration resolved and the
+        steps in dependency order.
 
     Raises:
         PipelineError: Listing every problem as ``FILE:LINE: step 'NAME': what was expected, what was found``.
@@ -97,14 +121,14 @@ def load_pipeline(file: str | Path, cfg: Config) -> Pipeline:
     try:
         text = file.read_text()
     except FileNotFoundError:
-        raise PipelineError(f"{file}: pipeline file not found") from None
+        raise PipelineError(f"{file}: expected a pipeline file, found no such file") from None
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark else str(file)
-        raise PipelineError(f"{where}: invalid YAML: {exc}") from None
+        raise PipelineError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise PipelineError(f"{file}: expected a mapping with 'name' and 'steps', found {type(data).__name__}")
 
@@ -115,8 +139,14 @@ def load_pipeline(file: str | Path, cfg: Config) -> Pipeline:
 
     _check_keys(data, TOP_KEYS, "pipeline", 1, err)
     name = str(data.get("name") or file.stem)
-    env = cfg.env if cfg.env != "base" else str(data.get("env") or "base")
+    env = env or str(data.get("env") or "base")
     file_sets = _string_list(data.get("set"), "set", _line(root, "set"), err)
+    cli_sets = list(overrides)
+    try:
+        cfg = load_config(env, [*file_sets, *cli_sets])
+    except ConfigError as exc:
+        err(_line(root, "set" if file_sets else "env"), f"configuration: {exc}")
+        raise PipelineError(errors, file) from None
     variables = _variables(data.get("vars") or {}, cfg, env, _line(root, "vars"), err)
 
     raw_steps = data.get("steps")
@@ -135,36 +165,30 @@ def load_pipeline(file: str | Path, cfg: Config) -> Pipeline:
             err(line, f"step '{step.name}': duplicate name (first defined on line {seen[step.name]})")
             continue
         seen[step.name] = line
-        steps.append(step)
+        # Later wins: the file's `set`, the step's `set`, then the command line's --set.
+        step_sets = (*file_sets, *step.overrides, *cli_sets)
+        try:
+            step_cfg = load_config(env, step_sets) if step.overrides else cfg
+        except ConfigError as exc:
+            err(line, f"step '{step.name}': {exc}")
+            continue
+        steps.append(dataclasses.replace(step, cfg=step_cfg, overrides=step_sets))
 
-    names = [s.name for s in steps]
     for step in steps:
         for need in step.needs:
-            if need not in names:
-                err(step.line, f"step '{step.name}': needs unknown step '{need}'{_nearest(need, names)}")
+            if need not in seen:
+                err(step.line, f"step '{step.name}': needs unknown step '{need}'{_nearest(need, list(seen))}")
     if not errors:
         ordered, cycle = _topological(steps)
         if cycle:
             err(cycle[0].line, "dependency cycle: " + " -> ".join([s.name for s in cycle] + [cycle[0].name]))
         steps = ordered
     if errors:
-        raise PipelineError(f"invalid pipeline {file} ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
-    # Later wins: the file's `set`, the step's `set`, then the command line's --set.
-    cli_sets = _overrides_of(cfg, env)
-    steps = [dataclasses.replace(s, overrides=(*file_sets, *s.overrides, *cli_sets)) for s in steps]
-    for step in steps:
-        try:
-            load_config(env, step.overrides)
-        except ConfigError as exc:
-            errors.append(f"{file}:{step.line}: step '{step.name}': {exc}")
-    if errors:
-        raise PipelineError(f"invalid pipeline {file} ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
-    return Pipeline(name, file, env, (*file_sets, *cli_sets), variables, tuple(steps))
+        raise PipelineError(errors, file)
+    return Pipeline(name, file, env, (*file_sets, *cli_sets), cfg, variables, tuple(steps))
 
 
-def _parse_step(
-    raw: Any, i: int, line: int, variables: Mapping[str, str], err: Callable[[int, str], None]
-) -> Step | None:
+def _parse_step(raw: Any, i: int, line: int, variables: Mapping[str, str], err: Report) -> Step | None:
     if not isinstance(raw, dict):
         err(line, f"step {i + 1}: expected a mapping with 'name' and 'command' or 'python', found {raw!r}")
         return None
@@ -186,36 +210,22 @@ def _parse_step(
             err(line, f"{where}: 'set' items are section.key=value, found {item!r}")
     has_cmd, has_py = "command" in raw, "python" in raw
     if has_cmd == has_py:
-        err(line, f"{where}: expected exactly one of 'command' (a CLI command line) or 'python' (module:function)")
+        err(line, f"{where}: expected exactly one of 'command' (a sparkvision command) or 'python' (module:function)")
         return None
-
-    def sub(value: Any) -> Any:
-        return _substitute(value, variables, f"{where}", line, err)
-
-    if has_cmd:
-        cmd = raw["command"]
-        if isinstance(cmd, str):
-            cmd = cmd.split()
-        if not isinstance(cmd, list) or not cmd or not all(isinstance(c, (str, int, float)) for c in cmd):
-            err(line, f"{where}: 'command' must be a non-empty list of strings, found {raw['command']!r}")
-            return None
-        argv = tuple(sub(str(c)) for c in cmd)
-        if not n_errors:
-            _check_command(argv, where, line, err)
-        return Step(name, line, tuple(needs), command=argv, overrides=tuple(sets))
-    target = raw["python"]
     args = raw.get("args") or {}
     if not isinstance(args, dict):
-        err(line, f"{where}: 'args' must be a mapping of keyword arguments, found {args!r}")
+        err(line, f"{where}: 'args' must be a mapping of argument names to values, found {args!r}")
         args = {}
-    args = {str(k): sub(v) for k, v in args.items()}
-    _check_python(target, args, where, line, err)
-    return Step(name, line, tuple(needs), python=str(target), args=args, overrides=tuple(sets))
+    args = {str(k): _substitute(v, variables, where, line, err) for k, v in args.items()}
+    step = Step(name, line, tuple(needs), overrides=tuple(sets))
+    if has_cmd:
+        kwargs = _check_command(raw["command"], args, where, line, err) if not n_errors else {}
+        return dataclasses.replace(step, command=str(raw["command"]), args=kwargs)
+    _check_python(raw["python"], args, where, line, err)
+    return dataclasses.replace(step, python=str(raw["python"]), args=args)
 
 
-def _check_keys(
-    raw: Mapping[str, Any], valid: Sequence[str], where: str, line: int, err: Callable[[int, str], None]
-) -> int:
+def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], where: str, line: int, err: Report) -> int:
     bad = 0
     for key in raw:
         if key not in valid:
@@ -225,29 +235,40 @@ def _check_keys(
     return bad
 
 
-def _check_command(argv: Sequence[str], where: str, line: int, err: Callable[[int, str], None]) -> None:
-    from sparkvision.cli import build_parser
+def _check_command(name: Any, args: Mapping[str, Any], where: str, line: int, err: Report) -> dict[str, Any]:
+    """The keyword arguments of a command step, checked against the command table (problems go to ``err``)."""
+    if isinstance(name, list):
+        err(line, f"{where}: 'command' is a command name with its arguments under 'args' "
+                  f"(e.g. command: train, args: {{data: ...}}), found the list {name!r}")  # fmt: skip
+        return {}
+    names = [n for n, c in COMMANDS.items() if c.in_pipeline]
+    if not isinstance(name, str) or name not in COMMANDS:
+        err(line, f"{where}: unknown command '{name}'{_nearest(str(name), names)} (commands: {', '.join(names)})")
+        return {}
+    command = COMMANDS[name]
+    if not command.in_pipeline:
+        err(line, f"{where}: a step cannot run '{name}'; list its steps here instead")
+        return {}
+    kwargs: dict[str, Any] = {}
+    valid = [a.name for a in command.args]
+    for key, value in args.items():
+        if key not in valid:
+            err(line, f"{where}: unknown argument '{key}' of command '{name}'{_nearest(key, valid)} "
+                      f"(arguments: {', '.join(valid)})")  # fmt: skip
+            continue
+        arg = command.arg(key)
+        try:
+            kwargs[key] = arg.coerce(value)
+        except ValueError as exc:
+            near = _nearest(str(value), arg.choices) if arg.choices else ""
+            err(line, f"{where}: argument '{key}' of command '{name}': {exc}{near}")
+    missing = [a.name for a in command.args if a.required and a.name not in args]
+    if missing:
+        err(line, f"{where}: command '{name}' expects argument(s) {', '.join(missing)} under 'args', found none")
+    return kwargs
 
-    parser = build_parser()
-    commands = sorted(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    if argv[0] not in commands:
-        err(
-            line, f"{where}: unknown command '{argv[0]}'{_nearest(argv[0], commands)} (commands: {', '.join(commands)})"
-        )
-        return
-    if argv[0] == "pipeline":
-        err(line, f"{where}: a step cannot run another pipeline; list its steps here instead")
-        return
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            parser.parse_args(list(argv))
-    except SystemExit:
-        message = stderr.getvalue().strip().splitlines()[-1] if stderr.getvalue().strip() else "invalid arguments"
-        err(line, f"{where}: invalid command line {' '.join(argv)!r}: {message.removeprefix('sparkvision ')}")
 
-
-def _check_python(target: Any, args: Mapping[str, Any], where: str, line: int, err: Callable[[int, str], None]) -> None:
+def _check_python(target: Any, args: Mapping[str, Any], where: str, line: int, err: Report) -> None:
     if not isinstance(target, str) or not re.fullmatch(r"[\w.]+:\w+", target):
         err(line, f"{where}: 'python' must be 'package.module:function', found {target!r}")
         return
@@ -274,7 +295,7 @@ def _resolve(target: str) -> Callable[..., Any]:
     return fn
 
 
-def _variables(raw: Any, cfg: Config, env: str, line: int, err: Callable[[int, str], None]) -> dict[str, str]:
+def _variables(raw: Any, cfg: Config, env: str, line: int, err: Report) -> dict[str, str]:
     now = datetime.now()
     variables = {
         "root": str(PROJECT_ROOT),
@@ -296,9 +317,7 @@ def _variables(raw: Any, cfg: Config, env: str, line: int, err: Callable[[int, s
     return variables
 
 
-def _substitute(
-    value: Any, variables: Mapping[str, str], where: str, line: int, err: Callable[[int, str], None]
-) -> Any:
+def _substitute(value: Any, variables: Mapping[str, str], where: str, line: int, err: Report) -> Any:
     if isinstance(value, list):
         return [_substitute(v, variables, where, line, err) for v in value]
     if isinstance(value, dict):
@@ -316,7 +335,7 @@ def _substitute(
     return VAR.sub(repl, value)
 
 
-def _string_list(raw: Any, where: str, line: int, err: Callable[[int, str], None]) -> list[str]:
+def _string_list(raw: Any, where: str, line: int, err: Report) -> list[str]:
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
@@ -377,46 +396,30 @@ def _nearest(word: str, candidates: Sequence[str]) -> str:
     return f"; did you mean '{near[0]}'?" if near else ""
 
 
-def _overrides_of(cfg: Config, env: str) -> list[str]:
-    """``--set`` items turning ``load_config(env)`` into ``cfg`` (carries the command line's overrides)."""
-    try:
-        layer = load_config(env).to_dict()
-    except ConfigError as exc:
-        raise PipelineError(f"pipeline env '{env}': {exc}") from None
-    mine = cfg.to_dict()
-    items = []
-    for section, values in mine.items():
-        if not isinstance(values, dict):
-            continue
-        for key, value in values.items():
-            base = layer.get(section, {}).get(key)
-            if key == "conf" and isinstance(value, dict):
-                items += [f"{section}.conf.{k}={v}" for k, v in value.items() if base.get(k) != v]
-            elif value != base:
-                items.append(f"{section}.{key}={json.dumps(value)}")
-    return items
-
-
 # --------------------------------------------------------------------------- running
 
 
-def run_pipeline(file: str | Path, cfg: Config, only: Sequence[str] = ()) -> list[dict[str, Any]]:
+def run_pipeline(
+    file: str | Path, env: str | None = None, overrides: Sequence[str] = (), only: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Validate ``file``, then run its steps in dependency order, stopping at the first failure.
 
     Args:
         file: The pipeline YAML file.
-        cfg: Configuration of the ``pipeline`` command; its env and overrides apply to every step.
+        env: Configuration layer of every step; None: the file's ``env``.
+        overrides: The command line's ``--set`` items; they win over the file's and the steps'.
         only: Run just these steps (in dependency order; their ``needs`` are assumed done).
 
     Returns:
         One record per step: ``name``, ``status`` (ok | failed | not_run | skipped), ``seconds``,
-        ``command`` or ``python``, and ``error`` for a failed step.
+        ``command``, ``args`` and ``command_line`` or ``python`` and ``args``, ``overrides``,
+        ``config_digest``, and ``error`` for a failed step.
 
     Raises:
-        PipelineError: If the file is invalid, ``only`` names an unknown step, or a step fails
-            (the run record is written first).
+        PipelineError: If the file is invalid or ``only`` names an unknown step (nothing runs).
+        StepFailedError: If a step fails (the run record is written first).
     """
-    pipeline = load_pipeline(file, cfg)
+    pipeline = load_pipeline(file, env, overrides)
     names = [s.name for s in pipeline.steps]
     unknown = [n for n in only if n not in names]
     if unknown:
@@ -426,24 +429,16 @@ def run_pipeline(file: str | Path, cfg: Config, only: Sequence[str] = ()) -> lis
             + f" (steps: {', '.join(names)})"
         )
     selected = [s for s in pipeline.steps if not only or s.name in only]
-    records: list[dict[str, Any]] = [
-        {
-            "name": s.name,
-            "status": "not_run" if s in selected else "skipped",
-            "seconds": None,
-            **({"command": list(s.command)} if s.command else {"python": s.python, "args": dict(s.args)}),
-            "overrides": list(s.overrides),
-        }
-        for s in pipeline.steps
-    ]
+    records = [_record(s, "not_run" if s in selected else "skipped") for s in pipeline.steps]
     started = datetime.now()
-    record_path = cfg.path("runs") / "pipelines" / f"{pipeline.name}-{started.strftime('%Y%m%d-%H%M%S-%f')}.json"
+    runs = pipeline.cfg.path("runs")
+    record_path = runs / "pipelines" / f"{pipeline.name}-{started.strftime('%Y%m%d-%H%M%S-%f')}.json"
     run = {
         "pipeline": pipeline.name,
         "file": str(pipeline.file.resolve()),
         "env": pipeline.env,
         "overrides": list(pipeline.overrides),
-        "config_digest": cfg.digest(),
+        "config_digest": pipeline.cfg.digest(),
         "started_at": started.isoformat(timespec="seconds"),
         "status": "running",
         "steps": records,
@@ -456,11 +451,7 @@ def run_pipeline(file: str | Path, cfg: Config, only: Sequence[str] = ()) -> lis
         label = f"[{k}/{len(selected)}] {step.name}"
         print(f"{label} ...", flush=True)
         t0 = time.monotonic()
-        try:
-            _run_step(step, pipeline.env)
-            error = None
-        except (Exception, SystemExit) as exc:  # any failure stops the pipeline with its message
-            error = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+        error = _run_step(step)
         rec["seconds"] = round(time.monotonic() - t0, 1)
         rec["status"] = "ok" if error is None else "failed"
         if error is None:
@@ -471,8 +462,8 @@ def run_pipeline(file: str | Path, cfg: Config, only: Sequence[str] = ()) -> lis
         run.update(status="failed", finished_at=datetime.now().isoformat(timespec="seconds"))
         _write_record(record_path, run)
         left = [s.name for s in selected[k:]]
-        print(f"{label} FAILED after {rec['seconds']:.1f} s: {error}", flush=True)
-        raise PipelineError(
+        print(f"{label} FAILED after {rec['seconds']:.1f} s", flush=True)
+        raise StepFailedError(
             f"pipeline {pipeline.name} stopped at step '{step.name}' ({pipeline.file}:{step.line}): {error}\n"
             f"  not run: {', '.join(left) or 'none'}; record: {record_path}\n"
             f"  rerun from here: sparkvision pipeline {pipeline.file} "
@@ -484,85 +475,39 @@ def run_pipeline(file: str | Path, cfg: Config, only: Sequence[str] = ()) -> lis
     return records
 
 
-def _run_step(step: Step, env: str) -> None:
+def _record(step: Step, status: str) -> dict[str, Any]:
+    what: dict[str, Any] = {"python": step.python, "args": dict(step.args)}
     if step.command:
-        from sparkvision.cli import main
+        line = COMMANDS[step.command].command_line(step.args)
+        what = {"command": step.command, "args": dict(step.args), "command_line": " ".join(["sparkvision", *line])}
+    return {"name": step.name, "status": status, "seconds": None, **what, "overrides": list(step.overrides),
+            "config_digest": step.cfg.digest()}  # fmt: skip
 
-        argv = list(step.command)
-        if "--env" not in argv:
-            argv += ["--env", env]
-        for item in step.overrides:
-            argv += ["--set", item]
-        code = main(argv)
-        if code != 0:
-            raise PipelineError(f"`sparkvision {' '.join(step.command)}` exited with code {code}")
-        return
-    fn = _resolve(step.python)
-    kwargs = dict(step.args)
-    if "cfg" in inspect.signature(fn).parameters:
-        kwargs["cfg"] = load_config(env, step.overrides)
-    fn(**kwargs)
+
+def _run_step(step: Step) -> str | None:
+    """Run one step; returns None on success, else the error as one line of text."""
+    try:
+        if step.command:
+            code = COMMANDS[step.command].run(step.cfg, **step.args)
+            if code != 0:
+                line = " ".join(COMMANDS[step.command].command_line(step.args))
+                return f"`sparkvision {line}` exited with code {code}"
+            return None
+        fn = _resolve(step.python)
+        kwargs = dict(step.args)
+        if "cfg" in inspect.signature(fn).parameters:
+            kwargs["cfg"] = step.cfg
+        fn(**kwargs)
+        return None
+    except Exception as exc:  # any failure stops the pipeline with its message
+        if isinstance(exc, expected_errors()):
+            log.debug("step %s failed", step.name, exc_info=True)
+            return "; ".join(str(exc).splitlines())
+        log.error("step %s failed with an unexpected error", step.name, exc_info=True)
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _write_record(path: Path, run: Mapping[str, Any]) -> None:
     from sparkvision.procs import write_json
 
     write_json(path, json.loads(json.dumps(run, default=str)))
-
-
-# --------------------------------------------------------------------------- helpers for python steps
-
-
-def registered_run(cfg: Config, model: str) -> str:
-    """The MLflow run id that produced ``<train.registered_model_prefix>-<model>@<train.alias>``."""
-    from mlflow import MlflowClient
-
-    from sparkvision.tracking import tracking_uri
-
-    name = f"{cfg.train.registered_model_prefix}-{model}"
-    version = MlflowClient(tracking_uri(cfg)).get_model_version_by_alias(name, cfg.train.alias)
-    return str(version.run_id)
-
-
-def report_registered(cfg: Config, models: Sequence[str], out_dir: str = "") -> list[str]:
-    """Write the HTML report of the run behind each registered model (``<prefix>-<model>@<alias>``).
-
-    Args:
-        cfg: Configuration (registry prefix, alias, tracking server, ``paths.runs``).
-        models: Model families, e.g. ``[vae, attributes]``.
-        out_dir: Folder of the reports; default ``<paths.runs>/reports``.
-
-    Returns:
-        The written HTML files.
-    """
-    from sparkvision.reporting import write_report
-    from sparkvision.tracking import tracking_uri
-
-    folder = Path(out_dir) if out_dir else cfg.path("runs") / "reports"
-    paths = []
-    for model in models:
-        run_id = registered_run(cfg, model)
-        path = write_report(run_id, folder / f"{model}-{run_id}.html", tracking_uri=tracking_uri(cfg))
-        print(f"report of {cfg.train.registered_model_prefix}-{model}@{cfg.train.alias}: {path}")
-        paths.append(str(path))
-    return paths
-
-
-def where_to_look(cfg: Config, reports: str = "", scores: Sequence[str] = ()) -> dict[str, Any]:
-    """Print where the results of a pipeline are: MLflow UI, reports, score tables, how to stop the server."""
-    from sparkvision.tracking import TrackingError, tracking_uri
-
-    try:
-        ui = tracking_uri(cfg)
-    except TrackingError:
-        ui = "(no MLflow server running)"
-    found_reports = sorted(str(p) for p in Path(reports).glob("*.html")) if reports else []
-    lines = [f"MLflow UI:      {ui}"]
-    lines += [f"report:         {r}" for r in found_reports]
-    lines += [f"scores:         {s}" for s in scores]
-    lines += [
-        f"configuration:  sparkvision config show --env {cfg.env}",
-        f"stop MLflow:    sparkvision mlflow stop --env {cfg.env}",
-    ]
-    print("\n".join(lines))
-    return {"mlflow": ui, "reports": found_reports, "scores": list(scores)}

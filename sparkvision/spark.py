@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sparkvision import logs
 from sparkvision.config import SparkConfig
 
 if TYPE_CHECKING:
@@ -51,12 +54,63 @@ def get_spark(cfg: SparkConfig, master: str | None = None) -> SparkSession:
     submitted = "spark.master" in _submit_conf()
     if not submitted:
         builder = builder.master(master or cfg.master)
-    for key, value in cfg.conf.items():
+    level = logs.spark_level(cfg.log_level)
+    for key, value in console_conf(cfg.conf, level).items():
         builder = builder.config(key, value)
     builder = builder.config("spark.executorEnv.PYSPARK_PYTHON", python_executable())
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(cfg.log_level)
+    spark.sparkContext.setLogLevel(level)
     return spark
+
+
+def console_conf(conf: Mapping[str, str], level: str) -> dict[str, str]:
+    """``conf`` plus the settings that keep the console readable, unless ``conf`` sets them itself.
+
+    * ``spark.ui.showConsoleProgress``: the stage progress bar only when stderr is a terminal
+      (a log file or a pipeline record would fill with carriage-return lines).
+    * ``spark.driver.extraJavaOptions``: a log4j2 configuration at ``level``, so the warnings
+      Spark prints while it starts (loopback hostname, native Hadoop library) follow
+      ``spark.log_level`` too; only a driver JVM started by this process reads it.
+    * ``spark.executorEnv.*``: the logging variables of ``sparkvision.logs`` (TensorFlow banners,
+      FutureWarnings, MLflow chatter), for Python workers on a cluster.
+    """
+    out = dict(conf)
+    out.setdefault("spark.ui.showConsoleProgress", "true" if sys.stderr.isatty() else "false")
+    java = out.get("spark.driver.extraJavaOptions", "")
+    if "log4j2.configurationFile" not in java:
+        out["spark.driver.extraJavaOptions"] = (
+            f"{java} -Dlog4j2.configurationFile={_log4j2_file(level).as_uri()}".strip()
+        )
+    for key, value in logs.forwarded_env().items():
+        out.setdefault(f"spark.executorEnv.{key}", value)
+    return out
+
+
+def _log4j2_file(level: str) -> Path:
+    """A log4j2 properties file (per level, in the temp folder): console on stderr at ``level``."""
+    text = (
+        f"rootLogger.level = {level.lower()}\n"
+        "rootLogger.appenderRef.stderr.ref = console\n"
+        "appender.console.type = Console\n"
+        "appender.console.name = console\n"
+        "appender.console.target = SYSTEM_ERR\n"
+        "appender.console.layout.type = PatternLayout\n"
+        "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n%ex\n"
+        # Spark takes the level of the interpreter's logger (for PySpark its gateway, else WARN) and
+        # prints "Setting default log level to ..." when it differs from the root's.
+        f"logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer\nlogger.gateway.level = {level.lower()}\n"
+        # as Spark's own defaults: a harmless warning about old Parquet statistics
+        "logger.parquet.name = org.apache.parquet.CorruptStatistics\n"
+        "logger.parquet.level = error\n"
+    )
+    path = (
+        Path(tempfile.gettempdir()) / f"sparkvision-log4j2-{hashlib.sha256(text.encode()).hexdigest()[:12]}.properties"
+    )
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
 
 
 @contextlib.contextmanager

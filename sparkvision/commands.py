@@ -1,0 +1,405 @@
+"""Every ``sparkvision`` command: a typed function and its argument spec, in one table.
+
+``COMMANDS`` has two readers that never import each other: ``sparkvision.cli`` builds its
+argparse parser from it, and ``sparkvision.pipeline`` validates a step's ``args`` against it
+and calls the function with keyword arguments. A command function takes the resolved
+``Config`` first, checks its inputs (``sparkvision.preflight``) before it builds a
+SparkSession, prints what it did and where the outputs went, and returns the exit code.
+Heavy modules are imported inside the functions, so reading the table is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparkvision import preflight
+from sparkvision.config import Config
+from sparkvision.errors import UserError
+
+ArgType = type[str] | type[int] | type[bool] | type[list]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument: its keyword name, type, help, and how it appears on the command line.
+
+    ``bool`` arguments are flags, ``list`` arguments repeat (``--only a --only b``); a positional
+    argument is given without a flag on the command line.
+    """
+
+    name: str
+    help: str
+    type: ArgType = str
+    default: Any = None
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    positional: bool = False
+    flag: str = ""
+
+    @property
+    def option(self) -> str:
+        """The command-line spelling: ``--model-uri`` for ``model_uri`` (or ``flag``)."""
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def coerce(self, value: Any) -> Any:
+        """``value`` (from YAML, possibly a substituted string) as this argument's type.
+
+        Raises:
+            ValueError: Saying what was expected and what was found.
+        """
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError(f"expected true or false, found {value!r}")
+        if self.type is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+            raise ValueError(f"expected an integer, found {value!r}")
+        if self.type is list:
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in items):
+                raise ValueError(f"expected a list of strings, found {value!r}")
+            return [str(v) for v in items]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"expected a string, found {value!r}")
+        value = str(value)
+        if self.choices and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, found {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command: its name, one-line help, function and arguments.
+
+    ``run(cfg, **kwargs)`` for ordinary commands; with ``config=False`` the function resolves
+    configuration itself and gets ``env`` and ``overrides`` as keywords instead of ``cfg``.
+    """
+
+    name: str
+    help: str
+    run: Callable[..., int]
+    args: tuple[Arg, ...]
+    config: bool = True
+    in_pipeline: bool = True
+
+    def arg(self, name: str) -> Arg:
+        return next(a for a in self.args if a.name == name)
+
+    def command_line(self, kwargs: Mapping[str, Any]) -> list[str]:
+        """The ``sparkvision ...`` argv equivalent to calling ``run`` with ``kwargs``."""
+        argv = [self.name]
+        for a in self.args:
+            value = kwargs.get(a.name, a.default)
+            if a.positional:
+                argv.append(str(value))
+            elif a.type is bool:
+                argv += [a.option] if value else []
+            elif a.type is list:
+                argv += [x for v in value or () for x in (a.option, str(v))]
+            elif value is not None and value != a.default:
+                argv += [a.option, str(value)]
+        return argv
+
+
+CONFIG_ARGS: tuple[Arg, ...] = (
+    Arg("env", "configuration layer over conf/base (test, local, ...); default base"),
+    Arg("overrides", "override one configuration key, e.g. --set train.epochs=3 (repeatable)", list, flag="--set"),
+)
+"""Arguments every command takes on the command line (pipeline steps use ``env:`` and ``set:``)."""
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def generate(cfg: Config, *, dataset: str, out: str, count: int = 0, seed: int | None = None) -> int:
+    """Write a synthetic data set in a public on-disk format."""
+    out = preflight.local_path("--out", out)
+    g = cfg.generate
+    seed = g.seed if seed is None else seed
+    if dataset == "celeba":
+        from sparkvision.data.generators.celeba import generate_celeba
+
+        generate_celeba(Path(out), count=count or g.celeba_count, seed=seed,
+                        images_per_identity=g.celeba_images_per_identity)  # fmt: skip
+    elif dataset == "fabric":
+        from sparkvision.data.generators.fabric import generate_mvtec
+
+        generate_mvtec(Path(out), seed=seed, train_count=count or g.fabric_train_count,
+                       test_count=g.fabric_test_count, image_size=g.fabric_image_size)  # fmt: skip
+    else:
+        from sparkvision.data.generators.fabric import generate_aitex
+
+        generate_aitex(Path(out), seed=seed, count=count or g.fabric_train_count, image_size=g.fabric_image_size)
+    print(f"wrote {dataset} data to {out}")
+    return 0
+
+
+def ingest(cfg: Config, *, format: str, input: str, output: str) -> int:
+    """Decode, validate, crop, resize, tile and label images into a Parquet dataset."""
+    source = preflight.existing_dir("--input", input)
+    output = preflight.local_path("--output", output)
+    from sparkvision.data.ingest import ingest as run_ingest
+    from sparkvision.spark import get_spark
+
+    m = run_ingest(get_spark(cfg.spark), format, source, output, cfg.ingest, workers=cfg.train.workers)
+    splits = ", ".join(f"{k} {v}" for k, v in m["splits"].items())
+    reasons = "".join(f", {k} {v}" for k, v in sorted(m["quarantine_by_reason"].items()))
+    print(f"ingested {m['input_files']} files into {m['output']}: {m['output_rows']} rows ({splits}); "
+          f"{m['quarantined']} quarantined{reasons}")  # fmt: skip
+    return 0
+
+
+def config(cfg: Config, *, action: str) -> int:
+    """Print the resolved configuration."""
+    print(cfg.to_yaml(), end="")
+    print(f"# env: {cfg.env}  digest: {cfg.digest()[:16]}")
+    return 0
+
+
+def cluster(cfg: Config, *, action: str) -> int:
+    """Start, stop or inspect the local Spark standalone cluster."""
+    from sparkvision import cluster as local_cluster
+
+    state = cfg.path("runs") / "cluster"
+    if action == "up":
+        info = local_cluster.up(cfg.cluster, state)
+        print(f"Spark master {info.master_url} (web UI {info.webui_url}); stop with: sparkvision cluster down")
+    elif action == "down":
+        print(f"stopped {local_cluster.down(state)} process group(s)")
+    else:
+        status = local_cluster.status(state)
+        print(json.dumps(status, indent=2))
+        return 0 if status.get("running") else 1
+    return 0
+
+
+def mlflow(cfg: Config, *, action: str) -> int:
+    """Start, stop or inspect the project's MLflow server."""
+    from sparkvision import tracking
+
+    state = cfg.path("mlflow")
+    if action == "start":
+        server = tracking.start_server(cfg.mlflow, state)
+        print(f"MLflow UI: {server.url}  (stop with: sparkvision mlflow stop)")
+    elif action == "stop":
+        print("stopped" if tracking.stop_server(state) else "no server was running")
+    else:
+        status = tracking.server_status(state)
+        print(json.dumps(status, indent=2))
+        return 0 if status.get("running") else 1
+    return 0
+
+
+def train(cfg: Config, *, data: str, model: str = "", workers: int = 0, resume: bool = False) -> int:
+    """Train a model with Horovod on Spark, tracked in MLflow and registered with an alias."""
+    sets = {"train.model": model} if model else {}
+    if workers:
+        sets["train.workers"] = str(workers)
+    cfg = cfg.replace(**sets) if sets else cfg
+    data = preflight.dataset("--data", data)
+    from sparkvision.training.trainer import plan
+
+    try:
+        job = plan(cfg, data)
+    except ValueError as exc:  # the task or the worker count does not fit the dataset
+        raise UserError(str(exc)) from exc
+    if resume and job.store.latest() is None:
+        raise UserError(
+            f"--resume: expected a checkpoint of {job.registered_name} at {job.store.url('state.json')}, "
+            "found none; train once without --resume"
+        )
+    uri = preflight.tracking_server(cfg)
+    from sparkvision.spark import get_spark
+    from sparkvision.training import train as run_train
+
+    result = run_train(get_spark(cfg.spark), cfg, data_dir=data, resume=resume)
+    epochs = f"epochs {result['initial_epoch'] + 1}-{result['initial_epoch'] + result['epochs_run']}"
+    stopped = ", stopped early" if result["stopped_early"] else ""
+    print(f"trained {cfg.train.model} ({epochs}{stopped}): {result['model_uri']} = version {result['version']}")
+    for label, prefix in (("val", "eval_val_"), ("test", "test_")):
+        values = {k.removeprefix(prefix): v for k, v in sorted(result["metrics"].items()) if k.startswith(prefix)}
+        if values:
+            print(f"  {label}: {_metrics_line(values)}")
+    print(f"  run: {_run_url(uri, result['run_id'])}")
+    print(f"  checkpoint: {result['checkpoint_dir']}")
+    return 0
+
+
+def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: bool = False) -> int:
+    """Score images with a registered model into Parquet with lineage."""
+    source = preflight.images("--input", input)
+    output = preflight.local_path("--output", output)
+    _use_tracking(preflight.model_uri("--model-uri", model_uri, cfg))
+    from sparkvision.scoring import score as run_score
+    from sparkvision.spark import get_spark
+
+    s = run_score(get_spark(cfg.spark), model_uri, source, output, cfg.score,
+                  incremental=incremental or cfg.score.incremental)  # fmt: skip
+    model = s["model"]
+    print(f"scored {s['inputs']} image(s) with {model['pinned_uri']} (run {model['run_id']}): {s['scored']} ok, "
+          f"{s['failed']} failed{_reasons(s['failed_by_reason'])}, {s['skipped']} skipped; "
+          f"{s['rows']} rows in {s['output']} ({s['version']})")  # fmt: skip
+    return 0
+
+
+def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str = "", output: str = "") -> int:
+    """Enroll known identities into a gallery, or identify new faces against it."""
+    from sparkvision.spark import get_spark
+
+    if action == "enroll":
+        source = preflight.dataset("--input", input, "an ingested CelebA dataset")
+        gallery = preflight.local_path("--gallery", gallery)
+        model_uri = model_uri or cfg.faces.model_uri
+        if not model_uri:
+            raise UserError("--model-uri: expected the embedding model (models:/NAME@ALIAS) to enroll with, "
+                            "found none; pass --model-uri or set faces.model_uri")  # fmt: skip
+        _use_tracking(preflight.model_uri("--model-uri", model_uri, cfg))
+        from sparkvision import faces as identification
+
+        g = identification.enroll(get_spark(cfg.spark), model_uri, source, gallery, cfg.faces)
+        print(f"enrolled {g['identities']} identities ({g['images']} images, {g['failed']} failed"
+              f"{_reasons(g['failed_by_reason'])}) into {g['gallery']} ({g['version']}); "
+              f"threshold {g['threshold']:.4f} ({g['threshold_source']})")  # fmt: skip
+        return 0
+    if not output:
+        raise UserError("--output: expected a folder for the identification results, found none")
+    source = preflight.images("--input", input)
+    gallery = preflight.dataset("--gallery", gallery, "a faces gallery", "sparkvision faces enroll")
+    output = preflight.local_path("--output", output)
+    _use_tracking(preflight.tracking_server(cfg))
+    from sparkvision import faces as identification
+
+    s = identification.identify(get_spark(cfg.spark), gallery, source, output, cfg.faces)
+    rates = "".join(f", {k} {s[k]}" for k in ("top1_accuracy", "rank1_accuracy", "far") if s.get(k) is not None)
+    print(f"identified {s['inputs']} image(s) into {s['output']} ({s['version']}): {s['accepted']} accepted, "
+          f"{s['unknown']} unknown, {s['failed']} failed{rates}")  # fmt: skip
+    return 0
+
+
+def report(cfg: Config, *, run: str, out: str = "", tracking_uri: str = "") -> int:
+    """Write a self-contained HTML report of a run and log it to the run."""
+    out = preflight.local_path("--out", out) if out else str(cfg.path("runs") / "reports" / f"{run}.html")
+    if tracking_uri:
+        preflight.reachable(tracking_uri)
+    uri = tracking_uri or preflight.tracking_server(cfg)
+    preflight.run("--run", run, uri)
+    from sparkvision.reporting import write_report
+
+    print(f"report: {write_report(run, out, tracking_uri=uri)}")
+    return 0
+
+
+def pipeline(*, file: str, only: Sequence[str] = (), env: str | None = None, overrides: Sequence[str] = ()) -> int:
+    """Run a declarative pipeline; its steps call the commands of this table."""
+    from sparkvision.pipeline import run_pipeline
+
+    run_pipeline(file, env=env, overrides=overrides, only=only)
+    return 0
+
+
+def _use_tracking(uri: str | None) -> None:
+    """Point this process's MLflow client at ``uri`` (scoring and faces resolve models through it)."""
+    if uri:
+        import mlflow as mlflow_client
+
+        mlflow_client.set_tracking_uri(uri)
+
+
+def _run_url(tracking: str, run_id: str) -> str:
+    """The MLflow UI page of a run, or the run id when the server is not an HTTP one."""
+    if not tracking.startswith(("http://", "https://")):
+        return f"{run_id} on {tracking}"
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(tracking).get_run(run_id).info.experiment_id
+    return f"{tracking.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def _metrics_line(values: Mapping[str, float], family: int = 5) -> str:
+    """``name value, ...``; a family of ``family`` or more ``prefix_*`` metrics (one per attribute) as its mean."""
+    prefixes = Counter(k.split("_", 1)[0] for k in values if "_" in k)
+    big = {p for p, n in prefixes.items() if n >= family}
+    parts = [f"{k} {v:.4g}" for k, v in values.items() if "_" not in k or k.split("_", 1)[0] not in big]
+    for p in sorted(big):
+        member = [v for k, v in values.items() if k.startswith(f"{p}_")]
+        parts.append(f"{p}_* mean {sum(member) / len(member):.4g} over {len(member)}")
+    return ", ".join(parts)
+
+
+def _reasons(by_reason: Mapping[str, int]) -> str:
+    return " (" + ", ".join(f"{k} {v}" for k, v in by_reason.items()) + ")" if by_reason else ""
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _action(*choices: str) -> Arg:
+    return Arg("action", "what to do", choices=choices, required=True, positional=True)
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("generate", "write a synthetic data set in a public on-disk format", generate, (
+            Arg("dataset", "data set format to write", choices=("celeba", "fabric", "aitex"), required=True,
+                positional=True),
+            Arg("out", "folder to write (created)", required=True),
+            Arg("count", "images (celeba) or train/good images (fabric); default from generate.*", int, 0),
+            Arg("seed", "seed; default generate.seed", int),
+        )),
+        Command("ingest", "decode, validate, crop, resize, tile and label images into Parquet", ingest, (
+            Arg("format", "layout of the input", choices=("celeba", "mvtec", "aitex", "folder"), required=True),
+            Arg("input", "root folder of the data set in its public layout", required=True),
+            Arg("output", "dataset folder to publish (replaced atomically)", required=True),
+        )),
+        Command("config", "print the resolved configuration", config, (
+            _action("show"),
+        )),
+        Command("cluster", "a Spark standalone master and workers on this machine", cluster, (
+            _action("up", "down", "status"),
+        )),
+        Command("mlflow", "the project's MLflow tracking server", mlflow, (
+            _action("start", "stop", "status"),
+        )),
+        Command("train", "train a model with Horovod on Spark, tracked in MLflow", train, (
+            Arg("data", "an ingested dataset folder", required=True),
+            Arg("model", "vae | attributes | detector | fabric_ae (default train.model)", default=""),
+            Arg("workers", "Horovod workers (default train.workers)", int, 0),
+            Arg("resume", "continue from the last checkpoint and its MLflow run", bool, False),
+        )),
+        Command("score", "score images with a registered model into Parquet", score, (
+            Arg("model_uri", "models:/NAME@ALIAS (or models:/NAME/VERSION, runs:/RUN/PATH, a model folder)",
+                required=True),
+            Arg("input", "folder or glob of images, or an ingested dataset folder", required=True),
+            Arg("output", "output folder (published atomically)", required=True),
+            Arg("incremental", "score only files not yet in the output", bool, False),
+        )),
+        Command("faces", "face identification from embeddings", faces, (
+            _action("enroll", "identify"),
+            Arg("input", "ingested CelebA dataset folder (enroll) or images/dataset (identify)", required=True),
+            Arg("gallery", "gallery folder", required=True),
+            Arg("model_uri", "embedding model (enroll; default faces.model_uri)", default=""),
+            Arg("output", "identification results (identify)", default=""),
+        )),
+        Command("report", "write a self-contained HTML report of a run and log it to MLflow", report, (
+            Arg("run", "MLflow run id", required=True),
+            Arg("out", "HTML file to write (default <paths.runs>/reports/<run>.html)", default=""),
+            Arg("tracking_uri", "MLflow server (default: as training)", default=""),
+        )),
+        Command("pipeline", "run a declarative pipeline from pipelines/", pipeline, (
+            Arg("file", "pipeline YAML file", required=True, positional=True),
+            Arg("only", "run only these steps (repeatable)", list, ()),
+        ), config=False, in_pipeline=False),
+    )
+}  # fmt: skip
+"""Every command by name, in the order ``sparkvision --help`` lists them."""
