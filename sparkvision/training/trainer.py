@@ -174,7 +174,7 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
             started = time.perf_counter()
             results = horovod.spark.run(run_worker, args=(job,), num_proc=cfg.train.workers, use_gloo=True,
                                         env=_worker_env(uri), stdout=sys.stdout, stderr=sys.stderr,
-                                        verbose=1)  # fmt: skip
+                                        verbose=2 if log.isEnabledFor(logging.DEBUG) else 0)  # fmt: skip
             rank0 = next(r for r in results if r["rank"] == 0)
             if not rank0.get("checkpoint"):
                 raise RuntimeError(f"training run {run_id} wrote no checkpoint to {p.store.url()}")
@@ -195,7 +195,11 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
 
 def _worker_env(tracking_uri: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    # Ranks keep TensorFlow's Python warnings (slow-callback notices) and grappler's C++
+    # error notices to themselves unless the driver logs at DEBUG.
+    env.setdefault("SPARKVISION_WORKER_TF_LOG", "INFO" if log.isEnabledFor(logging.DEBUG) else "ERROR")
+    quiet_cpp = "2" if log.isEnabledFor(logging.DEBUG) else "3"
+    env.update({"MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": quiet_cpp,
                 "PYTHONHASHSEED": env.get("PYTHONHASHSEED", "0")})  # fmt: skip
     return env
 

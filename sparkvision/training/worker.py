@@ -55,6 +55,7 @@ def run_worker(job: WorkerJob) -> dict[str, Any]:
     from sparkvision.training import data
     from sparkvision.training.checkpoints import CheckpointState, Store
 
+    tf.get_logger().setLevel(os.environ.get("SPARKVISION_WORKER_TF_LOG", "ERROR"))
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
     threads = max(1, (os.cpu_count() or 1) // max(1, hvd.local_size()))
