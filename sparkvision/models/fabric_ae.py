@@ -10,7 +10,9 @@ smoothed by a Gaussian of ``meta["smooth"]`` pixels. A tile's edge is reconstruc
 mirrored context only, so both run higher and noisier there: the first ``evaluate`` call (on
 the validation split) measures their mean and spread on defect-free tiles per distance to
 the tile edge (``meta["calibration"]``), and from then on the map is the larger of the two
-standardised errors. The tile score is the maximum of its map.
+standardised errors. Calibration needs the tile geometry (``tile_size`` in the manifest's
+ingest config, as every ingested fabric table has); without it the map stays the loss's
+mixture of the two. The tile score is the maximum of its map.
 
 Evaluation works on whole source images: the tile maps of each image are pasted back at
 their ``tile_x``/``tile_y`` (scaled from source pixels to stored pixels when ingest resized
@@ -348,7 +350,9 @@ class FabricAeTask:
         common.check_divisible(self.name, meta["image_size"], 2 ** len(ENCODER_FILTERS))
         tile_size = common.manifest_value(manifest, "tile_size")
         tile_stride = common.manifest_value(manifest, "tile_stride")
-        meta.update(latent_dim=cfg.latent_dim, anomaly_quantile=cfg.anomaly_quantile,
+        # ``auto``: mirror the tiles (a weave looks the same mirrored; see augment_texture).
+        flip = True if cfg.augment_flip == "auto" else bool(cfg.augment_flip)
+        meta.update(latent_dim=cfg.latent_dim, anomaly_quantile=cfg.anomaly_quantile, augment_flip=flip,
                     smooth=smoothing_size(meta["image_size"]),
                     tile_size=int(tile_size) if tile_size else None,
                     tile_stride=int(tile_stride) if tile_stride else None,
@@ -371,8 +375,8 @@ class FabricAeTask:
     def parse_row(self, row: dict[str, tf.Tensor], meta: Meta, cfg: TrainConfig, training: bool) -> tuple[Any, Any]:
         image = common.decode_png(row["image"], meta["image_size"])
         if training:
-            image = augment_texture(image, common.row_seed(cfg), flip=cfg.augment_flip, shift=cfg.augment_shift,
-                                    color=cfg.augment_color)  # fmt: skip
+            image = augment_texture(image, common.row_seed(cfg), flip=bool(meta.get("augment_flip", True)),
+                                    shift=cfg.augment_shift, color=cfg.augment_color)  # fmt: skip
         return image, image
 
     def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -179,6 +179,14 @@ def test_threshold_and_calibration_are_chosen_on_val_and_kept(cfg: Config) -> No
     assert [c for c, _ in task.output_schema(meta)] == list(out) == ["anomaly_score", "is_defect", "defect_bbox"]
 
 
+@pytest.mark.parametrize(("setting", "flips"), [("auto", True), (True, True), (False, False)])
+def test_flips_are_on_unless_switched_off(cfg: Config, setting: object, flips: bool) -> None:
+    # ``auto`` means the model family's choice; for woven fabric that is mirrored tiles.
+    meta = get_task("fabric_ae").prepare_meta(manifest(), dataclasses.replace(cfg.train, image_size=TILE,
+                                                                              augment_flip=setting))  # fmt: skip
+    assert meta["augment_flip"] is flips
+
+
 def test_augmentation_is_seeded_and_keeps_the_texture_scale() -> None:
     import tensorflow as tf
 
