@@ -87,24 +87,20 @@ class PeakRss:
         self._thread.join()
 
 
-def register_model(task_name: str, image_size: int, tracking_uri: str) -> str:
-    """Build ``task_name`` (random weights), log it with ``log_vision_model``, alias ``candidate``."""
-    import mlflow
-
+def register_model(task_name: str, image_size: int, tracking: Any) -> str:
+    """Build ``task_name`` (random weights), log and register it with ``Tracking.log_model``, alias ``candidate``."""
     from sparkvision.config import load_config
     from sparkvision.models import REGISTRY
-    from sparkvision.models.packaging import log_vision_model
 
     cfg = load_config("base", [f"train.image_size={image_size}"]).train
     task = REGISTRY[task_name]
     meta = task.prepare_meta({"table": "celeba", "image_size": image_size, "output": "benchmark"}, cfg)
     model = task.build(cfg, meta)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("benchmark-score")
     name = f"bench-{task_name}-{image_size}"
-    with mlflow.start_run():
-        log_vision_model(model, task_name, meta, registered_model_name=name, alias="candidate")
-    return f"models:/{name}@candidate"
+    run_id = tracking.create_run("benchmark-score", name)
+    ref = tracking.log_model(run_id, model, task_name, meta, name, "candidate")
+    tracking.finish_run(run_id)
+    return ref.uri
 
 
 def local_limit(uri: str, files: list[Path], batch_size: int) -> tuple[float, Any, dict, Any]:
@@ -156,13 +152,14 @@ def horovod_peer(spark: Any, model: Any, files: list[Path], meta: dict, task: An
     return len(files) / seconds
 
 
-def run_score(spark: Any, uri: str, folder: Path, out: Path, batch_size: int, records: int) -> dict[str, Any]:
+def run_score(spark: Any, uri: str, folder: Path, out: Path, batch_size: int, records: int,
+              tracking: Any) -> dict[str, Any]:  # fmt: skip
     from sparkvision.config import ScoreConfig
     from sparkvision.scoring import score
 
     cfg = ScoreConfig(batch_size=batch_size, max_records_per_batch=records)
     with PeakRss() as mem:
-        summary = score(spark, uri, str(folder), str(out), cfg)
+        summary = score(spark, uri, str(folder), str(out), cfg, tracking=tracking)
     summary["peak_rss_mb"] = mem.peak / 2**20
     summary["peak_python_workers_rss_mb"] = mem.peak_python_workers / 2**20
     return summary
@@ -182,9 +179,9 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default="", help="MLflow server (default: start one on a free port)")
     args = parser.parse_args()
 
-    from sparkvision import tracking
     from sparkvision.config import MlflowConfig, SparkConfig
     from sparkvision.spark import get_spark
+    from sparkvision.tracking import Tracking, start_server, stop_server
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-score-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -192,14 +189,15 @@ def main() -> None:
     uri = args.tracking_uri
     if not uri:
         server_state = work / "mlflow"
-        uri = tracking.start_server(MlflowConfig(port=0), server_state).url
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+        uri = start_server(MlflowConfig(port=0), server_state).url
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # for load_vision_model's registry URI below
+    tracking = Tracking(uri)
     try:
         t0 = time.perf_counter()
         counts = sorted({args.count, *(int(c) for c in args.memory_counts.split(",") if c)})
         folders = {n: make_images(work / "images", n, args.pool)[0].parent for n in counts}
         print(f"images ready in {time.perf_counter() - t0:.0f}s: {counts} (pool of {args.pool} distinct faces)")
-        model_uri = register_model(args.task, args.image_size, uri)
+        model_uri = register_model(args.task, args.image_size, tracking)
         print(f"model: {model_uri} ({args.task}, {args.image_size}x{args.image_size}, random weights)")
 
         files = sorted(folders[args.count].iterdir())
@@ -211,7 +209,7 @@ def main() -> None:
         results = {}
         for n in counts:
             results[n] = run_score(spark, model_uri, folders[n], work / f"scored-{n}", args.batch_size,
-                                   args.max_records_per_batch)  # fmt: skip
+                                   args.max_records_per_batch, tracking)  # fmt: skip
             s = results[n]
             print(f"score {n:>6} images: {s['seconds']:.1f}s, {s['images_per_s']:,.0f} images/s, "
                   f"failed {s['failed']}, peak RSS driver+JVM+workers {s['peak_rss_mb']:,.0f} MB "
@@ -233,7 +231,7 @@ def main() -> None:
         spark.stop()
     finally:
         if server_state is not None:
-            tracking.stop_server(server_state)
+            stop_server(server_state)
 
 
 if __name__ == "__main__":

@@ -218,11 +218,11 @@ def train(cfg: Config, *, data: str, model: str = "", workers: int = 0, resume: 
             f"--resume: expected a checkpoint of {job.registered_name} at {job.store.url('state.json')}, "
             "found none; train once without --resume"
         )
-    uri = preflight.tracking_server(cfg)
+    tracking = preflight.tracking_server(cfg)
     from sparkvision.spark import get_spark
     from sparkvision.training import train as run_train
 
-    result = run_train(get_spark(cfg.spark), cfg, data_dir=data, resume=resume)
+    result = run_train(get_spark(cfg.spark), cfg, data_dir=data, resume=resume, tracking=tracking)
     epochs = f"epochs {result['initial_epoch'] + 1}-{result['initial_epoch'] + result['epochs_run']}"
     stopped = ", stopped early" if result["stopped_early"] else ""
     print(f"trained {cfg.train.model} ({epochs}{stopped}): {result['model_uri']} = version {result['version']}")
@@ -230,7 +230,7 @@ def train(cfg: Config, *, data: str, model: str = "", workers: int = 0, resume: 
         values = {k.removeprefix(prefix): v for k, v in sorted(result["metrics"].items()) if k.startswith(prefix)}
         if values:
             print(f"  {label}: {_metrics_line(values)}")
-    print(f"  run: {_run_url(uri, result['run_id'])}")
+    print(f"  run: {tracking.run_url(result['run_id'])}")
     print(f"  checkpoint: {result['checkpoint_dir']}")
     return 0
 
@@ -239,12 +239,12 @@ def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: 
     """Score images with a registered model into Parquet with lineage."""
     source = preflight.images("--input", input)
     output = preflight.local_path("--output", output)
-    _use_tracking(preflight.model_uri("--model-uri", model_uri, cfg))
+    tracking = preflight.model_uri("--model-uri", model_uri, cfg)
     from sparkvision.scoring import score as run_score
     from sparkvision.spark import get_spark
 
     s = run_score(get_spark(cfg.spark), model_uri, source, output, cfg.score,
-                  incremental=incremental or cfg.score.incremental)  # fmt: skip
+                  incremental=incremental or cfg.score.incremental, tracking=tracking)  # fmt: skip
     model = s["model"]
     print(f"scored {s['inputs']} image(s) with {model['pinned_uri']} (run {model['run_id']}): {s['scored']} ok, "
           f"{s['failed']} failed{_reasons(s['failed_by_reason'])}, {s['skipped']} skipped; "
@@ -263,10 +263,10 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
         if not model_uri:
             raise UserError("--model-uri: expected the embedding model (models:/NAME@ALIAS) to enroll with, "
                             "found none; pass --model-uri or set faces.model_uri")  # fmt: skip
-        _use_tracking(preflight.model_uri("--model-uri", model_uri, cfg))
+        tracking = preflight.model_uri("--model-uri", model_uri, cfg)
         from sparkvision import faces as identification
 
-        g = identification.enroll(get_spark(cfg.spark), model_uri, source, gallery, cfg.faces)
+        g = identification.enroll(get_spark(cfg.spark), model_uri, source, gallery, cfg.faces, tracking=tracking)
         print(f"enrolled {g['identities']} identities ({g['images']} images, {g['failed']} failed"
               f"{_reasons(g['failed_by_reason'])}) into {g['gallery']} ({g['version']}); "
               f"threshold {g['threshold']:.4f} ({g['threshold_source']})")  # fmt: skip
@@ -276,10 +276,10 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
     source = preflight.images("--input", input)
     gallery = preflight.dataset("--gallery", gallery, "a faces gallery", "sparkvision faces enroll")
     output = preflight.local_path("--output", output)
-    _use_tracking(preflight.tracking_server(cfg))
+    tracking = preflight.tracking_server(cfg)
     from sparkvision import faces as identification
 
-    s = identification.identify(get_spark(cfg.spark), gallery, source, output, cfg.faces)
+    s = identification.identify(get_spark(cfg.spark), gallery, source, output, cfg.faces, tracking=tracking)
     rates = "".join(f", {k} {s[k]}" for k in ("top1_accuracy", "rank1_accuracy", "far") if s.get(k) is not None)
     print(f"identified {s['inputs']} image(s) into {s['output']} ({s['version']}): {s['accepted']} accepted, "
           f"{s['unknown']} unknown, {s['failed']} failed{rates}")  # fmt: skip
@@ -289,13 +289,11 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
 def report(cfg: Config, *, run: str, out: str = "", tracking_uri: str = "") -> int:
     """Write a self-contained HTML report of a run and log it to the run."""
     out = preflight.local_path("--out", out) if out else str(cfg.path("runs") / "reports" / f"{run}.html")
-    if tracking_uri:
-        preflight.reachable(tracking_uri)
-    uri = tracking_uri or preflight.tracking_server(cfg)
-    preflight.run("--run", run, uri)
+    tracking = preflight.tracking_server(cfg, tracking_uri)
+    preflight.run("--run", run, tracking)
     from sparkvision.reporting import write_report
 
-    print(f"report: {write_report(run, out, tracking_uri=uri)}")
+    print(f"report: {write_report(tracking, run, out)}")
     return 0
 
 
@@ -305,24 +303,6 @@ def pipeline(*, file: str, only: Sequence[str] = (), env: str | None = None, ove
 
     run_pipeline(file, env=env, overrides=overrides, only=only)
     return 0
-
-
-def _use_tracking(uri: str | None) -> None:
-    """Point this process's MLflow client at ``uri`` (scoring and faces resolve models through it)."""
-    if uri:
-        import mlflow as mlflow_client
-
-        mlflow_client.set_tracking_uri(uri)
-
-
-def _run_url(tracking: str, run_id: str) -> str:
-    """The MLflow UI page of a run, or the run id when the server is not an HTTP one."""
-    if not tracking.startswith(("http://", "https://")):
-        return f"{run_id} on {tracking}"
-    from mlflow import MlflowClient
-
-    experiment = MlflowClient(tracking).get_run(run_id).info.experiment_id
-    return f"{tracking.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
 def _metrics_line(values: Mapping[str, float], family: int = 5) -> str:

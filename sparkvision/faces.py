@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from pyspark.broadcast import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
+    from sparkvision.tracking import Tracking
+
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
@@ -173,6 +175,7 @@ def enroll(
     images_per_identity: int = 0,
     threshold_split: str = "val",
     score_cfg: ScoreConfig | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Embed known identities' images and publish the gallery (centroids, embeddings, threshold).
 
@@ -187,6 +190,7 @@ def enroll(
             leaving the others as probes of known identities for ``identify``; 0: all.
         threshold_split: Split of never-enrolled identities used to choose the threshold.
         score_cfg: Batch sizes for the embedding model (default ``ScoreConfig()``).
+        tracking: The MLflow server holding the model (for ``models:/`` and ``runs:/`` URIs).
 
     Returns:
         The gallery manifest (also ``GALLERY/manifest.json``).
@@ -205,7 +209,7 @@ def enroll(
         raise ValueError("faces enroll: no model given (--model-uri or faces.model_uri)")
     _require_dataset(input, "faces enroll")
     score_cfg = score_cfg or ScoreConfig()
-    model = job.resolve_model(spark, model_uri)
+    model = job.resolve_model(spark, model_uri, tracking)
     if EMBEDDING not in dict(model.outputs):
         raise ValueError(f"{model_uri}: expected a model with a '{EMBEDDING}' output (the VAE), found {model.outputs}")
     keep = ["identity", "id", "split", "source_path", "content_hash"]
@@ -301,6 +305,7 @@ def identify(
     splits: Sequence[str] = (),
     threshold: float | None = None,
     score_cfg: ScoreConfig | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Nearest enrolled identity of each new face, or ``"unknown"``; Parquet with lineage.
 
@@ -314,6 +319,7 @@ def identify(
         splits: For a dataset input, only these splits (empty: all).
         threshold: Overrides both the gallery's and ``cfg``'s threshold.
         score_cfg: Batch sizes for the embedding model.
+        tracking: The MLflow server holding the gallery's model version.
 
     Returns:
         Summary (also ``OUTPUT/_summary.json``): counts, threshold and, with ground truth,
@@ -332,7 +338,7 @@ def identify(
         threshold = cfg.threshold if cfg.threshold >= 0 else float(manifest["threshold"])
     score_cfg = score_cfg or ScoreConfig()
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    model = job.resolve_model(spark, manifest["model"]["pinned_uri"])
+    model = job.resolve_model(spark, manifest["model"]["pinned_uri"], tracking)
     staging = pub.stage(output)
     with session_conf(spark, job.job_conf(spark, score_cfg)):
         rows = job.read_input(spark, input)

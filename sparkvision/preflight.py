@@ -19,6 +19,7 @@ from sparkvision.errors import UserError
 
 if TYPE_CHECKING:
     from sparkvision.config import Config
+    from sparkvision.tracking import Tracking
 
 MANIFEST = "manifest.json"
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -102,18 +103,18 @@ def dataset(flag: str, value: str, what: str = "an ingested dataset", made_by: s
     return path
 
 
-def tracking_server(cfg: Config) -> str:
-    """The tracking URI runs go to, checked to answer when it is an HTTP server.
+def tracking_server(cfg: Config, uri: str = "") -> Tracking:
+    """The MLflow server runs go to (``uri`` when given), checked to answer when it is an HTTP server.
 
     Raises:
         TrackingError: No server is configured and none runs from ``paths.mlflow``.
-        UserError: The configured HTTP server does not answer ``/health``.
+        UserError: The HTTP server does not answer ``/health``.
     """
-    from sparkvision.tracking import tracking_uri
+    from sparkvision.tracking import Tracking
 
-    uri = tracking_uri(cfg)
-    reachable(uri)
-    return uri
+    tracking = Tracking(uri) if uri else Tracking.from_config(cfg)
+    reachable(tracking.uri)
+    return tracking
 
 
 def reachable(uri: str) -> None:
@@ -139,8 +140,8 @@ def reachable(uri: str) -> None:
         raise UserError(f"MLflow server {uri}: expected {health} to answer 200 OK, found HTTP {status}; {hint}")
 
 
-def model_uri(flag: str, uri: str, cfg: Config) -> str | None:
-    """Check that ``uri`` names a model that exists; returns the tracking URI it needs (None for a folder).
+def model_uri(flag: str, uri: str, cfg: Config) -> Tracking | None:
+    """Check that ``uri`` names a model that exists; returns the tracking server it needs (None for a folder).
 
     ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` are looked up in the registry,
     ``runs:/RUN/PATH`` must name a run; a local folder must hold an ``MLmodel`` file.
@@ -167,37 +168,31 @@ def model_uri(flag: str, uri: str, cfg: Config) -> str | None:
     return None
 
 
-def _registered(flag: str, uri: str, tracking: str) -> None:
-    from mlflow import MlflowClient
+def _registered(flag: str, uri: str, tracking: Tracking) -> None:
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking)
+    if not re.fullmatch(r"models:/[^/@]+(@[^/]+|/\d+)", uri):
+        raise UserError(f"{flag} {uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION, found {uri!r}")
     try:
-        if m := re.fullmatch(r"models:/([^/@]+)@([^/]+)", uri):
-            client.get_model_version_by_alias(m.group(1), m.group(2))
-        elif m := re.fullmatch(r"models:/([^/@]+)/(\d+)", uri):
-            client.get_model_version(m.group(1), m.group(2))
-        else:
-            raise UserError(f"{flag} {uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION, found {uri!r}")
+        tracking.resolve(uri)
     except MlflowException as exc:
         raise UserError(
-            f"{flag} {uri}: expected a registered model version on {tracking}, found none: {exc.message}"
+            f"{flag} {uri}: expected a registered model version on {tracking.uri}, found none: {exc.message}"
         ) from exc
 
 
-def run(flag: str, run_id: str, tracking: str) -> None:
+def run(flag: str, run_id: str, tracking: Tracking) -> None:
     """Check that ``run_id`` is a run on the tracking server.
 
     Raises:
         UserError: The server does not know the run.
     """
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        MlflowClient(tracking).get_run(run_id)
+        tracking.run(run_id)
     except MlflowException as exc:
-        raise UserError(f"{flag} {run_id}: expected a run on {tracking}, found none: {exc.message}") from exc
+        raise UserError(f"{flag} {run_id}: expected a run on {tracking.uri}, found none: {exc.message}") from exc
 
 
 def _brace_free(pattern: str) -> str:

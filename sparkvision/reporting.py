@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from sparkvision.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -44,33 +44,13 @@ figure img{max-width:500px;display:block}figcaption{font-size:.85em;color:#555;m
 """
 
 
-def _client(tracking_uri: str | None) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=_tracking_uri(tracking_uri))
-
-
-def _tracking_uri(tracking_uri: str | None) -> str:
-    """The given URI, else ``MLFLOW_TRACKING_URI``, else the project's server from the base configuration."""
-    if tracking_uri:
-        return tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    from sparkvision.config import load_config
-    from sparkvision.tracking import tracking_uri as project_uri
-
-    return project_uri(load_config())
-
-
-def log_scoring_summary(
-    run_id: str, summary: Mapping[str, Any], tracking_uri: str | None = None, name: str | None = None
-) -> str:
+def log_scoring_summary(tracking: Tracking, run_id: str, summary: Mapping[str, Any], name: str | None = None) -> str:
     """Log a scoring summary to a run as ``scoring/<name>/_summary.json``.
 
     Args:
+        tracking: The MLflow server of the run.
         run_id: The run to attach the summary to (usually the run that trained the model).
         summary: The dict returned by ``sparkvision.scoring.score`` (or ``faces.identify``).
-        tracking_uri: MLflow server; default ``MLFLOW_TRACKING_URI`` / the project's server.
         name: Folder under ``scoring/``; default the output folder's name.
 
     Returns:
@@ -78,32 +58,10 @@ def log_scoring_summary(
     """
     label = name or Path(str(summary.get("output") or "job")).name or "job"
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "_summary.json"
-        path.write_text(json.dumps(summary, indent=2, default=str))
-        _client(tracking_uri).log_artifact(run_id, str(path), f"{SCORING_ARTIFACT_DIR}/{label}")
-    return f"{SCORING_ARTIFACT_DIR}/{label}/_summary.json"
-
-
-def _walk_artifacts(client: MlflowClient, run_id: str, path: str) -> list[str]:
-    """Every artifact file path under ``path`` (recursive), sorted."""
-    out: list[str] = []
-    for info in client.list_artifacts(run_id, path):
-        if info.is_dir:
-            out.extend(_walk_artifacts(client, run_id, info.path))
-        else:
-            out.append(info.path)
-    return sorted(out)
-
-
-def _download(run_id: str, artifact_path: str, dst: Path, tracking_uri: str) -> Path:
-    import mlflow
-
-    return Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=tracking_uri
-        )
+    tracking.log_text(
+        run_id, json.dumps(summary, indent=2, default=str), f"{SCORING_ARTIFACT_DIR}/{label}/_summary.json"
     )
+    return f"{SCORING_ARTIFACT_DIR}/{label}/_summary.json"
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -179,18 +137,18 @@ def _summary_html(source: str, s: Mapping[str, Any]) -> str:
 
 
 def write_report(
+    tracking: Tracking,
     run_id: str,
-    out: str | os.PathLike[str] | None = None,
-    tracking_uri: str | None = None,
+    out: str | os.PathLike[str],
     summaries: Sequence[Mapping[str, Any]] = (),
     log_to_run: bool = True,
 ) -> Path:
     """Write the HTML report of ``run_id`` and log it to the run as ``report/report.html``.
 
     Args:
+        tracking: The MLflow server of the run.
         run_id: The MLflow run.
-        out: HTML file to write; default ``<paths.runs>/reports/<run_id>.html``.
-        tracking_uri: MLflow server; default ``MLFLOW_TRACKING_URI`` / the project's server.
+        out: HTML file to write.
         summaries: Scoring summaries to show besides those logged under ``scoring/``.
         log_to_run: Also log the file to the run.
 
@@ -200,29 +158,24 @@ def write_report(
     Raises:
         mlflow.exceptions.MlflowException: Unknown run id (message from the server).
     """
-    uri = _tracking_uri(tracking_uri)
-    client = _client(uri)
-    run = client.get_run(run_id)
-    if not out:
-        from sparkvision.config import Config
-
-        out = Config().path("runs") / "reports" / f"{run_id}.html"
+    client = tracking.client
+    run = tracking.run(run_id)
     out = Path(out)
     experiment = client.get_experiment(run.info.experiment_id)
 
-    histories = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in run.data.metrics}
+    histories = tracking.histories(run_id)
     charts = metric_curves(histories)
-    artifacts = _walk_artifacts(client, run_id, "")
+    artifacts = tracking.list_artifacts(run_id)
     pictures: list[tuple[str, str]] = []
     found: list[tuple[str, Mapping[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in artifacts:
             suffix = Path(path).suffix.lower()
             if path.startswith("pictures/") and suffix in PICTURE_TYPES:
-                data = _download(run_id, path, Path(tmp), uri).read_bytes()
+                data = tracking.download(run_id, path, tmp).read_bytes()
                 pictures.append((path, _data_uri(data, PICTURE_TYPES[suffix])))
             elif path.startswith(f"{SCORING_ARTIFACT_DIR}/") and path.endswith("_summary.json"):
-                found.append((path, json.loads(_download(run_id, path, Path(tmp), uri).read_text())))
+                found.append((path, json.loads(tracking.download(run_id, path, tmp).read_text())))
     found += [(f"passed in #{i + 1}", s) for i, s in enumerate(summaries)]
 
     versions = []
@@ -238,7 +191,7 @@ def write_report(
     facts = [
         ("run id", info.run_id), ("run name", info.run_name), ("experiment", experiment.name),
         ("status", info.status), ("started", _time(info.start_time)), ("ended", _time(info.end_time)),
-        ("tracking server", uri),
+        ("tracking server", tracking.uri),
     ]  # fmt: skip
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -276,6 +229,6 @@ def write_report(
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "report.html"
             copy.write_bytes(out.read_bytes())
-            client.log_artifact(run_id, str(copy), REPORT_ARTIFACT_DIR)
+            tracking.log_artifact(run_id, copy, REPORT_ARTIFACT_DIR)
     log.info("report of run %s: %s (%d charts, %d pictures)", run_id, out, len(charts), len(pictures))
     return out

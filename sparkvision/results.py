@@ -6,20 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import Config
 
+if TYPE_CHECKING:
+    from sparkvision.tracking import Tracking
 
-def registered_run(cfg: Config, model: str) -> str:
+
+def registered_run(tracking: Tracking, cfg: Config, model: str) -> str:
     """The MLflow run id that produced ``<train.registered_model_prefix>-<model>@<train.alias>``."""
-    from mlflow import MlflowClient
-
-    from sparkvision.tracking import tracking_uri
-
     name = f"{cfg.train.registered_model_prefix}-{model}"
-    version = MlflowClient(tracking_uri(cfg)).get_model_version_by_alias(name, cfg.train.alias)
-    return str(version.run_id)
+    return str(tracking.resolve(f"models:/{name}@{cfg.train.alias}").run_id)
 
 
 def report_registered(cfg: Config, models: Sequence[str], out_dir: str = "") -> list[str]:
@@ -34,14 +32,15 @@ def report_registered(cfg: Config, models: Sequence[str], out_dir: str = "") -> 
         The written HTML files.
     """
     from sparkvision.reporting import write_report
-    from sparkvision.tracking import tracking_uri
+    from sparkvision.tracking import Tracking
 
+    tracking = Tracking.from_config(cfg)
     folder = Path(out_dir) if out_dir else cfg.path("runs") / "reports"
     paths = []
     for model in models:
-        run_id = registered_run(cfg, model)
+        run_id = registered_run(tracking, cfg, model)
         # write_report logs the path; where_to_look lists them all at the end
-        paths.append(str(write_report(run_id, folder / f"{model}-{run_id}.html", tracking_uri=tracking_uri(cfg))))
+        paths.append(str(write_report(tracking, run_id, folder / f"{model}-{run_id}.html")))
     return paths
 
 

@@ -129,3 +129,25 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="session")
+def tracking(mlflow_server: str):
+    """The session's MLflow server as the ``Tracking`` object commands pass down."""
+    from sparkvision.tracking import Tracking
+
+    return Tracking(mlflow_server)
+
+
+@pytest.fixture(scope="session")
+def register_model(tracking):
+    """``register_model(model, task_name, meta, name, experiment, alias="candidate") -> ModelRef``: log a
+    Keras model into a new run of ``experiment`` and register it as ``name@alias``."""
+
+    def register(model, task_name: str, meta: dict, name: str, experiment: str, alias: str = "candidate"):
+        run_id = tracking.create_run(experiment, f"{name}-test")
+        ref = tracking.log_model(run_id, model, task_name, meta, name, alias)
+        tracking.finish_run(run_id)
+        return ref
+
+    return register

@@ -22,14 +22,12 @@ from sparkvision.config import Config
 
 
 @pytest.fixture(scope="module")
-def vae_uri(mlflow_server: str, cfg: Config, celeba_parquet: Path) -> str:
+def vae_uri(register_model, cfg: Config, celeba_parquet: Path) -> str:
     """A VAE trained 30 epochs on the train split with ``model.fit``, registered as ``@candidate``."""
-    import mlflow
     import pyarrow.parquet as pq
     import tensorflow as tf
 
     from sparkvision.models import REGISTRY
-    from sparkvision.models.packaging import log_vision_model
 
     tf.keras.utils.set_random_seed(0)
     task = REGISTRY["vae"]
@@ -40,29 +38,27 @@ def vae_uri(mlflow_server: str, cfg: Config, celeba_parquet: Path) -> str:
     x, _ = task.arrays(frame, meta)
     model.fit(x, x, epochs=30, batch_size=8, verbose=0)
     name = f"faces-test-vae-{uuid.uuid4().hex[:6]}"
-    mlflow.set_experiment("faces-tests")
-    with mlflow.start_run():
-        log_vision_model(model, "vae", meta, registered_model_name=name, alias="candidate")
-    return f"models:/{name}@candidate"
+    return register_model(model, "vae", meta, name, "faces-tests").uri
 
 
 @pytest.fixture(scope="module")
-def enrolled(spark, cfg: Config, vae_uri: str, celeba_parquet: Path, tmp_path_factory) -> dict:
+def enrolled(spark, cfg: Config, tracking, vae_uri: str, celeba_parquet: Path, tmp_path_factory) -> dict:
     from sparkvision.faces import enroll
 
     gallery = tmp_path_factory.mktemp("gallery") / "g"
-    manifest = enroll(spark, vae_uri, str(celeba_parquet), str(gallery), cfg.faces, images_per_identity=1)
+    manifest = enroll(spark, vae_uri, str(celeba_parquet), str(gallery), cfg.faces, images_per_identity=1,
+                      tracking=tracking)  # fmt: skip
     return {"gallery": gallery, "manifest": manifest}
 
 
 @pytest.fixture(scope="module")
-def identified(spark, cfg: Config, enrolled: dict, celeba_parquet: Path, tmp_path_factory) -> dict:
+def identified(spark, cfg: Config, tracking, enrolled: dict, celeba_parquet: Path, tmp_path_factory) -> dict:
     import pyarrow.parquet as pq
 
     from sparkvision.faces import identify
 
     out = tmp_path_factory.mktemp("identified") / "out"
-    summary = identify(spark, str(enrolled["gallery"]), str(celeba_parquet), str(out), cfg.faces)
+    summary = identify(spark, str(enrolled["gallery"]), str(celeba_parquet), str(out), cfg.faces, tracking=tracking)
     return {"summary": summary, "frame": pq.read_table(str(out)).to_pandas(), "out": out}
 
 
@@ -121,20 +117,26 @@ def test_identify_mechanics_and_accuracy(identified: dict, enrolled: dict, celeb
     assert s["rank1_accuracy"] > 1.5 / enrolled["manifest"]["identities"]
 
 
-def test_unknown_when_threshold_above_best_similarity(spark, cfg: Config, enrolled, identified, tmp_path) -> None:
+def test_unknown_when_threshold_above_best_similarity(
+    spark, cfg: Config, tracking, enrolled, identified, tmp_path
+) -> None:
     """An identity not enrolled is 'unknown' once the threshold exceeds its best similarity."""
     from sparkvision.data.generators.celeba import generate_new_images
     from sparkvision.faces import identify
 
     folder = tmp_path / "new"
     generate_new_images(folder, count=3, seed=11)  # new identities, mixed formats, plain folder input
-    first = identify(spark, str(enrolled["gallery"]), str(folder), str(tmp_path / "a"), cfg.faces, threshold=-1.0)
+    first = identify(
+        spark, str(enrolled["gallery"]), str(folder), str(tmp_path / "a"), cfg.faces, threshold=-1.0, tracking=tracking
+    )
     import pyarrow.parquet as pq
 
     rows = pq.read_table(str(tmp_path / "a")).to_pandas()
     assert first["accepted"] == 3 and "top1_accuracy" not in first  # threshold -1 accepts everybody
     above = float(rows["similarity"].max()) + 1e-4
-    second = identify(spark, str(enrolled["gallery"]), str(folder), str(tmp_path / "b"), cfg.faces, threshold=above)
+    second = identify(
+        spark, str(enrolled["gallery"]), str(folder), str(tmp_path / "b"), cfg.faces, threshold=above, tracking=tracking
+    )
     again = pq.read_table(str(tmp_path / "b")).to_pandas()
     assert second["unknown"] == 3 and (again["predicted_label"] == "unknown").all()
     assert (again["model_version"] == rows["model_version"]).all() and again["model_run_id"].notna().all()

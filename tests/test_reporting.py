@@ -45,7 +45,7 @@ def reported_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_report_has_metrics_curves_pictures_versions_and_is_logged(
-    reported_run: dict[str, str], mlflow_server: str, tmp_path: Path
+    reported_run: dict[str, str], mlflow_server: str, tracking, tmp_path: Path
 ) -> None:
     from mlflow import MlflowClient
 
@@ -54,9 +54,9 @@ def test_report_has_metrics_curves_pictures_versions_and_is_logged(
     run_id = reported_run["run_id"]
     summary = {"output": "/data/scored/celeba-new", "inputs": 12, "scored": 11, "failed": 1,
                "failed_by_reason": {"truncated": 1}, "images_per_s": 321.5}  # fmt: skip
-    assert log_scoring_summary(run_id, summary) == "scoring/celeba-new/_summary.json"
+    assert log_scoring_summary(tracking, run_id, summary) == "scoring/celeba-new/_summary.json"
 
-    out = write_report(run_id, tmp_path / "r.html", tracking_uri=mlflow_server,
+    out = write_report(tracking, run_id, tmp_path / "r.html",
                        summaries=[{"output": "/x/passed", "inputs": 5, "top1_accuracy": 0.6}])  # fmt: skip
     text = out.read_text()
 
@@ -92,11 +92,11 @@ def test_report_has_metrics_curves_pictures_versions_and_is_logged(
     assert json.loads(Path(summary_back).read_text())["failed_by_reason"] == {"truncated": 1}
 
 
-def test_report_unknown_run_fails(mlflow_server: str, tmp_path: Path) -> None:
+def test_report_unknown_run_fails(tracking, tmp_path: Path) -> None:
     from mlflow.exceptions import MlflowException
 
     from sparkvision.reporting import write_report
 
     with pytest.raises(MlflowException):
-        write_report("0" * 32, tmp_path / "x.html", tracking_uri=mlflow_server)
+        write_report(tracking, "0" * 32, tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()

@@ -199,18 +199,19 @@ def log_vision_model(
     task_name: str,
     meta: Meta,
     registered_model_name: str | None = None,
-    alias: str | None = None,
     artifact_path: str = "model",
     input_example_images: list[bytes] | None = None,
 ) -> ModelInfo:
-    """Log ``model`` as a ``VisionModel`` pyfunc into the active MLflow run, register it, set an alias.
+    """Log ``model`` as a ``VisionModel`` pyfunc into the active MLflow run and register it.
+
+    Aliases and version tags are the registry's business: ``sparkvision.tracking.Tracking.log_model``
+    calls this and then tags the version with its task and points the alias at it.
 
     Args:
         model: The trained Keras model (from ``Task.build``).
         task_name: Its ``REGISTRY`` key; must equal ``meta["task"]`` when meta has one.
         meta: The Task's meta (after ``evaluate``: fabric_ae needs its threshold); saved as ``meta.json``.
         registered_model_name: Register the logged model under this name (None: only log).
-        alias: Alias to point at the new version (e.g. ``candidate``); needs a registered name.
         artifact_path: Name of the logged model within the run.
         input_example_images: Encoded images for the input example (default: one grey PNG).
 
@@ -218,18 +219,13 @@ def log_vision_model(
         MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``, ...).
 
     Raises:
-        ValueError: On a task name that disagrees with meta, an alias without a registered
-            name, or a meta that is not JSON-serialisable.
+        ValueError: On a task name that disagrees with meta or a meta that is not JSON-serialisable.
     """
-    from mlflow.tracking import MlflowClient
-
     import sparkvision
     from sparkvision.models import get_task
 
     if meta.get("task", task_name) != task_name:
         raise ValueError(f"log_vision_model: task_name '{task_name}' but meta is for '{meta['task']}'")
-    if alias and not registered_model_name:
-        raise ValueError(f"log_vision_model: alias '{alias}' needs a registered_model_name")
     task = get_task(task_name)
     meta = {**meta, "task": task_name}
     try:
@@ -253,12 +249,6 @@ def log_vision_model(
             registered_model_name=registered_model_name,
             metadata={"task": task_name, "image_size": int(meta["image_size"]), "crop": meta.get("crop")},
         )
-    if registered_model_name:
-        version = str(info.registered_model_version)
-        client = MlflowClient()
-        client.set_model_version_tag(registered_model_name, version, "task", task_name)
-        if alias:
-            client.set_registered_model_alias(registered_model_name, alias, version)
     return info
 
 
@@ -281,3 +271,23 @@ def load_vision_model(model_uri: str) -> tuple[tf.keras.Model, Meta, Task]:
     if getattr(vision, "model", None) is None or getattr(vision, "task", None) is None:
         raise ValueError(f"{model_uri}: expected a sparkvision VisionModel, found {type(vision).__name__}")
     return vision.model, vision.meta, vision.task
+
+
+def read_meta(local_path: str | Path) -> Meta:
+    """The meta of a downloaded ``VisionModel`` folder, read without TensorFlow.
+
+    Args:
+        local_path: A folder holding the model's ``MLmodel`` file.
+
+    Raises:
+        ValueError: The folder is not a sparkvision vision model (no meta artifact).
+    """
+    from mlflow.models import Model
+
+    flavors = Model.load(str(Path(local_path) / "MLmodel")).flavors
+    entry = (flavors.get("python_function", {}).get("artifacts") or {}).get(META_ARTIFACT) or {}
+    path = Path(local_path) / str(entry.get("path", ""))
+    if not entry.get("path") or not path.is_file():
+        raise ValueError(f"{local_path}: expected a sparkvision VisionModel with a '{META_ARTIFACT}' artifact, "
+                         f"found a model with flavors {sorted(flavors)} and none")  # fmt: skip
+    return json.loads(path.read_text())

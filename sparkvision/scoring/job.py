@@ -48,6 +48,8 @@ from sparkvision.spark import session_conf
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from sparkvision.tracking import Tracking
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm")
@@ -109,44 +111,45 @@ def _download_root() -> Path:
     return _DOWNLOADS
 
 
-def resolve_model(spark: SparkSession | None, model_uri: str) -> ResolvedModel:
+def resolve_model(spark: SparkSession | None, model_uri: str, tracking: Tracking | None = None) -> ResolvedModel:
     """Pin ``model_uri`` to one version, download it once and ship it to the executors.
 
     Args:
         spark: The session whose executors get the model (``addArchive``); None: download only.
         model_uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN/PATH`` or a local folder.
+        tracking: The MLflow server of registry and run URIs (not needed for a folder).
 
     Returns:
         The resolved model.
 
     Raises:
         mlflow.exceptions.MlflowException: Unknown name, alias or version (message from the registry).
-        ValueError: The model is not a sparkvision vision model.
+        ValueError: The model is not a sparkvision vision model, or a registry URI without ``tracking``.
     """
     import mlflow
-    from mlflow import MlflowClient
 
-    name = version = run_id = None
-    pinned = model_uri
-    if m := re.fullmatch(r"models:/([^/@]+)@([^/]+)", model_uri):
-        mv = MlflowClient().get_model_version_by_alias(m.group(1), m.group(2))
-        name, version, run_id = mv.name, str(mv.version), mv.run_id
-        pinned = f"models:/{name}/{version}"
-    elif m := re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri):
-        mv = MlflowClient().get_model_version(m.group(1), m.group(2))
-        name, version, run_id = mv.name, str(mv.version), mv.run_id
-    elif m := re.match(r"runs:/([^/]+)/", model_uri):
-        run_id = m.group(1)
+    from sparkvision.models import get_task
+    from sparkvision.models.packaging import read_meta
+    from sparkvision.tracking import ModelRef
 
     folder = _download_root() / f"model-{uuid.uuid4().hex[:12]}"
     folder.mkdir()
     if os.path.isdir(model_uri):
+        ref = ModelRef(model_uri, model_uri)
         local = Path(shutil.copytree(model_uri, folder / "model"))
-    else:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(folder)))
+    elif model_uri.startswith(("models:/", "runs:/")):
+        if tracking is None:
+            raise ValueError(f"{model_uri}: a registry or run URI needs a tracking server, none given")
+        ref = tracking.resolve(model_uri)
+        local = tracking.download_model(ref, folder)
+    else:  # an artifact URL (s3://, ...): MLflow downloads it
+        ref = ModelRef(model_uri, model_uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
     if not (local / "MLmodel").is_file():
         raise ValueError(f"{model_uri}: expected an MLflow model (an MLmodel file), found {sorted(os.listdir(local))}")
-    task, outputs = _task_outputs(str(local))
+    meta = read_meta(local)
+    task = get_task(meta["task"])
+    outputs = tuple((str(c), str(t)) for c, t in task.output_schema(meta))
     archive = folder.with_suffix(".zip")
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
         for file in sorted(local.rglob("*")):
@@ -154,30 +157,9 @@ def resolve_model(spark: SparkSession | None, model_uri: str) -> ResolvedModel:
                 zf.write(file, file.relative_to(local).as_posix())
     if spark is not None:
         spark.sparkContext.addArchive(str(archive))
-    log.info("model %s -> %s (run %s), shipped as %s", model_uri, pinned, run_id, archive.name)
-    return ResolvedModel(model_uri, pinned, name, version, run_id, str(local), str(archive), task, outputs)
-
-
-def _task_outputs(local_path: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """The task name and its scoring output columns, from the model's ``meta.json`` (no TensorFlow).
-
-    Falls back to loading the model when the MLmodel file does not point at a meta artifact.
-    """
-    import yaml
-
-    from sparkvision.models import get_task
-
-    conf = yaml.safe_load((Path(local_path) / "MLmodel").read_text()) or {}
-    artifacts = conf.get("flavors", {}).get("python_function", {}).get("artifacts", {}) or {}
-    meta_path = (artifacts.get("meta") or {}).get("path")
-    if meta_path and (Path(local_path) / meta_path).is_file():
-        meta = json.loads((Path(local_path) / meta_path).read_text())
-        task = get_task(meta["task"])
-    else:
-        from sparkvision.models.packaging import load_vision_model
-
-        _, meta, task = load_vision_model(local_path)
-    return task.name, tuple((str(c), str(t)) for c, t in task.output_schema(meta))
+    log.info("model %s -> %s (run %s), shipped as %s", model_uri, ref.pinned_uri, ref.run_id, archive.name)
+    return ResolvedModel(model_uri, ref.pinned_uri, ref.name, ref.version, ref.run_id, str(local), str(archive),
+                         task.name, outputs)  # fmt: skip
 
 
 def is_dataset(path: str | os.PathLike[str]) -> bool:
@@ -311,6 +293,7 @@ def score(
     cfg: ScoreConfig,
     incremental: bool = False,
     log_to_run: bool = True,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Score images with a registered model into Parquet with lineage, published atomically.
 
@@ -324,6 +307,7 @@ def score(
             publish old rows ∪ new rows.
         log_to_run: Also log the summary to the model's training run as
             ``scoring/<output name>/_summary.json`` (the run report shows it).
+        tracking: The MLflow server holding the model (needed for ``models:/`` and ``runs:/`` URIs).
 
     Returns:
         The summary (also written to ``OUTPUT/_summary.json``): ``inputs``, ``scored``, ``failed``,
@@ -340,7 +324,7 @@ def score(
     if not output or not input:
         raise ValueError(f"score: expected an input and an output folder, found input={input!r} output={output!r}")
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    model = resolve_model(spark, model_uri)
+    model = resolve_model(spark, model_uri, tracking)
     old = _published_rows(spark, output) if incremental else None
     keep = ["source_path", "content_hash", "id"]
     columns = keep + [c for c, _ in model.outputs] + list(LINEAGE) + list(ERRORS)
@@ -387,13 +371,11 @@ def score(
     }
     (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     summary["version"] = pub.publish(staging, output).name
-    if log_to_run and model.run_id:
-        import mlflow
-
+    if log_to_run and model.run_id and tracking is not None:
         from sparkvision.reporting import log_scoring_summary
 
         try:
-            summary["logged_to_run"] = log_scoring_summary(model.run_id, summary, mlflow.get_tracking_uri())
+            summary["logged_to_run"] = log_scoring_summary(tracking, model.run_id, summary)
         except Exception as exc:  # noqa: BLE001 - the output is published; the log is a courtesy
             log.warning("could not log the scoring summary to run %s: %s", model.run_id, exc)
     log.info("scored %d images (%d failed) into %s in %.1fs", processed, summary["failed"], output, seconds)

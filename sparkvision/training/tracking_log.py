@@ -10,15 +10,13 @@ import hashlib
 import json
 import math
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
-
     from sparkvision.config import Config
+    from sparkvision.tracking import Tracking
 
 CURVE_GROUPS: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "val_loss"),
@@ -26,13 +24,6 @@ CURVE_GROUPS: dict[str, tuple[str, ...]] = {
     "lr": ("lr",),
 }
 """Training-curve pictures: file stem → metrics drawn (each with its ``val_`` twin when logged)."""
-
-
-def resolve_tracking_uri(cfg: Config) -> str:
-    """The MLflow server runs are logged to (``sparkvision.tracking.tracking_uri``)."""
-    from sparkvision.tracking import tracking_uri
-
-    return tracking_uri(cfg)
 
 
 def train_params(cfg: Config, effective_lr: float, steps_per_epoch: int, validation_steps: int) -> dict[str, str]:
@@ -65,12 +56,12 @@ def git_commit(path: str | Path) -> str | None:
     return f"{head}-dirty" if dirty else head
 
 
-def log_inputs(client: MlflowClient, run_id: str, cfg: Config, manifest: dict[str, Any], data_dir: Path,
+def log_inputs(tracking: Tracking, run_id: str, cfg: Config, manifest: dict[str, Any], data_dir: Path,
                params: Mapping[str, str], workdir: Path) -> None:  # fmt: skip
     """Log parameters, tags, ``config.yaml`` and ``manifest.json`` of a new training run.
 
     Args:
-        client: Client of the tracking server.
+        tracking: The tracking server.
         run_id: The run just created.
         cfg: The resolved configuration.
         manifest: The dataset manifest.
@@ -78,8 +69,6 @@ def log_inputs(client: MlflowClient, run_id: str, cfg: Config, manifest: dict[st
         params: From ``train_params``.
         workdir: A scratch folder for the files to upload.
     """
-    from mlflow.entities import Param, RunTag
-
     from sparkvision.config import PROJECT_ROOT
 
     checksum = manifest_checksum(manifest)
@@ -89,15 +78,12 @@ def log_inputs(client: MlflowClient, run_id: str, cfg: Config, manifest: dict[st
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["git_commit"] = commit
-    all_params = {**params, "dataset.path": str(data_dir), "dataset.checksum": checksum}
-    items = [Param(k, v[:6000]) for k, v in sorted(all_params.items())]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start : start + 100])
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    tracking.log_params(run_id, {**params, "dataset.path": str(data_dir), "dataset.checksum": checksum})
+    tracking.set_tags(run_id, tags)
     (workdir / "config.yaml").write_text(cfg.to_yaml())
     (workdir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    client.log_artifact(run_id, str(workdir / "config.yaml"))
-    client.log_artifact(run_id, str(workdir / "manifest.json"), "dataset")
+    tracking.log_artifact(run_id, workdir / "config.yaml")
+    tracking.log_artifact(run_id, workdir / "manifest.json", "dataset")
 
 
 class EpochLogger:
@@ -109,45 +95,30 @@ class EpochLogger:
     """
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
-        from mlflow import MlflowClient
+        from sparkvision.tracking import Tracking
 
-        self.client = MlflowClient(tracking_uri)
+        self.tracking = Tracking(tracking_uri)
         self.run_id = run_id
 
     def log(self, epoch: int, logs: Mapping[str, Any]) -> None:
         """Log every finite numeric entry of ``logs`` at ``step=epoch``."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = []
-        for key, value in sorted(logs.items()):
+        metrics = {}
+        for key, value in logs.items():
             try:
                 number = float(value)
             except (TypeError, ValueError):
                 continue
             if math.isfinite(number):
-                metrics.append(Metric(key=key, value=number, timestamp=now, step=int(epoch)))
+                metrics[key] = number
         if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
-
-
-def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    """Every metric of the run as ``(step, value)`` pairs sorted by step (last value per step)."""
-    run = client.get_run(run_id)
-    out: dict[str, list[tuple[int, float]]] = {}
-    for key in run.data.metrics:
-        by_step: dict[int, float] = {}
-        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
-            by_step[int(m.step)] = float(m.value)
-        out[key] = sorted(by_step.items())
-    return out
+            self.tracking.log_metrics(self.run_id, metrics, step=int(epoch))
 
 
 def plot_curves(history: Mapping[str, list[tuple[int, float]]], out_dir: Path) -> list[Path]:
     """Training-curve PNGs (loss terms, throughput, learning rate) from metric histories.
 
     Args:
-        history: From ``histories``.
+        history: From ``Tracking.histories``.
         out_dir: Folder to write ``curve_<group>.png`` files into.
 
     Returns:

@@ -21,6 +21,8 @@ from sparkvision.training.checkpoints import Store
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from sparkvision.tracking import Tracking
+
 log = logging.getLogger(__name__)
 
 EVAL_ROWS = 4096
@@ -111,7 +113,8 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
     )
 
 
-def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False) -> dict[str, Any]:
+def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False,
+          tracking: Tracking | None = None) -> dict[str, Any]:  # fmt: skip
     """Train ``cfg.train.model`` on an ingested dataset with Horovod on Spark, tracked in MLflow.
 
     One MLflow run per job (a resumed job continues its run). Rank 0 checkpoints every epoch
@@ -124,6 +127,7 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
         cfg: The resolved configuration (``train`` section, ``paths.store``, MLflow settings).
         data_dir: An ingested dataset folder.
         resume: Continue from the store's latest checkpoint and its MLflow run.
+        tracking: The MLflow server (default: ``Tracking.from_config(cfg)``).
 
     Returns:
         ``run_id``, ``experiment``, ``registered_model``, ``version``, ``alias``, ``model_uri``,
@@ -137,14 +141,13 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
         ValueError: When the dataset does not fit the task or the worker count.
     """
     import horovod.spark
-    from mlflow import MlflowClient
 
+    from sparkvision.tracking import Tracking
     from sparkvision.training import tracking_log
     from sparkvision.training.worker import WorkerJob, run_worker
 
     p = plan(cfg, data_dir)
-    uri = tracking_log.resolve_tracking_uri(cfg)
-    client = MlflowClient(uri)
+    tracking = tracking or Tracking.from_config(cfg)
     experiment = cfg.train.experiment
     state = p.store.latest() if resume else None
     if resume and state is None:
@@ -154,53 +157,50 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False)
         work = Path(tmp)
         if state is not None:
             run_id = state.run_id
-            client.set_tag(run_id, "sparkvision.resumed_from_epoch", str(state.epoch))
-            client.update_run(run_id, status="RUNNING")
+            tracking.set_tags(run_id, {"sparkvision.resumed_from_epoch": str(state.epoch)})
+            tracking.reopen_run(run_id)
             # Parameters are immutable: the configuration of each resumed segment is an artifact.
-            client.log_text(run_id, cfg.to_yaml(), f"resumed/config-from-epoch-{state.epoch + 1}.yaml")
+            tracking.log_text(run_id, cfg.to_yaml(), f"resumed/config-from-epoch-{state.epoch + 1}.yaml")
         else:
-            exp = client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-            run = client.create_run(exp_id, run_name=f"{p.registered_name}-train", tags={"mlflow.source.type": "JOB"})
-            run_id = run.info.run_id
+            run_id = tracking.create_run(experiment, f"{p.registered_name}-train", {"mlflow.source.type": "JOB"})
             params = tracking_log.train_params(cfg, p.effective_lr, p.steps_per_epoch, p.validation_steps)
-            tracking_log.log_inputs(client, run_id, cfg, p.manifest, p.data_dir, params, work)
+            tracking_log.log_inputs(tracking, run_id, cfg, p.manifest, p.data_dir, params, work)
         log.info("training %s on %s: run %s, %d worker(s), %d steps/epoch", cfg.train.model, p.data_dir, run_id,
                  cfg.train.workers, p.steps_per_epoch)  # fmt: skip
         job = WorkerJob(cfg=cfg, meta=p.meta, train=p.train, val=p.val, steps_per_epoch=p.steps_per_epoch,
                         validation_steps=p.validation_steps, store_root=p.store.root, run_id=run_id,
-                        tracking_uri=uri, resume=state is not None)  # fmt: skip
+                        tracking_uri=tracking.uri, resume=state is not None)  # fmt: skip
         try:
             started = time.perf_counter()
             results = horovod.spark.run(run_worker, args=(job,), num_proc=cfg.train.workers, use_gloo=True,
-                                        env=_worker_env(uri), stdout=sys.stdout, stderr=sys.stderr,
+                                        env=_worker_env(), stdout=sys.stdout, stderr=sys.stderr,
                                         verbose=2 if log.isEnabledFor(logging.DEBUG) else 0)  # fmt: skip
             rank0 = next(r for r in results if r["rank"] == 0)
             if not rank0.get("checkpoint"):
                 raise RuntimeError(f"training run {run_id} wrote no checkpoint to {p.store.url()}")
             log.info("Horovod job of run %s took %.1f s", run_id, time.perf_counter() - started)
             started = time.perf_counter()
-            outcome = _finish(cfg, p, client, uri, run_id, rank0, work)
+            outcome = _finish(cfg, p, tracking, run_id, rank0, work)
             log.info("evaluation, pictures and registration of run %s took %.1f s", run_id,
                      time.perf_counter() - started)  # fmt: skip
         except BaseException:
             try:
-                client.set_terminated(run_id, status="FAILED")
+                tracking.finish_run(run_id, status="FAILED")
             except Exception as exc:  # keep the training error, not the bookkeeping one
                 log.warning("could not mark run %s FAILED: %s", run_id, exc)
             raise
-        client.set_terminated(run_id, status="FINISHED")
+        tracking.finish_run(run_id)
     return {"run_id": run_id, "experiment": experiment, **outcome}
 
 
-def _worker_env(tracking_uri: str) -> dict[str, str]:
+def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     # Ranks keep TensorFlow's Python warnings (slow-callback notices) and grappler's C++
     # error notices to themselves unless the driver logs at DEBUG.
     env.setdefault("SPARKVISION_WORKER_TF_LOG", "INFO" if log.isEnabledFor(logging.DEBUG) else "ERROR")
     quiet_cpp = "2" if log.isEnabledFor(logging.DEBUG) else "3"
-    env.update({"MLFLOW_TRACKING_URI": tracking_uri, "TF_CPP_MIN_LOG_LEVEL": quiet_cpp,
-                "PYTHONHASHSEED": env.get("PYTHONHASHSEED", "0")})  # fmt: skip
+    # Ranks log to the run through the URI in their job description, not the environment.
+    env.update({"TF_CPP_MIN_LOG_LEVEL": quiet_cpp, "PYTHONHASHSEED": env.get("PYTHONHASHSEED", "0")})
     return env
 
 
@@ -219,10 +219,8 @@ def load_checkpoint(cfg: Config, meta: dict[str, Any], store: Store, checkpoint:
     return model
 
 
-def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dict[str, Any], work: Path) -> dict[str, Any]:  # fmt: skip
+def _finish(cfg: Config, p: Plan, tracking: Tracking, run_id: str, rank0: dict[str, Any], work: Path) -> dict[str, Any]:  # fmt: skip
     """Evaluate, draw, register; everything logged into ``run_id``."""
-    import mlflow
-
     from sparkvision.models import get_task
     from sparkvision.training import tracking_log
 
@@ -230,7 +228,7 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
     meta = dict(p.meta)
     chosen = rank0.get("best_checkpoint") or rank0["checkpoint"]
     best_epoch = int(rank0.get("best_epoch", rank0["epoch"]))
-    client.set_tag(run_id, "sparkvision.best_epoch", str(best_epoch))
+    tracking.set_tags(run_id, {"sparkvision.best_epoch": str(best_epoch)})
     log.info("run %s: evaluating the best checkpoint (epoch %d of %d)", run_id, best_epoch + 1,
              int(rank0["epoch"]) + 1)  # fmt: skip
     model = load_checkpoint(cfg, meta, p.store, chosen)
@@ -250,36 +248,28 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
         result = task.evaluate(model, x, y, meta)
         prefix = {"val": "eval_val_", "test": "test_", "train": "eval_train_"}[split]
         metrics.update({f"{prefix}{k}": float(v) for k, v in result.items()})
-        client.set_tag(run_id, f"eval_rows_{split}", str(len(frame)))
+        tracking.set_tags(run_id, {f"eval_rows_{split}": str(len(frame))})
         if split == "test" and cfg.train.pictures:
             n = min(PICTURE_ROWS, len(x))
             task.pictures(model, x[:n], {k: v[:n] for k, v in y.items()}, meta, pictures)
     if metrics:
-        client.log_batch(run_id, metrics=_metric_entities(metrics, step=int(rank0["epoch"])))
-    history = tracking_log.histories(client, run_id)
+        tracking.log_metrics(run_id, metrics, step=int(rank0["epoch"]))
+    history = tracking.histories(run_id)
     if cfg.train.pictures:
         tracking_log.plot_curves(history, pictures)
     if pictures.is_dir() and any(pictures.iterdir()):
-        client.log_artifacts(run_id, str(pictures), "pictures")
-    client.log_text(run_id, p.store.read_text("state.json"), "checkpoint/state.json")
+        tracking.log_artifacts(run_id, pictures, "pictures")
+    tracking.log_text(run_id, p.store.read_text("state.json"), "checkpoint/state.json")
     checkpoint_dir = chosen.rsplit("/", 1)[0]
     local_ckpt = p.store.download(checkpoint_dir, work / "checkpoint")
-    client.log_artifacts(run_id, str(local_ckpt), "checkpoint")
-
-    from sparkvision.models.packaging import log_vision_model
-
-    mlflow.set_tracking_uri(uri)
-    # start_run(run_id=...) refuses a run outside the process's active experiment, which a
-    # notebook or an earlier job may have set to another one.
-    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
-    with mlflow.start_run(run_id=run_id):
-        info = log_vision_model(model, cfg.train.model, meta, registered_model_name=p.registered_name,
-                                alias=cfg.train.alias, input_example_images=examples or None)  # fmt: skip
+    tracking.log_artifacts(run_id, local_ckpt, "checkpoint")
+    version = tracking.log_model(run_id, model, cfg.train.model, meta, p.registered_name, cfg.train.alias,
+                                 examples or None)  # fmt: skip
     final = {k: values[-1][1] for k, values in history.items() if values}
     final.update(metrics)
     return {
         "registered_model": p.registered_name,
-        "version": str(info.registered_model_version),
+        "version": str(version.version),
         "alias": cfg.train.alias,
         "model_uri": f"models:/{p.registered_name}@{cfg.train.alias}",
         "metrics": final,
@@ -293,10 +283,3 @@ def _finish(cfg: Config, p: Plan, client: Any, uri: str, run_id: str, rank0: dic
         "stopped_early": bool(rank0["stopped_early"]),
         "history": rank0["history"],
     }
-
-
-def _metric_entities(metrics: dict[str, float], step: int) -> list[Any]:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(key=k, value=v, timestamp=now, step=step) for k, v in sorted(metrics.items())]

@@ -75,12 +75,12 @@ def test_round_trip_through_the_registry(
     mlflow.set_tracking_uri(mlflow_server)
     mlflow.set_experiment("packaging-tests")
     with mlflow.start_run():
-        info = log_vision_model(model, name, meta, registered_model_name=registered, alias="candidate",
+        info = log_vision_model(model, name, meta, registered_model_name=registered,
                                 input_example_images=[values[0]])  # fmt: skip
-    version = MlflowClient().get_model_version_by_alias(registered, "candidate")
-    assert str(version.version) == str(info.registered_model_version)
+    uri = f"models:/{registered}/{info.registered_model_version}"
+    assert MlflowClient().get_model_version(registered, str(info.registered_model_version)).run_id
 
-    loaded = mlflow.pyfunc.load_model(f"models:/{registered}@candidate")
+    loaded = mlflow.pyfunc.load_model(uri)
     out = loaded.predict(pd.DataFrame({"image": values}))
     columns = [c for c, _ in task.output_schema(meta)]
     assert list(out.columns) == columns + ["error_code", "error_message"]
@@ -106,16 +106,9 @@ def test_round_trip_through_the_registry(
         if np.asarray(expected[column]).dtype != object:
             np.testing.assert_allclose(arrays[column], expected[column], rtol=1e-4, atol=1e-5)
 
-    keras_model, loaded_meta, loaded_task = load_vision_model(f"models:/{registered}@candidate")
+    keras_model, loaded_meta, loaded_task = load_vision_model(uri)
     assert loaded_task.name == name and loaded_meta == {**meta, "task": name}
     assert keras_model.count_params() == model.count_params()
-
-
-def test_alias_without_registered_name_is_rejected(cfg: Config) -> None:
-    from sparkvision.models.packaging import log_vision_model
-
-    with pytest.raises(ValueError, match="needs a registered_model_name"):
-        log_vision_model(object(), "vae", {"task": "vae", "image_size": SIZE}, None, alias="candidate")
 
 
 def test_signature_lists_image_input_and_task_outputs() -> None:

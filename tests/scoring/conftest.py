@@ -1,5 +1,5 @@
 """Registered models for the scoring tests: real Keras models from ``REGISTRY`` (random weights),
-logged with ``log_vision_model`` to the session's MLflow server, aliased ``candidate``."""
+logged with ``Tracking.log_model`` to the session's MLflow server, aliased ``candidate``."""
 
 from __future__ import annotations
 
@@ -11,36 +11,29 @@ import pytest
 from sparkvision.config import Config
 
 
-def register(task_name: str, cfg: Config) -> dict[str, str]:
+def register(register_model, task_name: str, cfg: Config) -> dict[str, str]:
     """Build ``task_name`` at the test image size, log + register it; return uri, name, version, run id."""
-    import mlflow
-    from mlflow import MlflowClient
-
     from sparkvision.models import REGISTRY
-    from sparkvision.models.packaging import log_vision_model
 
     task = REGISTRY[task_name]
     manifest = {"table": "celeba", "image_size": cfg.train.image_size, "output": "scoring-tests"}
     meta = task.prepare_meta(manifest, cfg.train)
     model = task.build(cfg.train, meta)
     name = f"score-test-{task_name}-{uuid.uuid4().hex[:6]}"
-    mlflow.set_experiment("scoring-tests")
-    with mlflow.start_run() as run:
-        log_vision_model(model, task_name, meta, registered_model_name=name, alias="candidate")
-    mv = MlflowClient().get_model_version_by_alias(name, "candidate")
-    return {"uri": f"models:/{name}@candidate", "name": name, "version": str(mv.version), "run_id": run.info.run_id}
+    ref = register_model(model, task_name, meta, name, "scoring-tests")
+    return {"uri": ref.uri, "name": name, "version": str(ref.version), "run_id": str(ref.run_id)}
 
 
 @pytest.fixture(scope="session")
-def attributes_model(mlflow_server: str, cfg: Config) -> dict[str, str]:
+def attributes_model(register_model, cfg: Config) -> dict[str, str]:
     """The attribute CNN, registered (random weights)."""
-    return register("attributes", cfg)
+    return register(register_model, "attributes", cfg)
 
 
 @pytest.fixture(scope="session")
-def vae_model(mlflow_server: str, cfg: Config) -> dict[str, str]:
+def vae_model(register_model, cfg: Config) -> dict[str, str]:
     """The VAE, registered (random weights)."""
-    return register("vae", cfg)
+    return register(register_model, "vae", cfg)
 
 
 @pytest.fixture(scope="session")

@@ -38,11 +38,13 @@ def pyfunc_reference(uri: str, files: list[Path]) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def scored(spark, cfg: Config, attributes_model: dict[str, str], new_images: Path, tmp_path_factory) -> dict:
+def scored(spark, cfg: Config, tracking, attributes_model: dict[str, str], new_images: Path, tmp_path_factory) -> dict:
     from sparkvision.scoring import score
 
     out = tmp_path_factory.mktemp("score") / "attributes"
-    summary = score(spark, attributes_model["uri"], str(new_images), str(out), cfg.score, incremental=False)
+    summary = score(
+        spark, attributes_model["uri"], str(new_images), str(out), cfg.score, incremental=False, tracking=tracking
+    )
     return {"out": out, "summary": summary, "frame": read_output(out)}
 
 
@@ -96,10 +98,20 @@ def test_predictions_equal_pyfunc_predict(scored: dict, attributes_model: dict[s
         assert list(frame.loc[path, "predicted"]) == list(ref.loc[path, "predicted"])
 
 
-def test_rerun_is_identical_except_scored_at(spark, cfg: Config, scored: dict, attributes_model, new_images) -> None:
+def test_rerun_is_identical_except_scored_at(
+    spark, cfg: Config, tracking, scored: dict, attributes_model, new_images
+) -> None:
     from sparkvision.scoring import score
 
-    again = score(spark, attributes_model["uri"], str(new_images), str(scored["out"]), cfg.score, incremental=False)
+    again = score(
+        spark,
+        attributes_model["uri"],
+        str(new_images),
+        str(scored["out"]),
+        cfg.score,
+        incremental=False,
+        tracking=tracking,
+    )
     second = read_output(scored["out"])
     first = scored["frame"]
     assert len(second) == len(first) and second["source_path"].is_unique
@@ -109,7 +121,9 @@ def test_rerun_is_identical_except_scored_at(spark, cfg: Config, scored: dict, a
 
 
 @pytest.mark.parametrize("task", ["vae"])
-def test_other_task_outputs(spark, cfg: Config, vae_model, new_images: Path, tmp_path: Path, task: str) -> None:
+def test_other_task_outputs(
+    spark, cfg: Config, tracking, vae_model, new_images: Path, tmp_path: Path, task: str
+) -> None:
     from sparkvision.scoring import score
 
     files = [p for p in image_files(new_images) if p.name not in ("broken.jpg", "empty.png")][:4]
@@ -117,7 +131,7 @@ def test_other_task_outputs(spark, cfg: Config, vae_model, new_images: Path, tmp
     folder.mkdir()
     for p in files:
         shutil.copy(p, folder / p.name)
-    summary = score(spark, vae_model["uri"], str(folder / "*"), str(tmp_path / "out"), cfg.score)
+    summary = score(spark, vae_model["uri"], str(folder / "*"), str(tmp_path / "out"), cfg.score, tracking=tracking)
     frame = read_output(tmp_path / "out").set_index("source_path")
     assert summary["scored"] == 4 and set(OUTPUTS[task]) <= set(frame.columns)
     ref = pyfunc_reference(vae_model["uri"], [folder / p.name for p in files])
@@ -126,19 +140,23 @@ def test_other_task_outputs(spark, cfg: Config, vae_model, new_images: Path, tmp
         np.testing.assert_allclose(frame.loc[path, "recon_error"], ref.loc[path, "recon_error"], rtol=1e-4)
 
 
-def test_incremental_scores_only_new_files(spark, cfg: Config, attributes_model, new_images, tmp_path: Path) -> None:
+def test_incremental_scores_only_new_files(
+    spark, cfg: Config, tracking, attributes_model, new_images, tmp_path: Path
+) -> None:
     from sparkvision.data.generators.celeba import generate_new_images
     from sparkvision.scoring import score
 
     folder = tmp_path / "in"
     shutil.copytree(new_images, folder)
     out = tmp_path / "out"
-    first = score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True)
+    first = score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True, tracking=tracking)
     before = read_output(out)
     assert first["scored"] + first["failed"] == len(before) == len(image_files(folder))
     new = generate_new_images(tmp_path / "more", count=1, seed=99)[0]
     shutil.copy(new, folder / "added.png")
-    second = score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True)
+    second = score(
+        spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True, tracking=tracking
+    )
     after = read_output(out)
     assert second["scored"] == 1 and second["failed"] == 0 and second["skipped"] == len(before)
     assert len(after) == len(before) + 1 and after["source_path"].is_unique

@@ -1,4 +1,4 @@
-"""The project's MLflow tracking server (SQLite + local artifact store) and where runs are tracked.
+"""The project's MLflow tracking server (SQLite + local artifact store) and which server runs go to.
 
 ``start_server`` runs ``python -m mlflow server`` in its own process group and records it in
 ``STATE/server.json``; ``stop_server`` stops that process group (the server's uvicorn workers

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sparkvision import procs, tracking
+from sparkvision import procs
+from sparkvision.tracking import server as tracking
 from sparkvision.config import Config, MlflowConfig
 
 
