@@ -1,4 +1,4 @@
-"""Batch scoring job: images (or an ingested dataset) + a registered model → Parquet with lineage.
+"""Batch scoring library: images (or an ingested dataset) + a registered model → Parquet with lineage.
 
 Steps, all on the driver except the model itself:
 

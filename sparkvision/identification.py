@@ -37,7 +37,7 @@ import numpy as np
 
 from sparkvision.config import FacesConfig, ScoreConfig
 from sparkvision.data import publish as pub
-from sparkvision.scoring import job
+from sparkvision.scoring import batch
 from sparkvision.spark import session_conf
 
 if TYPE_CHECKING:
@@ -53,18 +53,18 @@ MANIFEST = "manifest.json"
 
 
 def _require_dataset(input: str, what: str) -> None:
-    if not job.is_dataset(input):
+    if not batch.is_dataset(input):
         raise ValueError(
             f"{what} input {input}: expected an ingested CelebA dataset folder (manifest.json + data/), "
             "found none; run `sparkvision ingest --format celeba` first"
         )
 
 
-def _embed(df: DataFrame, model: job.ResolvedModel, cfg: ScoreConfig, keep: Sequence[str]) -> DataFrame:
+def _embed(df: DataFrame, model: batch.ResolvedModel, cfg: ScoreConfig, keep: Sequence[str]) -> DataFrame:
     """``keep`` + ``embedding`` (unit-length ``mu``, null on error) + ``error_code``/``error_message``."""
     from pyspark.sql import functions as F
 
-    scored = job.apply_model(df, model, cfg, keep)
+    scored = batch.apply_model(df, model, cfg, keep)
     norm = F.sqrt(F.aggregate(F.transform(EMBEDDING, lambda x: x * x), F.lit(0.0), lambda a, b: a + b))
     unit = F.transform(EMBEDDING, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
     return scored.select(*keep, unit.alias("embedding"), "error_code", "error_message")
@@ -205,13 +205,13 @@ def enroll(
         raise ValueError("faces enroll: no model given (--model-uri or faces.model_uri)")
     _require_dataset(input, "faces enroll")
     score_cfg = score_cfg or ScoreConfig()
-    model = job.resolve_model(spark, model_uri)
+    model = batch.resolve_model(spark, model_uri)
     if EMBEDDING not in dict(model.outputs):
         raise ValueError(f"{model_uri}: expected a model with a '{EMBEDDING}' output (the VAE), found {model.outputs}")
     keep = ["identity", "id", "split", "source_path", "content_hash"]
     staging = pub.stage(gallery)
-    with session_conf(spark, job.job_conf(spark, score_cfg)):
-        rows = job.read_input(spark, input)
+    with session_conf(spark, batch.job_conf(spark, score_cfg)):
+        rows = batch.read_input(spark, input)
         if "identity" not in rows.columns:
             raise ValueError(f"faces enroll input {input}: expected an 'identity' column, found {rows.columns}")
         chosen = rows.where(F.col("split").isin(list(splits)))
@@ -332,10 +332,10 @@ def identify(
         threshold = cfg.threshold if cfg.threshold >= 0 else float(manifest["threshold"])
     score_cfg = score_cfg or ScoreConfig()
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    model = job.resolve_model(spark, manifest["model"]["pinned_uri"])
+    model = batch.resolve_model(spark, manifest["model"]["pinned_uri"])
     staging = pub.stage(output)
-    with session_conf(spark, job.job_conf(spark, score_cfg)):
-        rows = job.read_input(spark, input)
+    with session_conf(spark, batch.job_conf(spark, score_cfg)):
+        rows = batch.read_input(spark, input)
         truth = "identity" in rows.columns
         if splits and "split" in rows.columns:
             rows = rows.where(F.col("split").isin(list(splits)))
@@ -364,7 +364,7 @@ def identify(
         matched = matched.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             stats = _identify_stats(matched, ids, truth)
-            job.write_sorted(matched, staging, stats["inputs"])
+            batch.write_sorted(matched, staging, stats["inputs"])
         finally:
             matched.unpersist()
             bc.unpersist()
@@ -380,7 +380,7 @@ def identify(
         "seconds": round(seconds, 3),
         "images_per_s": round(stats["inputs"] / seconds, 2) if seconds > 0 else 0.0,
     }
-    (staging / job.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    (staging / batch.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     summary["version"] = pub.publish(staging, output).name
     return summary
 

@@ -48,7 +48,7 @@ def vae_uri(mlflow_server: str, cfg: Config, celeba_parquet: Path) -> str:
 
 @pytest.fixture(scope="module")
 def enrolled(spark, cfg: Config, vae_uri: str, celeba_parquet: Path, tmp_path_factory) -> dict:
-    from sparkvision.faces import enroll
+    from sparkvision.identification import enroll
 
     gallery = tmp_path_factory.mktemp("gallery") / "g"
     manifest = enroll(spark, vae_uri, str(celeba_parquet), str(gallery), cfg.faces, images_per_identity=1)
@@ -59,7 +59,7 @@ def enrolled(spark, cfg: Config, vae_uri: str, celeba_parquet: Path, tmp_path_fa
 def identified(spark, cfg: Config, enrolled: dict, celeba_parquet: Path, tmp_path_factory) -> dict:
     import pyarrow.parquet as pq
 
-    from sparkvision.faces import identify
+    from sparkvision.identification import identify
 
     out = tmp_path_factory.mktemp("identified") / "out"
     summary = identify(spark, str(enrolled["gallery"]), str(celeba_parquet), str(out), cfg.faces)
@@ -124,7 +124,7 @@ def test_identify_mechanics_and_accuracy(identified: dict, enrolled: dict, celeb
 def test_unknown_when_threshold_above_best_similarity(spark, cfg: Config, enrolled, identified, tmp_path) -> None:
     """An identity not enrolled is 'unknown' once the threshold exceeds its best similarity."""
     from sparkvision.data.generators.celeba import generate_new_images
-    from sparkvision.faces import identify
+    from sparkvision.identification import identify
 
     folder = tmp_path / "new"
     generate_new_images(folder, count=3, seed=11)  # new identities, mixed formats, plain folder input
