@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
+from sparkvision.data.images import IMAGE_EXTENSIONS
+from sparkvision.data.readers import glob_for
 from sparkvision.scoring.udf import ScoreBatches
 from sparkvision.spark import session_conf
 
@@ -49,9 +51,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm")
-"""File extensions read from an image folder (either case)."""
 
 LINEAGE: tuple[str, ...] = ("model_name", "model_version", "model_run_id", "model_uri", "scored_at")
 ERRORS: tuple[str, ...] = ("error_code", "error_message")
@@ -205,11 +204,10 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
         return spark.read.parquet(str(Path(input) / "data"))
     if not any(ch in input for ch in "*?[{") and not Path(input).exists():
         raise FileNotFoundError(f"scoring input {input}: expected a folder or glob of images, found nothing")
-    exts = ",".join(sorted({e for x in IMAGE_EXTENSIONS for e in (x, x.upper())}))
     raw = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", f"*.{{{exts}}}")
+        .option("pathGlobFilter", glob_for(IMAGE_EXTENSIONS))
         .load(str(Path(input).absolute()) if not input.startswith(("file:", "hdfs:", "s3")) else input)
     )
     rows = raw.select(
