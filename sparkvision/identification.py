@@ -37,6 +37,7 @@ import numpy as np
 
 from sparkvision.config import FacesConfig, ScoreConfig
 from sparkvision.data import publish as pub
+from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERRORS
 from sparkvision.scoring import batch
 from sparkvision.spark import session_conf
 
@@ -67,7 +68,7 @@ def _embed(df: DataFrame, model: batch.ResolvedModel, cfg: ScoreConfig, keep: Se
     scored = batch.apply_model(df, model, cfg, keep)
     norm = F.sqrt(F.aggregate(F.transform(EMBEDDING, lambda x: x * x), F.lit(0.0), lambda a, b: a + b))
     unit = F.transform(EMBEDDING, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
-    return scored.select(*keep, unit.alias("embedding"), "error_code", "error_message")
+    return scored.select(*keep, unit.alias("embedding"), *ERROR_COLUMNS)
 
 
 def _centroid(frame: pd.DataFrame) -> pd.DataFrame:
@@ -116,8 +117,8 @@ class MatchBatches:
             out["predicted_label"] = [
                 (str(int(b)) if a else UNKNOWN) if k else None for b, a, k in zip(best, accepted, ok, strict=True)
             ]
-            out["error_code"] = frame["error_code"].to_numpy()
-            out["error_message"] = frame["error_message"].to_numpy()
+            for name in ERROR_COLUMNS:
+                out[name] = frame[name].to_numpy()
             yield out
 
 
@@ -126,7 +127,7 @@ def _match(df: DataFrame, gallery: Broadcast, threshold: float, keep: Sequence[s
     schema = ", ".join(
         [f"`{c}` {types[c]}" for c in keep]
         + ["best_identity int", "similarity float", "predicted_identity int", "predicted_label string"]
-        + ["error_code string", "error_message string"]
+        + [f"{f.name} {f.spark_type.simpleString()}" for f in ERRORS]
     )
     return df.mapInPandas(MatchBatches(gallery, threshold, keep), schema)
 
@@ -220,10 +221,10 @@ def enroll(
             chosen = chosen.withColumn("_n", F.row_number().over(order)).where(F.col("_n") <= images_per_identity)
         embedded = _embed(chosen, model, score_cfg, keep).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            counts = {r["error_code"]: r["count"] for r in embedded.groupBy("error_code").count().collect()}
+            counts = {r[ERROR_CODE]: r["count"] for r in embedded.groupBy(ERROR_CODE).count().collect()}
             if not counts.get(None):
                 raise ValueError(f"faces enroll: no usable image of splits {list(splits)} in {input} ({counts})")
-            good = embedded.where(F.col("error_code").isNull()).select(*keep, "embedding")
+            good = embedded.where(F.col(ERROR_CODE).isNull()).select(*keep, "embedding")
             good.orderBy("identity", "id").write.mode("overwrite").parquet(str(staging / "embeddings"))
             good.groupBy("identity").applyInPandas(
                 _centroid, "identity int, n_images int, centroid array<float>"
@@ -360,7 +361,7 @@ def identify(
         columns = [*keep, "best_identity", "similarity", "predicted_identity", "predicted_label", "enrolled"]
         columns += ["threshold"]
         columns += ["gallery_version", "model_name", "model_version", "model_run_id", "model_uri", "scored_at"]
-        columns += ["error_code", "error_message"]
+        columns += ERROR_COLUMNS
         matched = matched.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             stats = _identify_stats(matched, ids, truth)
@@ -389,7 +390,7 @@ def _identify_stats(matched: DataFrame, ids: np.ndarray, truth: bool) -> dict[st
     """Counts and, with ground truth, accuracy / false-accept figures (one Spark aggregation)."""
     from pyspark.sql import functions as F
 
-    ok = F.col("error_code").isNull()
+    ok = F.col(ERROR_CODE).isNull()
     accepted = F.col("predicted_identity").isNotNull()
     aggs = [
         F.count(F.lit(1)).alias("inputs"),
@@ -413,8 +414,8 @@ def _identify_stats(matched: DataFrame, ids: np.ndarray, truth: bool) -> dict[st
     row = matched.agg(*aggs).first().asDict()
     row = {k: int(v or 0) for k, v in row.items()}
     failed = {
-        str(r["error_code"]): int(r["count"])
-        for r in matched.where(~ok).groupBy("error_code").count().orderBy("error_code").collect()
+        str(r[ERROR_CODE]): int(r["count"])
+        for r in matched.where(~ok).groupBy(ERROR_CODE).count().orderBy(ERROR_CODE).collect()
     }
     stats: dict[str, Any] = {
         "inputs": row["inputs"],

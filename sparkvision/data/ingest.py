@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import IngestConfig
 from sparkvision.data import images, publish, readers
-from sparkvision.data.schema import FORMAT_TABLE, QUARANTINE, SPLITS, TABLES, describe
+from sparkvision.data.schema import (
+    FORMAT_TABLE,
+    QUARANTINE,
+    QUARANTINE_MESSAGE,
+    QUARANTINE_REASON,
+    SPLITS,
+    TABLES,
+    describe,
+)
 from sparkvision.spark import session_conf
 
 if TYPE_CHECKING:
@@ -508,7 +516,8 @@ def _write_quarantine(
 
     schema = spark_schema(QUARANTINE)
     q = work.where(F.col("q_reason").isNotNull()).select(
-        "source_path", "content_hash", F.col("q_reason").alias("reason"), F.col("q_message").alias("message"),
+        "source_path", "content_hash", F.col("q_reason").alias(QUARANTINE_REASON),
+        F.col("q_message").alias(QUARANTINE_MESSAGE),
         F.col("q_stage").alias("stage"),
     )  # fmt: skip
     counts = Counter(f["q_reason"] for f in facts if f["q_reason"] is not None and f["source_path"] not in losers)
@@ -526,7 +535,7 @@ def _write_quarantine(
     counts.update(row[2] for row in extra)
     if extra:
         q = q.unionByName(spark.createDataFrame(extra, schema=schema))
-    q.repartition(1).sortWithinPartitions("source_path", "reason").write.parquet(str(out))
+    q.repartition(1).sortWithinPartitions("source_path", QUARANTINE_REASON).write.parquet(str(out))
     written = sum(_parquet_rows(f) for f in out.glob("*.parquet"))
     if written != sum(counts.values()):
         raise IngestError(f"{out}: expected {sum(counts.values())} quarantine rows written, found {written}")

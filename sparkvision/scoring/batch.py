@@ -44,6 +44,7 @@ from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
 from sparkvision.data.images import IMAGE_EXTENSIONS
 from sparkvision.data.readers import glob_for
+from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERRORS
 from sparkvision.scoring.udf import ScoreBatches
 from sparkvision.spark import session_conf
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LINEAGE: tuple[str, ...] = ("model_name", "model_version", "model_run_id", "model_uri", "scored_at")
-ERRORS: tuple[str, ...] = ("error_code", "error_message")
 ROWS_PER_OUTPUT_FILE = 100_000
 SUMMARY_FILE = "_summary.json"
 
@@ -265,7 +265,7 @@ def apply_model(df: DataFrame, model: ResolvedModel, cfg: ScoreConfig, keep: Seq
     if df.rdd.getNumPartitions() < partitions:
         df = df.repartition(partitions)
     types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
-    cols = [(c, types[c]) for c in keep] + list(model.outputs) + [(c, "string") for c in ERRORS]
+    cols = [(c, types[c]) for c in keep] + list(model.outputs) + [(f.name, f.spark_type.simpleString()) for f in ERRORS]
     schema = ", ".join(f"`{c}` {t}" for c, t in cols)
     cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
     fn = ScoreBatches(
@@ -341,7 +341,7 @@ def score(
     model = resolve_model(spark, model_uri)
     old = _published_rows(spark, output) if incremental else None
     keep = ["source_path", "content_hash", "id"]
-    columns = keep + [c for c, _ in model.outputs] + list(LINEAGE) + list(ERRORS)
+    columns = keep + [c for c, _ in model.outputs] + list(LINEAGE) + list(ERROR_COLUMNS)
     if old is not None and set(old.columns) != set(columns):
         raise ValueError(
             f"incremental scoring into {output}: the published rows have columns {sorted(old.columns)}, "
@@ -356,7 +356,7 @@ def score(
         scored = _with_lineage(apply_model(todo, model, cfg, keep), model, scored_at).select(*columns)
         scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            by_code = {r["error_code"]: r["count"] for r in scored.groupBy("error_code").count().collect()}
+            by_code = {r[ERROR_CODE]: r["count"] for r in scored.groupBy(ERROR_CODE).count().collect()}
             processed = sum(by_code.values())
             skipped = inputs.count() - processed if old is not None else 0
             result = scored if old is None else old.select(*columns).unionByName(scored)
