@@ -9,7 +9,6 @@ below. Unknown keys fail with the nearest valid name; numbers are range-checked.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from sparkvision.errors import did_you_mean
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
@@ -333,9 +334,7 @@ def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key not in valid:
-            near = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
-            raise ConfigError(f"{where}: unknown key '{key}' in {cls.__name__}{hint}")
+            raise ConfigError(f"{where}: unknown key '{key}' in {cls.__name__}{did_you_mean(key, valid, 'keys')}")
         sub = hints[key]
         if dataclasses.is_dataclass(sub) and isinstance(value, Mapping):
             _check_keys(value, sub, f"{where}: section '{key}'")
@@ -361,9 +360,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ConfigError(f"{name}: expected one of {list(args)}, found {value!r}{hint}")
+            raise ConfigError(f"{name}: expected one of {list(args)}, found {value!r}{did_you_mean(value, args)}")
         return value
     if origin in (typing.Union, types.UnionType):
         for arg in args:
