@@ -203,10 +203,8 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self) -> str:
-        """Stable SHA-256 of the resolved configuration (excluding ``env``)."""
-        data = self.to_dict()
-        data.pop("env", None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        """Stable SHA-256 of the resolved configuration (excluding ``env``): ``config_digest``."""
+        return config_digest(self, exclude=("env",))
 
     def replace(self, **overrides: str) -> Config:
         """A copy with ``section.key=value`` string overrides applied (like ``--set``)."""
@@ -218,6 +216,26 @@ class Config:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def config_digest(section: Any, exclude: Sequence[str] = ()) -> str:
+    """Stable SHA-256 of a configuration dataclass (``Config`` or one section).
+
+    The one configuration hash: ``Config.digest`` (run records, MLflow params) and the ingest
+    manifest's ``config_hash`` are both this function, so equal settings give equal hashes
+    across runs and machines.
+
+    Args:
+        section: A frozen configuration dataclass.
+        exclude: Top-level fields left out (``Config.digest`` leaves out ``env``).
+
+    Returns:
+        The hex digest of the fields as sorted JSON.
+    """
+    data = json.loads(json.dumps(dataclasses.asdict(section), default=list))
+    for name in exclude:
+        data.pop(name, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def load_config(

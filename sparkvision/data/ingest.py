@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparkvision.config import IngestConfig
+from sparkvision.config import IngestConfig, config_digest
 from sparkvision.data import images, publish, readers
 from sparkvision.data.schema import (
     FORMAT_TABLE,
@@ -65,12 +65,6 @@ class IngestError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def config_hash(cfg: IngestConfig) -> str:
-    """SHA-256 of the ingest configuration (stable across runs and machines)."""
-    data = json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def stored_image_size(fmt: str, cfg: IngestConfig) -> int:
@@ -355,7 +349,7 @@ def _finish(
         "files_per_split": {s: len(plan.get(s, [])) for s in SPLITS},
         "schema": describe(TABLES[table]),
         "image_size": stored_image_size(fmt, cfg),
-        "config_hash": config_hash(cfg),
+        "config_hash": config_digest(cfg),
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
         "checksum": checksum.hexdigest(),
         **{k: v for k, v in catalog.info.items() if v},

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sparkvision.config import Config, IngestConfig
+from sparkvision.config import Config, IngestConfig, config_digest
 from sparkvision.data import images, readers, tiling
 from sparkvision.data import ingest as ingest_mod
 from sparkvision.data.ingest import files_per_split, ingest
@@ -102,7 +102,7 @@ def test_celeba_manifest_and_files(celeba_out: tuple[dict, Path], cfg: Config) -
         "celeba",
         cfg.ingest.image_size,
     )
-    assert manifest["config_hash"] == ingest_mod.config_hash(cfg.ingest) and len(manifest["checksum"]) == 64
+    assert manifest["config_hash"] == config_digest(cfg.ingest) and len(manifest["checksum"]) == 64
     assert _rows(out, "quarantine") == []
 
 
