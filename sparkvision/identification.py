@@ -196,10 +196,6 @@ def enroll(
         ValueError: Not a dataset, the model has no ``mu`` output, nothing to enroll, or no
             impostor probes to choose the threshold from.
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     t0 = time.perf_counter()
     model_uri = model_uri or cfg.model_uri
     if not model_uri:
@@ -209,50 +205,125 @@ def enroll(
     model = batch.resolve_model(spark, model_uri)
     if EMBEDDING not in dict(model.outputs):
         raise ValueError(f"{model_uri}: expected a model with a '{EMBEDDING}' output (the VAE), found {model.outputs}")
-    keep = ["identity", "id", "split", "source_path", "content_hash"]
     staging = pub.stage(gallery)
     with session_conf(spark, batch.job_conf(spark, score_cfg)):
         rows = batch.read_input(spark, input)
-        if "identity" not in rows.columns:
-            raise ValueError(f"faces enroll input {input}: expected an 'identity' column, found {rows.columns}")
-        chosen = rows.where(F.col("split").isin(list(splits)))
-        if images_per_identity > 0:
-            order = Window.partitionBy("identity").orderBy("id", "content_hash")
-            chosen = chosen.withColumn("_n", F.row_number().over(order)).where(F.col("_n") <= images_per_identity)
-        embedded = _embed(chosen, model, score_cfg, keep).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            counts = {r[ERROR_CODE]: r["count"] for r in embedded.groupBy(ERROR_CODE).count().collect()}
-            if not counts.get(None):
-                raise ValueError(f"faces enroll: no usable image of splits {list(splits)} in {input} ({counts})")
-            good = embedded.where(F.col(ERROR_CODE).isNull()).select(*keep, "embedding")
-            good.orderBy("identity", "id").write.mode("overwrite").parquet(str(staging / "embeddings"))
-            good.groupBy("identity").applyInPandas(
-                _centroid, "identity int, n_images int, centroid array<float>"
-            ).orderBy("identity").coalesce(1).write.mode("overwrite").parquet(str(staging / "identities"))
-        finally:
-            embedded.unpersist()
+        chosen = _enrollment_rows(rows, input, splits, images_per_identity)
+        counts = _write_gallery(chosen, model, score_cfg, staging, f"splits {list(splits)} in {input}")
         ids, centroids = _read_centroids(staging / "identities")
+        threshold = _gallery_threshold(spark, rows, (ids, centroids), model, score_cfg, cfg, threshold_split, input)
+    manifest = _gallery_manifest(gallery=gallery, input=input, model=model, centroids=centroids, splits=splits,
+                                 images_per_identity=images_per_identity, counts=counts, threshold=threshold,
+                                 seconds=time.perf_counter() - t0)  # fmt: skip
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest["version"] = pub.publish(staging, gallery).name
+    log.info("enrolled %d identities (%d images), threshold %.4f (%s)", len(ids), manifest["images"],
+             manifest["threshold"], manifest["threshold_source"])  # fmt: skip
+    return manifest
 
-        threshold, source, val_far, val_probes = cfg.threshold, "config", None, 0
-        if cfg.threshold < 0:
-            probes = rows.where(F.col("split") == threshold_split).join(
-                spark.createDataFrame([(int(i),) for i in ids], "identity int"), "identity", "left_anti"
+
+def _enrollment_rows(rows: DataFrame, input: str, splits: Sequence[str], images_per_identity: int) -> DataFrame:
+    """The rows of ``splits`` to enroll: the first ``images_per_identity`` of each identity (0: all)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if "identity" not in rows.columns:
+        raise ValueError(f"faces enroll input {input}: expected an 'identity' column, found {rows.columns}")
+    chosen = rows.where(F.col("split").isin(list(splits)))
+    if images_per_identity > 0:
+        order = Window.partitionBy("identity").orderBy("id", "content_hash")
+        chosen = chosen.withColumn("_n", F.row_number().over(order)).where(F.col("_n") <= images_per_identity)
+    return chosen
+
+
+def _write_gallery(
+    chosen: DataFrame, model: batch.ResolvedModel, score_cfg: ScoreConfig, staging: Path, what: str
+) -> dict[str | None, int]:
+    """Embed ``chosen``; write ``embeddings/`` (one row per image) and ``identities/`` (centroids).
+
+    Returns:
+        Rows per ``error_code`` (``None``: embedded).
+
+    Raises:
+        ValueError: No image of ``what`` could be embedded.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    keep = ["identity", "id", "split", "source_path", "content_hash"]
+    embedded = _embed(chosen, model, score_cfg, keep).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = {r[ERROR_CODE]: r["count"] for r in embedded.groupBy(ERROR_CODE).count().collect()}
+        if not counts.get(None):
+            raise ValueError(f"faces enroll: no usable image of {what} ({counts})")
+        good = embedded.where(F.col(ERROR_CODE).isNull()).select(*keep, "embedding")
+        good.orderBy("identity", "id").write.mode("overwrite").parquet(str(staging / "embeddings"))
+        centroids = good.groupBy("identity").applyInPandas(
+            _centroid, "identity int, n_images int, centroid array<float>"
+        )
+        centroids.orderBy("identity").coalesce(1).write.mode("overwrite").parquet(str(staging / "identities"))
+    finally:
+        embedded.unpersist()
+    return counts
+
+
+def _gallery_threshold(
+    spark: SparkSession,
+    rows: DataFrame,
+    gallery: tuple[np.ndarray, np.ndarray],
+    model: batch.ResolvedModel,
+    score_cfg: ScoreConfig,
+    cfg: FacesConfig,
+    threshold_split: str,
+    input: str,
+) -> dict[str, Any]:
+    """The manifest's threshold entries: ``cfg.threshold``, or when it is negative the one that
+    keeps the false-accept rate of never-enrolled identities in ``threshold_split`` at most
+    ``cfg.target_far``.
+
+    Raises:
+        ValueError: The threshold is to be chosen and there are no such probes.
+    """
+    from pyspark.sql import functions as F
+
+    ids, _ = gallery
+    threshold, source, val_far, val_probes = cfg.threshold, "config", None, 0
+    if cfg.threshold < 0:
+        probes = rows.where(F.col("split") == threshold_split).join(
+            spark.createDataFrame([(int(i),) for i in ids], "identity int"), "identity", "left_anti"
+        )
+        bc = spark.sparkContext.broadcast(gallery)
+        try:
+            matched = _match(_embed(probes, model, score_cfg, ["identity"]), bc, 2.0, ["identity"])
+            sims = np.array([r[0] for r in matched.select("similarity").dropna().collect()], np.float64)
+        finally:
+            bc.unpersist()
+        if len(sims) == 0:
+            raise ValueError(
+                f"faces enroll: cannot choose the threshold: no '{threshold_split}' images of non-enrolled "
+                f"identities in {input}; set faces.threshold"
             )
-            bc = spark.sparkContext.broadcast((ids, centroids))
-            try:
-                matched = _match(_embed(probes, model, score_cfg, ["identity"]), bc, 2.0, ["identity"])
-                sims = np.array([r[0] for r in matched.select("similarity").dropna().collect()], np.float64)
-            finally:
-                bc.unpersist()
-            if len(sims) == 0:
-                raise ValueError(
-                    f"faces enroll: cannot choose the threshold: no '{threshold_split}' images of non-enrolled "
-                    f"identities in {input}; set faces.threshold"
-                )
-            threshold, val_far = choose_threshold(sims, cfg.target_far)
-            source, val_probes = threshold_split, len(sims)
+        threshold, val_far = choose_threshold(sims, cfg.target_far)
+        source, val_probes = threshold_split, len(sims)
+    return {"threshold": float(threshold), "threshold_source": source, "target_far": cfg.target_far,
+            "val_far": val_far, "val_probes": val_probes}  # fmt: skip
 
-    manifest = {
+
+def _gallery_manifest(
+    *,
+    gallery: str,
+    input: str,
+    model: batch.ResolvedModel,
+    centroids: np.ndarray,
+    splits: Sequence[str],
+    images_per_identity: int,
+    counts: dict[str | None, int],
+    threshold: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """``GALLERY/manifest.json``: what was enrolled from where, with which model, and the threshold."""
+    failed = {k: v for k, v in counts.items() if k is not None}
+    return {
         "gallery": str(Path(gallery).absolute()),
         "input": str(input),
         "model": model.info(),
@@ -260,22 +331,14 @@ def enroll(
         "embedding_dim": int(centroids.shape[1]) if centroids.size else 0,
         "splits": list(splits),
         "images_per_identity": images_per_identity,
-        "identities": len(ids),
+        "identities": len(centroids),
         "images": int(counts.get(None, 0)),
-        "failed": int(sum(v for k, v in counts.items() if k is not None)),
-        "failed_by_reason": {str(k): int(v) for k, v in sorted((k, v) for k, v in counts.items() if k is not None)},
-        "threshold": float(threshold),
-        "threshold_source": source,
-        "target_far": cfg.target_far,
-        "val_far": val_far,
-        "val_probes": val_probes,
+        "failed": int(sum(failed.values())),
+        "failed_by_reason": {str(k): int(v) for k, v in sorted(failed.items())},
+        **threshold,
         "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": round(seconds, 3),
     }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    manifest["version"] = pub.publish(staging, gallery).name
-    log.info("enrolled %d identities (%d images), threshold %.4f (%s)", len(ids), manifest["images"], threshold, source)
-    return manifest
 
 
 def load_gallery(gallery: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
