@@ -10,7 +10,6 @@ only ``--debug`` adds its traceback. Any other exception is a bug and keeps its 
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import sys
 import traceback
@@ -20,7 +19,7 @@ from typing import Any, NoReturn
 from sparkvision import logs
 from sparkvision.commands import COMMANDS, CONFIG_ARGS, Arg
 from sparkvision.config import load_config
-from sparkvision.errors import exit_code, expected_errors, message_lines
+from sparkvision.errors import did_you_mean, exit_code, expected_errors, message_lines
 
 PROG = "sparkvision"
 DESCRIPTION = "Image datasets on Spark: ingest to Parquet, train with Horovod, track in MLflow, score in batch."
@@ -33,8 +32,7 @@ class _Parser(argparse.ArgumentParser):
         command = self.prog.removeprefix(PROG).strip()
         where = f"{command}: " if command else ""
         if m := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
-            near = difflib.get_close_matches(m.group(1), re.findall(r"'([^']*)'", m.group(2)), n=1)
-            message += f"; did you mean '{near[0]}'?" if near else ""
+            message += did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
         self.exit(2, f"{PROG}: error: {where}{message} (see `{self.prog} --help`)\n")
 
 

@@ -60,6 +60,21 @@ def up(cfg: ClusterConfig, state_dir: Path) -> ClusterInfo:
             return _info(record, state_dir)
         down(state_dir)
 
+    spark_class, env = _daemon_env(cfg)
+    master_port = cfg.master_port or procs.free_port(cfg.host)
+    webui_port = procs.free_port(cfg.host)
+    launch = _Launcher(spark_class, env, state_dir, _new_record(cfg, spark_class, master_port, webui_port))
+    try:
+        master = _start_master(cfg, launch, master_port, webui_port)
+        _start_workers(cfg, launch, master)
+    except procs.ServiceError as exc:
+        down(state_dir)
+        raise ClusterError(str(exc)) from None
+    return _info(launch.record, state_dir)
+
+
+def _daemon_env(cfg: ClusterConfig) -> tuple[Path, dict[str, str]]:
+    """``spark-class`` of ``SPARK_HOME`` and the daemons' environment (this venv's Python on executors)."""
     home = spark_home()
     spark_class = home / "bin" / "spark-class"
     if not spark_class.exists():
@@ -67,25 +82,35 @@ def up(cfg: ClusterConfig, state_dir: Path) -> ClusterInfo:
     env = dict(os.environ)
     env.update(SPARK_HOME=str(home), SPARK_LOCAL_IP=cfg.host, PYSPARK_PYTHON=python_executable())
     env.setdefault("SPARK_DAEMON_MEMORY", "512m")  # the daemons only schedule; executors get worker_memory
+    return spark_class, env
 
-    master_port = cfg.master_port or procs.free_port(cfg.host)
-    webui_port = procs.free_port(cfg.host)
-    master_url = f"spark://{cfg.host}:{master_port}"
-    webui_url = f"http://{cfg.host}:{webui_port}"
-    record = {
-        "master_url": master_url,
-        "webui_url": webui_url,
+
+def _new_record(cfg: ClusterConfig, spark_class: Path, master_port: int, webui_port: int) -> dict[str, Any]:
+    """The ``cluster.json`` of a cluster about to start (no processes yet)."""
+    return {
+        "master_url": f"spark://{cfg.host}:{master_port}",
+        "webui_url": f"http://{cfg.host}:{webui_port}",
         "host": cfg.host,
-        "spark_home": str(home),
+        "spark_home": str(spark_class.parent.parent),
         "python": python_executable(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "processes": [],
     }
 
-    def launch(role: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = state_dir / f"{role}.log"
-        proc = procs.spawn([str(spark_class), *args], log, env=env, cwd=state_dir)
-        record["processes"].append(
+
+@dataclass
+class _Launcher:
+    """Starts ``spark-class`` daemons in their own process groups and records each at once."""
+
+    spark_class: Path
+    env: dict[str, str]
+    state_dir: Path
+    record: dict[str, Any]
+
+    def __call__(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = self.state_dir / f"{role}.log"
+        proc = procs.spawn([str(self.spark_class), *args], log, env=self.env, cwd=self.state_dir)
+        self.record["processes"].append(
             {
                 "role": role,
                 "pid": proc.pid,
@@ -94,57 +119,48 @@ def up(cfg: ClusterConfig, state_dir: Path) -> ClusterInfo:
                 "log": str(log),
             }
         )
-        procs.write_json(state_dir / STATE_FILE, record)  # recorded at once: down() can stop a half-started cluster
+        # recorded at once: down() can stop a half-started cluster
+        procs.write_json(self.state_dir / STATE_FILE, self.record)
         return proc
 
-    try:
-        master = launch("master", [MASTER_CLASS, "--host", cfg.host, "--port", str(master_port),
-                                   "--webui-port", str(webui_port)])  # fmt: skip
-        procs.wait_for(
-            lambda: _master_json(webui_url).get("status") == "ALIVE",
-            master, f"Spark master {master_url}", cfg.start_timeout_s, state_dir / "master.log",
-        )  # fmt: skip
-        workers = []
-        for i in range(cfg.workers):
-            work_dir = state_dir / f"work-{i}"
-            work_dir.mkdir(exist_ok=True)
-            workers.append(
-                launch(
-                    f"worker-{i}",
-                    [
-                        WORKER_CLASS,
-                        master_url,
-                        "--host",
-                        cfg.host,
-                        "--cores",
-                        str(cfg.worker_cores),
-                        "--memory",
-                        cfg.worker_memory,
-                        "--webui-port",
-                        str(procs.free_port(cfg.host)),
-                        "--work-dir",
-                        str(work_dir),
-                    ],
-                )  # fmt: skip
-            )
 
-        def workers_alive() -> bool:
-            for i, worker in enumerate(workers):
-                if worker.poll() is not None:
-                    log = state_dir / f"worker-{i}.log"
-                    raise procs.ServiceError(
-                        f"Spark worker {i} exited with code {worker.returncode}; log {log}:\n{procs.tail(log)}"
-                    )
-            return _alive_workers(webui_url) >= cfg.workers
+def _start_master(cfg: ClusterConfig, launch: _Launcher, master_port: int, webui_port: int) -> subprocess.Popen[bytes]:
+    """Start the master and wait until its web UI reports it ALIVE."""
+    webui_url = launch.record["webui_url"]
+    master = launch("master", [MASTER_CLASS, "--host", cfg.host, "--port", str(master_port),
+                               "--webui-port", str(webui_port)])  # fmt: skip
+    procs.wait_for(
+        lambda: _master_json(webui_url).get("status") == "ALIVE",
+        master, f"Spark master {launch.record['master_url']}", cfg.start_timeout_s, launch.state_dir / "master.log",
+    )  # fmt: skip
+    return master
 
-        procs.wait_for(
-            workers_alive, master, f"{cfg.workers} Spark worker(s) ALIVE at {master_url}",
-            cfg.start_timeout_s, state_dir / "worker-0.log",
-        )  # fmt: skip
-    except procs.ServiceError as exc:
-        down(state_dir)
-        raise ClusterError(str(exc)) from None
-    return _info(record, state_dir)
+
+def _start_workers(cfg: ClusterConfig, launch: _Launcher, master: subprocess.Popen[bytes]) -> None:
+    """Start ``cfg.workers`` workers and wait until the master counts them all ALIVE."""
+    master_url, webui_url, state_dir = launch.record["master_url"], launch.record["webui_url"], launch.state_dir
+    workers = []
+    for i in range(cfg.workers):
+        work_dir = state_dir / f"work-{i}"
+        work_dir.mkdir(exist_ok=True)
+        args = [WORKER_CLASS, master_url, "--host", cfg.host, "--cores", str(cfg.worker_cores),
+                "--memory", cfg.worker_memory, "--webui-port", str(procs.free_port(cfg.host)),
+                "--work-dir", str(work_dir)]  # fmt: skip
+        workers.append(launch(f"worker-{i}", args))
+
+    def workers_alive() -> bool:
+        for i, worker in enumerate(workers):
+            if worker.poll() is not None:
+                log = state_dir / f"worker-{i}.log"
+                raise procs.ServiceError(
+                    f"Spark worker {i} exited with code {worker.returncode}; log {log}:\n{procs.tail(log)}"
+                )
+        return _alive_workers(webui_url) >= cfg.workers
+
+    procs.wait_for(
+        workers_alive, master, f"{cfg.workers} Spark worker(s) ALIVE at {master_url}",
+        cfg.start_timeout_s, state_dir / "worker-0.log",
+    )  # fmt: skip
 
 
 def down(state_dir: Path) -> int:

@@ -264,7 +264,7 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
             raise UserError("--model-uri: expected the embedding model (models:/NAME@ALIAS) to enroll with, "
                             "found none; pass --model-uri or set faces.model_uri")  # fmt: skip
         tracking = preflight.model_uri("--model-uri", model_uri, cfg)
-        from sparkvision import faces as identification
+        from sparkvision import identification
 
         g = identification.enroll(get_spark(cfg.spark), model_uri, source, gallery, cfg.faces, tracking=tracking)
         print(f"enrolled {g['identities']} identities ({g['images']} images, {g['failed']} failed"
@@ -277,7 +277,7 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
     gallery = preflight.dataset("--gallery", gallery, "a faces gallery", "sparkvision faces enroll")
     output = preflight.local_path("--output", output)
     tracking = preflight.tracking_server(cfg)
-    from sparkvision import faces as identification
+    from sparkvision import identification
 
     s = identification.identify(get_spark(cfg.spark), gallery, source, output, cfg.faces, tracking=tracking)
     rates = "".join(f", {k} {s[k]}" for k in ("top1_accuracy", "rank1_accuracy", "far") if s.get(k) is not None)

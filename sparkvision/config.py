@@ -9,7 +9,6 @@ below. Unknown keys fail with the nearest valid name; numbers are range-checked.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from sparkvision.errors import did_you_mean
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
@@ -202,10 +203,8 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self) -> str:
-        """Stable SHA-256 of the resolved configuration (excluding ``env``)."""
-        data = self.to_dict()
-        data.pop("env", None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        """Stable SHA-256 of the resolved configuration (excluding ``env``): ``config_digest``."""
+        return config_digest(self, exclude=("env",))
 
     def replace(self, **overrides: str) -> Config:
         """A copy with ``section.key=value`` string overrides applied (like ``--set``)."""
@@ -217,6 +216,26 @@ class Config:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def config_digest(section: Any, exclude: Sequence[str] = ()) -> str:
+    """Stable SHA-256 of a configuration dataclass (``Config`` or one section).
+
+    The one configuration hash: ``Config.digest`` (run records, MLflow params) and the ingest
+    manifest's ``config_hash`` are both this function, so equal settings give equal hashes
+    across runs and machines.
+
+    Args:
+        section: A frozen configuration dataclass.
+        exclude: Top-level fields left out (``Config.digest`` leaves out ``env``).
+
+    Returns:
+        The hex digest of the fields as sorted JSON.
+    """
+    data = json.loads(json.dumps(dataclasses.asdict(section), default=list))
+    for name in exclude:
+        data.pop(name, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def load_config(
@@ -333,9 +352,7 @@ def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key not in valid:
-            near = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
-            raise ConfigError(f"{where}: unknown key '{key}' in {cls.__name__}{hint}")
+            raise ConfigError(f"{where}: unknown key '{key}' in {cls.__name__}{did_you_mean(key, valid, 'keys')}")
         sub = hints[key]
         if dataclasses.is_dataclass(sub) and isinstance(value, Mapping):
             _check_keys(value, sub, f"{where}: section '{key}'")
@@ -361,9 +378,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ConfigError(f"{name}: expected one of {list(args)}, found {value!r}{hint}")
+            raise ConfigError(f"{name}: expected one of {list(args)}, found {value!r}{did_you_mean(value, args)}")
         return value
     if origin in (typing.Union, types.UnionType):
         for arg in args:

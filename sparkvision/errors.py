@@ -9,6 +9,9 @@ traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class CommandError(Exception):
     """A command stopped for a reason its message fully explains; no traceback is shown."""
@@ -27,6 +30,28 @@ class UserError(CommandError, ValueError):
     """
 
     exit_code = 2
+
+
+def did_you_mean(name: object, choices: Iterable[object], what: str = "") -> str:
+    """The hint to append to "unknown NAME": the nearest valid choice, else (optionally) all of them.
+
+    The one suggestion helper of configuration keys, model and attribute names, commands and
+    pipeline steps, so every "unknown ..." message reads alike.
+
+    Args:
+        name: The unknown name as the user wrote it.
+        choices: The valid names.
+        what: What the choices are (``"keys"``); given, a name with no near match lists them all.
+
+    Returns:
+        ``"; did you mean 'NEAREST'?"``, or ``"; valid WHAT: A, B"`` when nothing is near and
+        ``what`` is given, else ``""``.
+    """
+    valid = [str(c) for c in choices]
+    near = difflib.get_close_matches(str(name), valid, n=1)
+    if near:
+        return f"; did you mean '{near[0]}'?"
+    return f"; valid {what}: {', '.join(valid)}" if what and valid else ""
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

@@ -29,7 +29,6 @@ is written to ``<paths.runs>/pipelines/<name>-<stamp>.json`` after every step.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import inspect
 import json
@@ -45,7 +44,7 @@ import yaml
 
 from sparkvision.commands import COMMANDS
 from sparkvision.config import PROJECT_ROOT, Config, ConfigError, load_config
-from sparkvision.errors import CommandError, UserError, expected_errors
+from sparkvision.errors import CommandError, UserError, did_you_mean, expected_errors
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ def load_pipeline(file: str | Path, env: str | None = None, overrides: Sequence[
     for step in steps:
         for need in step.needs:
             if need not in seen:
-                err(step.line, f"step '{step.name}': needs unknown step '{need}'{_nearest(need, list(seen))}")
+                err(step.line, f"step '{step.name}': needs unknown step '{need}'{did_you_mean(need, list(seen))}")
     if not errors:
         ordered, cycle = _topological(steps)
         if cycle:
@@ -229,8 +228,7 @@ def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], where: str, line: 
     bad = 0
     for key in raw:
         if key not in valid:
-            near = _nearest(str(key), valid)
-            err(line, f"{where}: unknown key '{key}'{near or '; valid keys: ' + ', '.join(valid)}")
+            err(line, f"{where}: unknown key '{key}'{did_you_mean(key, valid, 'keys')}")
             bad += 1
     return bad
 
@@ -243,7 +241,7 @@ def _check_command(name: Any, args: Mapping[str, Any], where: str, line: int, er
         return {}
     names = [n for n, c in COMMANDS.items() if c.in_pipeline]
     if not isinstance(name, str) or name not in COMMANDS:
-        err(line, f"{where}: unknown command '{name}'{_nearest(str(name), names)} (commands: {', '.join(names)})")
+        err(line, f"{where}: unknown command '{name}'{did_you_mean(name, names)} (commands: {', '.join(names)})")
         return {}
     command = COMMANDS[name]
     if not command.in_pipeline:
@@ -253,14 +251,14 @@ def _check_command(name: Any, args: Mapping[str, Any], where: str, line: int, er
     valid = [a.name for a in command.args]
     for key, value in args.items():
         if key not in valid:
-            err(line, f"{where}: unknown argument '{key}' of command '{name}'{_nearest(key, valid)} "
+            err(line, f"{where}: unknown argument '{key}' of command '{name}'{did_you_mean(key, valid)} "
                       f"(arguments: {', '.join(valid)})")  # fmt: skip
             continue
         arg = command.arg(key)
         try:
             kwargs[key] = arg.coerce(value)
         except ValueError as exc:
-            near = _nearest(str(value), arg.choices) if arg.choices else ""
+            near = did_you_mean(value, arg.choices) if arg.choices else ""
             err(line, f"{where}: argument '{key}' of command '{name}': {exc}{near}")
     missing = [a.name for a in command.args if a.required and a.name not in args]
     if missing:
@@ -283,7 +281,7 @@ def _check_python(target: Any, args: Mapping[str, Any], where: str, line: int, e
     except TypeError as exc:
         params = [p for p in sig.parameters if p != "cfg"]
         unknown = [a for a in args if a not in sig.parameters]
-        hint = "".join(f"; '{a}'{_nearest(a, params)}" for a in unknown)
+        hint = "".join(f"; '{a}'{did_you_mean(a, params)}" for a in unknown)
         err(line, f"{where}: args do not fit {target}{inspect.signature(fn)}: {exc}{hint}")
 
 
@@ -328,7 +326,7 @@ def _substitute(value: Any, variables: Mapping[str, str], where: str, line: int,
     def repl(m: re.Match[str]) -> str:
         key = m.group(1)
         if key not in variables:
-            err(line, f"{where}: unknown variable '${{{key}}}'{_nearest(key, list(variables))}")
+            err(line, f"{where}: unknown variable '${{{key}}}'{did_you_mean(key, list(variables))}")
             return m.group(0)
         return variables[key]
 
@@ -391,11 +389,6 @@ def _value_node(root: yaml.Node | None, key: str) -> Any:
     return None
 
 
-def _nearest(word: str, candidates: Sequence[str]) -> str:
-    near = difflib.get_close_matches(word, list(candidates), n=1)
-    return f"; did you mean '{near[0]}'?" if near else ""
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -425,7 +418,7 @@ def run_pipeline(
     if unknown:
         raise PipelineError(
             f"{pipeline.file}: --only names unknown step(s) "
-            + ", ".join(f"'{n}'{_nearest(n, names)}" for n in unknown)
+            + ", ".join(f"'{n}'{did_you_mean(n, names)}" for n in unknown)
             + f" (steps: {', '.join(names)})"
         )
     selected = [s for s in pipeline.steps if not only or s.name in only]

@@ -111,6 +111,29 @@ def folder_parquet(spark, cfg: Config, folder_dir: Path, tmp_path_factory: pytes
 
 
 @pytest.fixture(scope="session")
+def every_format_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two class folders with one image per ``IMAGE_EXTENSIONS`` entry (``.tif`` in ``cat/``,
+    upper-case names in ``dog/``), plus a text file that is no image.
+
+    Pillow writes each file in the format its extension names."""
+    import numpy as np
+    from PIL import Image
+
+    from sparkvision.data.images import IMAGE_EXTENSIONS
+
+    root = tmp_path_factory.mktemp("every-format")
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir()
+        for i, ext in enumerate(IMAGE_EXTENSIONS):
+            img = Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
+            img = img.convert("L") if ext == "pgm" else img
+            img.save(root / cls / f"{i:02d}.{ext.upper() if cls == 'dog' else ext}")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow server (SQLite + artifact folder) on a free port; yields its URL and
     points MLFLOW_TRACKING_URI at it for the session. Stopped by process group at the end."""

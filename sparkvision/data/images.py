@@ -16,6 +16,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 CropMode = Literal["center_square", "none", "bbox"]
 
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm")
+"""File extensions (any case) read as images: by ingest (``folder``, ``celeba``) and by scoring."""
+
 # Quarantine reason codes: stable strings, documented in README "Quarantine".
 ZERO_BYTES = "zero_bytes"
 NOT_AN_IMAGE = "not_an_image"

@@ -33,9 +33,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparkvision.config import IngestConfig
+from sparkvision.config import IngestConfig, config_digest
 from sparkvision.data import images, publish, readers
-from sparkvision.data.schema import FORMAT_TABLE, QUARANTINE, SPLITS, TABLES, describe
+from sparkvision.data.schema import (
+    FORMAT_TABLE,
+    QUARANTINE,
+    QUARANTINE_MESSAGE,
+    QUARANTINE_REASON,
+    SPLITS,
+    TABLES,
+    describe,
+)
 from sparkvision.spark import session_conf
 
 if TYPE_CHECKING:
@@ -57,12 +65,6 @@ class IngestError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def config_hash(cfg: IngestConfig) -> str:
-    """SHA-256 of the ingest configuration (stable across runs and machines)."""
-    data = json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def stored_image_size(fmt: str, cfg: IngestConfig) -> int:
@@ -347,7 +349,7 @@ def _finish(
         "files_per_split": {s: len(plan.get(s, [])) for s in SPLITS},
         "schema": describe(TABLES[table]),
         "image_size": stored_image_size(fmt, cfg),
-        "config_hash": config_hash(cfg),
+        "config_hash": config_digest(cfg),
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
         "checksum": checksum.hexdigest(),
         **{k: v for k, v in catalog.info.items() if v},
@@ -508,7 +510,8 @@ def _write_quarantine(
 
     schema = spark_schema(QUARANTINE)
     q = work.where(F.col("q_reason").isNotNull()).select(
-        "source_path", "content_hash", F.col("q_reason").alias("reason"), F.col("q_message").alias("message"),
+        "source_path", "content_hash", F.col("q_reason").alias(QUARANTINE_REASON),
+        F.col("q_message").alias(QUARANTINE_MESSAGE),
         F.col("q_stage").alias("stage"),
     )  # fmt: skip
     counts = Counter(f["q_reason"] for f in facts if f["q_reason"] is not None and f["source_path"] not in losers)
@@ -526,7 +529,7 @@ def _write_quarantine(
     counts.update(row[2] for row in extra)
     if extra:
         q = q.unionByName(spark.createDataFrame(extra, schema=schema))
-    q.repartition(1).sortWithinPartitions("source_path", "reason").write.parquet(str(out))
+    q.repartition(1).sortWithinPartitions("source_path", QUARANTINE_REASON).write.parquet(str(out))
     written = sum(_parquet_rows(f) for f in out.glob("*.parquet"))
     if written != sum(counts.values()):
         raise IngestError(f"{out}: expected {sum(counts.values())} quarantine rows written, found {written}")

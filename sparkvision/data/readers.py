@@ -28,9 +28,6 @@ from sparkvision.data.schema import AITEX_DEFECT_CODES, CELEBA_ATTRIBUTES, CELEB
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "gif", "webp")
-"""Extensions (any case) read as images by the ``folder`` and ``celeba`` formats."""
-
 CELEBA_ATTR_FILE = "list_attr_celeba.txt"
 CELEBA_BBOX_FILE = "list_bbox_celeba.txt"
 CELEBA_PARTITION_FILE = "list_eval_partition.txt"
@@ -383,7 +380,7 @@ def list_celeba(
         log.info("%s: %d rows", fname, len(rows))
         sources.append((kind, fname, rows))
 
-    files = set(list_files(images_root, IMAGE_EXTENSIONS))
+    files = set(list_files(images_root, images.IMAGE_EXTENSIONS))
     annotated: dict[str, str] = {}
     for _, fname, rows in sources:
         for name, row in rows.items():
@@ -436,7 +433,9 @@ def list_celeba(
                 else {}
             ),
         )
-    return Catalog(root=base, read_dirs=[image_dir], glob=glob_for(IMAGE_EXTENSIONS), entries=entries, orphans=orphans)
+    return Catalog(
+        root=base, read_dirs=[image_dir], glob=glob_for(images.IMAGE_EXTENSIONS), entries=entries, orphans=orphans
+    )
 
 
 # --------------------------------------------------------------------------- fabric (MVTec AD, AITEX)
@@ -644,7 +643,7 @@ def list_folder(
     if not classes:
         raise FileNotFoundError(f"{base}: expected class sub-folders (ROOT/<class>/*.jpg), found none")
     index = {c: i for i, c in enumerate(classes)}
-    files = list_files(base, IMAGE_EXTENSIONS)
+    files = list_files(base, images.IMAGE_EXTENSIONS)
     by_class: dict[str, list[str]] = {}
     for rel in files:
         if "/" in rel:
@@ -665,5 +664,5 @@ def list_folder(
         name = rel.split("/", 1)[0]
         entries[rel] = CatalogEntry(rel, rel, split_of[rel], values={"label": index[name], "label_name": name})
     return Catalog(
-        root=base, read_dirs=[""], glob=glob_for(IMAGE_EXTENSIONS), entries=entries, info={"classes": classes}
+        root=base, read_dirs=[""], glob=glob_for(images.IMAGE_EXTENSIONS), entries=entries, info={"classes": classes}
     )

@@ -12,6 +12,9 @@ Layout of an ingested dataset folder ``OUT`` (published atomically)::
     OUT/data/split=test/...
     OUT/quarantine/*.parquet         QUARANTINE rows: every input that could not be used
     OUT/manifest.json                counts, reasons, schema, config hash, content checksum
+
+Scored outputs end in the ``ERRORS`` columns: null for a scored row, a reason code and a
+message for a row that could not be scored (its image, or the model, failed).
 """
 
 from __future__ import annotations
@@ -95,13 +98,28 @@ FOLDER = _COMMON + (
     _f("label_name", T.StringType(), "str", (), "the sub-folder name"),
 )
 
+QUARANTINE_REASON = "reason"
+QUARANTINE_MESSAGE = "message"
 QUARANTINE = (
     _f("source_path", T.StringType(), "str", (), "input file (or annotation file:line)"),
     _f("content_hash", T.StringType(), "str", (), "SHA-256 of the bytes, when readable", nullable=True),
-    _f("reason", T.StringType(), "str", (), "reason code, one of sparkvision.data.images.REASONS"),
-    _f("message", T.StringType(), "str", (), "what was expected and what was found"),
+    _f(QUARANTINE_REASON, T.StringType(), "str", (), "reason code, one of sparkvision.data.images.REASONS"),
+    _f(QUARANTINE_MESSAGE, T.StringType(), "str", (), "what was expected and what was found"),
     _f("stage", T.StringType(), "str", (), "read | decode | annotate | dedupe"),
 )
+
+ERROR_CODE = "error_code"
+ERROR_MESSAGE = "error_message"
+MODEL_ERROR = "model_error"
+"""``error_code`` of a row the model itself failed on (not a decoding problem)."""
+ERRORS = (
+    _f(ERROR_CODE, T.StringType(), "str", (), "null when scored; else one of images.REASONS or MODEL_ERROR",
+       nullable=True),
+    _f(ERROR_MESSAGE, T.StringType(), "str", (), "null when scored; else what was expected and what was found",
+       nullable=True),
+)  # fmt: skip
+"""The last columns of every scored row (pyfunc ``predict``, scoring and face identification output)."""
+ERROR_COLUMNS: tuple[str, ...] = tuple(f.name for f in ERRORS)
 
 TABLES: dict[str, tuple[Field, ...]] = {"celeba": CELEBA, "fabric": FABRIC, "folder": FOLDER}
 FORMAT_TABLE = {"celeba": "celeba", "mvtec": "fabric", "aitex": "fabric", "folder": "folder"}

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
+from sparkvision.errors import did_you_mean
 from sparkvision.models.attributes import AttributesTask, ClassifierTask
 from sparkvision.models.base import Meta, Task
-from sparkvision.models.common import nearest_name_error
 from sparkvision.models.detector import DetectorTask
 from sparkvision.models.fabric_ae import FabricAeTask
 from sparkvision.models.vae import VaeTask
@@ -34,7 +34,8 @@ def get_task(name: str) -> Task:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UnknownTaskError(str(nearest_name_error("model in train.model", name, sorted(REGISTRY)))) from None
+        hint = did_you_mean(name, sorted(REGISTRY), "models")
+        raise UnknownTaskError(f"unknown model in train.model '{name}'{hint}") from None
 
 
 __all__ = ["REGISTRY", "Meta", "Task", "UnknownTaskError", "get_task"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sparkvision.data import schema
+from sparkvision.errors import did_you_mean
 from sparkvision.models import common, metrics
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ def resolve_attributes(names: list[str] | tuple[str, ...]) -> list[str]:
         return list(schema.CELEBA_ATTRIBUTES)
     for name in names:
         if name not in schema.CELEBA_ATTRIBUTES:
-            raise common.nearest_name_error("CelebA attribute in train.attributes", name, schema.CELEBA_ATTRIBUTES)
+            hint = did_you_mean(name, schema.CELEBA_ATTRIBUTES, "attributes")
+            raise ValueError(f"unknown CelebA attribute in train.attributes '{name}'{hint}")
     if len(set(names)) != len(names):
         raise ValueError(f"train.attributes: expected distinct names, found {list(names)}")
     return list(names)

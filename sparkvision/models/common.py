@@ -7,7 +7,6 @@ TensorFlow is imported inside the functions: tasks import this module at start-u
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -97,13 +96,6 @@ def check_divisible(task: str, size: int, factor: int) -> None:
     """Raise ``ValueError`` unless ``size`` is a positive multiple of ``factor``."""
     if size % factor or size < factor:
         raise ValueError(f"model '{task}': image_size must be a multiple of {factor}, found {size}")
-
-
-def nearest_name_error(kind: str, name: str, valid: Sequence[str]) -> ValueError:
-    """A ``ValueError`` for an unknown name that suggests the closest valid one."""
-    near = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    hint = f"; did you mean '{near[0]}'?" if near else f"; valid: {', '.join(valid)}"
-    return ValueError(f"unknown {kind} '{name}'{hint}")
 
 
 # --------------------------------------------------------------------------- tf.data side

@@ -24,6 +24,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from sparkvision.data import schema
+
 if TYPE_CHECKING:
     import tensorflow as tf
     from mlflow.models.model import ModelInfo
@@ -32,10 +34,9 @@ if TYPE_CHECKING:
 
 MODEL_ARTIFACT = "keras_model"
 META_ARTIFACT = "meta"
-ERROR_COLUMNS: list[tuple[str, str]] = [("error_code", "string"), ("error_message", "string")]
-"""Added to every task's outputs: null for a scored row, a reason code (``images.REASONS`` or
-``model_error``) and a message for a row that could not be scored."""
-MODEL_ERROR = "model_error"
+ERROR_COLUMNS: list[tuple[str, str]] = [(f.name, f.spark_type.simpleString()) for f in schema.ERRORS]
+"""Added to every task's outputs (``schema.ERRORS``): null for a scored row, a reason code and a
+message for a row that could not be scored."""
 REQUIREMENTS = ("tensorflow-cpu", "mlflow", "numpy", "pandas", "pillow", "scipy", "pyyaml", "pyspark")
 
 
@@ -123,8 +124,8 @@ class VisionModel(mlflow.pyfunc.PythonModel):
         frame = pd.DataFrame(index=range(n))
         for name, ddl in self.task.output_schema(self.meta):  # type: ignore[union-attr]
             frame[name] = _column(outputs.get(name), good, n, ddl)
-        frame["error_code"] = pd.Series(codes, dtype=object)
-        frame["error_message"] = pd.Series(messages, dtype=object)
+        frame[schema.ERROR_CODE] = pd.Series(codes, dtype=object)
+        frame[schema.ERROR_MESSAGE] = pd.Series(messages, dtype=object)
         return frame
 
 

@@ -3,7 +3,7 @@ faces, attribute vectors, moving a face along one, interpolation) and its ``Task
 
 At 128x128x3 and z=200 the encoder has 1,732,944 parameters and the decoder 917,123.
 The scoring output ``mu`` is the face embedding used by face identification
-(``sparkvision.faces``); ``recon_error`` is the per-image reconstruction MSE.
+(``sparkvision.identification``); ``recon_error`` is the per-image reconstruction MSE.
 """
 
 from __future__ import annotations

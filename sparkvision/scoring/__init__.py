@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sparkvision.scoring.job import score
+from sparkvision.scoring.batch import score
 
 __all__ = ["score"]

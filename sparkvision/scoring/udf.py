@@ -18,13 +18,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERROR_MESSAGE, MODEL_ERROR
+
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-
-MODEL_ERROR = "model_error"
-"""``error_code`` of a row the model itself failed on (not a decoding problem)."""
 
 _MODELS: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -147,7 +146,7 @@ class ScoreBatches:
             log.warning("batch of %d failed (%s); scoring its rows one by one", len(images), exc)
             pred = pd.concat([self._one(model, images.iloc[[i]]) for i in range(len(images))], ignore_index=True)
         out = chunk[self.keep].reset_index(drop=True)
-        for name in self.outputs + ["error_code", "error_message"]:
+        for name in [*self.outputs, *ERROR_COLUMNS]:
             out[name] = pred[name].to_numpy() if name in pred.columns else None
         return out
 
@@ -157,7 +156,7 @@ class ScoreBatches:
         try:
             return _predict(model, image)
         except Exception as exc:  # noqa: BLE001 - the row carries the error, the job goes on
-            return pd.DataFrame({"error_code": [MODEL_ERROR], "error_message": [f"{type(exc).__name__}: {exc}"[:1000]]})
+            return pd.DataFrame({ERROR_CODE: [MODEL_ERROR], ERROR_MESSAGE: [f"{type(exc).__name__}: {exc}"[:1000]]})
 
 
 def _predict(model: Any, images: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter, ImageOps
 
-from sparkvision.data.generators import faces
+from sparkvision.data.generators import face_painter
 from sparkvision.data.generators.celeba import generate_celeba, generate_new_images, new_image_upright
 from sparkvision.data.generators.fabric import MVTEC_DEFECTS, generate_aitex, generate_mvtec
 from sparkvision.data.schema import AITEX_DEFECT_CODES, CELEBA_ATTRIBUTES
@@ -161,22 +161,22 @@ def test_celeba_is_deterministic(tmp_path: Path, seed_a: int, seed_b: int, same:
         assert all(a[k] != b[k] for k in a if k.endswith(".jpg"))
 
 
-def _find(pred, n: int) -> list[tuple[faces.Identity, faces.Look, int]]:
+def _find(pred, n: int) -> list[tuple[face_painter.Identity, face_painter.Look, int]]:
     """The first ``n`` (identity, look, seed) drawn by the generator's own samplers that match ``pred``."""
     found = []
     for seed in range(5000):
         rng = np.random.default_rng([99, seed])
-        ident = faces.sample_identity(rng)
-        look = faces.sample_look(rng, ident)
-        if pred(faces.attributes_of(ident, look)):
+        ident = face_painter.sample_identity(rng)
+        look = face_painter.sample_look(rng, ident)
+        if pred(face_painter.attributes_of(ident, look)):
             found.append((ident, look, seed))
             if len(found) == n:
                 return found
     raise AssertionError("the samplers never produce this attribute combination")
 
 
-def _render(ident: faces.Identity, look: faces.Look, seed: int) -> faces.DrawnFace:
-    return faces.render_face(ident, look, np.random.default_rng([100, seed]))
+def _render(ident: face_painter.Identity, look: face_painter.Look, seed: int) -> face_painter.DrawnFace:
+    return face_painter.render_face(ident, look, np.random.default_rng([100, seed]))
 
 
 def test_hair_colour_is_visible() -> None:
@@ -195,7 +195,7 @@ def test_hair_colour_is_visible() -> None:
     assert min(blond) > max(black) + 60, (blond, black)
 
 
-def _region(face: faces.DrawnFace, where: str) -> np.ndarray:
+def _region(face: face_painter.DrawnFace, where: str) -> np.ndarray:
     """Boolean (218, 178) region, relative to the drawn landmarks and face box."""
     x, y, w, h = face.bbox
     (lx, ly), (rx, ry), (nx, ny), (mlx, mly), (mrx, mry) = face.landmarks

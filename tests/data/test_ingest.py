@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sparkvision.config import Config, IngestConfig
+from sparkvision.config import Config, IngestConfig, config_digest
 from sparkvision.data import images, readers, tiling
 from sparkvision.data import ingest as ingest_mod
 from sparkvision.data.ingest import files_per_split, ingest
@@ -102,7 +102,7 @@ def test_celeba_manifest_and_files(celeba_out: tuple[dict, Path], cfg: Config) -
         "celeba",
         cfg.ingest.image_size,
     )
-    assert manifest["config_hash"] == ingest_mod.config_hash(cfg.ingest) and len(manifest["checksum"]) == 64
+    assert manifest["config_hash"] == config_digest(cfg.ingest) and len(manifest["checksum"]) == 64
     assert _rows(out, "quarantine") == []
 
 
@@ -307,6 +307,19 @@ def test_folder_labels(spark, cfg: Config, mixed_folder_dir: Path, tmp_path: Pat
     # stratified 0.8/0.1/0.1 per class: even the 3-image class has a val and a test image
     per_class = {c: [sum(r["label_name"] == c and r["split"] == s for r in rows) for s in SPLITS] for c in m["classes"]}
     assert per_class == {"Cat": [2, 1, 1], "bird": [1, 1, 1], "dog": [3, 1, 1]}
+
+
+def test_every_image_extension_is_ingested(spark, cfg: Config, every_format_dir: Path, tmp_path: Path) -> None:
+    """TIFF too: one list of extensions for ingest and scoring, so what can be scored can be ingested."""
+    m = ingest(spark, "folder", str(every_format_dir), str(tmp_path / "out"), cfg.ingest, workers=WORKERS)
+    expected = sorted(p.relative_to(every_format_dir).as_posix() for p in every_format_dir.glob("*/*")
+                      if p.suffix != ".txt")  # fmt: skip
+    assert (m["input_files"], m["output_rows"], m["quarantined"]) == (len(expected), len(expected), 0)
+    rows = {r["id"]: r for r in _rows(tmp_path / "out")}
+    assert sorted(rows) == expected
+    assert {"cat/05.tif", "cat/06.tiff", "dog/05.TIF"} <= rows.keys()
+    assert rows["cat/05.tif"]["label_name"] == "cat"
+    assert _pixels(rows["cat/05.tif"]["image"]).shape == (cfg.ingest.image_size, cfg.ingest.image_size, 3)
 
 
 def test_folder_splits_are_stratified_and_every_file_holds_every_class(

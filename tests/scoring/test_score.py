@@ -164,3 +164,13 @@ def test_incremental_scores_only_new_files(
     assert len(added) == 1 and added["scored_at"].iloc[0] != before["scored_at"].iloc[0]
     old = after[after["source_path"] != str((folder / "added.png").absolute())].reset_index(drop=True)
     pd.testing.assert_frame_equal(old, before.reset_index(drop=True))
+
+
+def test_every_image_extension_is_listed(spark, every_format_dir: Path) -> None:
+    """TIFF and upper-case names too: scoring lists what ingest reads (``IMAGE_EXTENSIONS``)."""
+    from sparkvision.scoring.batch import read_input
+
+    listed = read_input(spark, str(every_format_dir)).select("source_path").toPandas()["source_path"]
+    expected = [str(p.absolute()) for p in every_format_dir.glob("*/*") if p.suffix != ".txt"]
+    assert sorted(listed) == sorted(expected)
+    assert str((every_format_dir / "cat" / "05.tif").absolute()) in set(listed)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from sparkvision import procs
-from sparkvision.tracking import server as tracking
 from sparkvision.config import Config, MlflowConfig
+from sparkvision.tracking import server as tracking
 
 
 def _processes_in(folder: Path) -> list[int]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sparkvision.data.generators.faces import HEIGHT, WIDTH, render_face, sample_identity, sample_look
+from sparkvision.data.generators.face_painter import HEIGHT, WIDTH, render_face, sample_identity, sample_look
 from sparkvision.data.schema import CELEBA_ATTRIBUTES, LANDMARK_NAMES
 
 IMAGE_DIR = "img_align_celeba"

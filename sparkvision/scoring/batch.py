@@ -1,4 +1,4 @@
-"""Batch scoring job: images (or an ingested dataset) + a registered model → Parquet with lineage.
+"""Batch scoring library: images (or an ingested dataset) + a registered model → Parquet with lineage.
 
 Steps, all on the driver except the model itself:
 
@@ -42,6 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
+from sparkvision.data.images import IMAGE_EXTENSIONS
+from sparkvision.data.readers import glob_for
+from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERRORS
 from sparkvision.scoring.udf import ScoreBatches
 from sparkvision.spark import session_conf
 
@@ -52,11 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm")
-"""File extensions read from an image folder (either case)."""
-
 LINEAGE: tuple[str, ...] = ("model_name", "model_version", "model_run_id", "model_uri", "scored_at")
-ERRORS: tuple[str, ...] = ("error_code", "error_message")
 ROWS_PER_OUTPUT_FILE = 100_000
 SUMMARY_FILE = "_summary.json"
 
@@ -187,11 +186,10 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
         return spark.read.parquet(str(Path(input) / "data"))
     if not any(ch in input for ch in "*?[{") and not Path(input).exists():
         raise FileNotFoundError(f"scoring input {input}: expected a folder or glob of images, found nothing")
-    exts = ",".join(sorted({e for x in IMAGE_EXTENSIONS for e in (x, x.upper())}))
     raw = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", f"*.{{{exts}}}")
+        .option("pathGlobFilter", glob_for(IMAGE_EXTENSIONS))
         .load(str(Path(input).absolute()) if not input.startswith(("file:", "hdfs:", "s3")) else input)
     )
     rows = raw.select(
@@ -249,7 +247,7 @@ def apply_model(df: DataFrame, model: ResolvedModel, cfg: ScoreConfig, keep: Seq
     if df.rdd.getNumPartitions() < partitions:
         df = df.repartition(partitions)
     types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
-    cols = [(c, types[c]) for c in keep] + list(model.outputs) + [(c, "string") for c in ERRORS]
+    cols = [(c, types[c]) for c in keep] + list(model.outputs) + [(f.name, f.spark_type.simpleString()) for f in ERRORS]
     schema = ", ".join(f"`{c}` {t}" for c, t in cols)
     cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
     fn = ScoreBatches(
@@ -327,7 +325,7 @@ def score(
     model = resolve_model(spark, model_uri, tracking)
     old = _published_rows(spark, output) if incremental else None
     keep = ["source_path", "content_hash", "id"]
-    columns = keep + [c for c, _ in model.outputs] + list(LINEAGE) + list(ERRORS)
+    columns = keep + [c for c, _ in model.outputs] + list(LINEAGE) + list(ERROR_COLUMNS)
     if old is not None and set(old.columns) != set(columns):
         raise ValueError(
             f"incremental scoring into {output}: the published rows have columns {sorted(old.columns)}, "
@@ -342,7 +340,7 @@ def score(
         scored = _with_lineage(apply_model(todo, model, cfg, keep), model, scored_at).select(*columns)
         scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            by_code = {r["error_code"]: r["count"] for r in scored.groupBy("error_code").count().collect()}
+            by_code = {r[ERROR_CODE]: r["count"] for r in scored.groupBy(ERROR_CODE).count().collect()}
             processed = sum(by_code.values())
             skipped = inputs.count() - processed if old is not None else 0
             result = scored if old is None else old.select(*columns).unionByName(scored)

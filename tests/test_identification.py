@@ -43,7 +43,7 @@ def vae_uri(register_model, cfg: Config, celeba_parquet: Path) -> str:
 
 @pytest.fixture(scope="module")
 def enrolled(spark, cfg: Config, tracking, vae_uri: str, celeba_parquet: Path, tmp_path_factory) -> dict:
-    from sparkvision.faces import enroll
+    from sparkvision.identification import enroll
 
     gallery = tmp_path_factory.mktemp("gallery") / "g"
     manifest = enroll(spark, vae_uri, str(celeba_parquet), str(gallery), cfg.faces, images_per_identity=1,
@@ -55,7 +55,7 @@ def enrolled(spark, cfg: Config, tracking, vae_uri: str, celeba_parquet: Path, t
 def identified(spark, cfg: Config, tracking, enrolled: dict, celeba_parquet: Path, tmp_path_factory) -> dict:
     import pyarrow.parquet as pq
 
-    from sparkvision.faces import identify
+    from sparkvision.identification import identify
 
     out = tmp_path_factory.mktemp("identified") / "out"
     summary = identify(spark, str(enrolled["gallery"]), str(celeba_parquet), str(out), cfg.faces, tracking=tracking)
@@ -122,7 +122,7 @@ def test_unknown_when_threshold_above_best_similarity(
 ) -> None:
     """An identity not enrolled is 'unknown' once the threshold exceeds its best similarity."""
     from sparkvision.data.generators.celeba import generate_new_images
-    from sparkvision.faces import identify
+    from sparkvision.identification import identify
 
     folder = tmp_path / "new"
     generate_new_images(folder, count=3, seed=11)  # new identities, mixed formats, plain folder input

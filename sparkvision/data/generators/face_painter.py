@@ -293,8 +293,30 @@ def _mix(c1: tuple[int, ...], c2: tuple[int, ...], t: float) -> tuple[int, int, 
 # --------------------------------------------------------------------------- drawing
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What every drawing step of one face shares: its attributes and face-local heights.
+
+    Face-local coordinates are output pixels with the origin at the face centre, y downwards.
+    """
+
+    a: dict[str, int]
+    rx: float
+    ry: float
+    eye_y: float
+    nose_y: float
+    mouth_y: float
+
+    @property
+    def chin_y(self) -> float:
+        return self.ry
+
+
 def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnFace:
     """Draw one face image of ``WIDTH`` x ``HEIGHT`` pixels.
+
+    Back to front: background, body, hair behind the head, ears, face, facial hair, cheeks
+    and wrinkles, front hair, eyes, nose, mouth, glasses, hat; then reduce, blur and light.
 
     Args:
         ident: The identity (geometry, colours, identity-bound attributes).
@@ -305,6 +327,33 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
         The image with the landmarks and face box of exactly what was drawn.
     """
     a = attributes_of(ident, look)
+    eye_y = ident.eye_y
+    nose_y = eye_y + ident.nose_len
+    f = _Layout(a, ident.face_rx, ident.face_ry, eye_y, nose_y, nose_y + ident.mouth_drop)
+    cv = _background(look, rng)
+    _draw_body(cv, ident, look, f)
+    _draw_back_hair(cv, ident, f)
+    _draw_ears(cv, ident, f)
+    outline = _draw_face(cv, ident, look, f)
+    _draw_facial_hair(cv, ident, f, outline)
+    _draw_cheeks_and_wrinkles(cv, ident, f)
+    _draw_front_hair(cv, ident, f)
+    _draw_eyes(cv, ident, f)
+    _draw_nose(cv, ident, f)
+    left, right = _draw_mouth(cv, ident, look, f)
+    _draw_glasses(cv, ident, look, f)
+    _draw_hat(cv, look, f)
+
+    out = cv.img.reduce(SUPERSAMPLE)
+    if a["Blurry"]:
+        out = out.filter(ImageFilter.GaussianBlur(1.6))
+    out = _light(out, look, rng)
+    landmarks, bbox = _painted_geometry(cv, ident, f, left, right)
+    return DrawnFace(out, landmarks, bbox, a)
+
+
+def _background(look: Look, rng: np.random.Generator) -> _Canvas:
+    """The supersampled canvas: a gradient between the four corner colours and two soft shapes."""
     W, H = WIDTH * SUPERSAMPLE, HEIGHT * SUPERSAMPLE
     corners = np.array(look.background, np.uint8).reshape(2, 2, 3)
     img = Image.fromarray(corners, "RGB").resize((W, H), Image.Resampling.BILINEAR)
@@ -316,19 +365,12 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
         x, y, r = rng.uniform(0, W), rng.uniform(0, H), rng.uniform(20, 90)
         col = tuple(int(c) for c in rng.integers(0, 256, 3))
         d.ellipse([x - r, y - r, x + r, y + r], fill=(*col, 40))
+    return cv
 
-    rx, ry = ident.face_rx, ident.face_ry
-    skin = ident.skin
-    hair = ident.hair
-    bald = a["Bald"]
-    hat = a["Wearing_Hat"]
-    eye_y = ident.eye_y
-    nose_y = eye_y + ident.nose_len
-    mouth_y = nose_y + ident.mouth_drop
-    chin_y = ry
-    wavy = a["Wavy_Hair"]
 
-    # torso and neck
+def _draw_body(cv: _Canvas, ident: Identity, look: Look, f: _Layout) -> None:
+    """Torso and neck, with a necktie and a necklace when worn."""
+    a, rx, chin_y, skin = f.a, f.rx, f.chin_y, ident.skin
     torso_top = chin_y + 26
     torso = np.array(
         [[-95, torso_top + 18], [-40, torso_top], [40, torso_top], [95, torso_top + 18], [110, 140], [-110, 140]]
@@ -348,34 +390,52 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
         cv.line(chain, (230, 200, 90), 1.2)
         cv.circle((0, torso_top), 2.2, (235, 210, 100))
 
-    # hair behind the head (long hair falls below the jaw)
-    if not bald:
-        length = ident.hair_length
-        back = _ellipse(0, -ry * 0.15, rx + 9, ry + 6, n=40, t0=math.pi, t1=2 * math.pi)
-        side = np.array([[rx + 9 + (6 if length > 20 else 0), -ry * 0.15 + length],
-                         [-rx - 9 - (6 if length > 20 else 0), -ry * 0.15 + length]])  # fmt: skip
-        shape = np.vstack([back, side])
-        if wavy:
-            k = np.arange(len(shape))
-            shape = shape + np.stack([np.sin(k * 1.3 + ident.hair_phase) * 2.5, np.cos(k * 1.1) * 1.5], axis=1)
-        cv.poly(shape, _shade(hair, 0.85))
 
-    # ears and earrings
+def _draw_back_hair(cv: _Canvas, ident: Identity, f: _Layout) -> None:
+    """Hair behind the head: long hair falls below the jaw."""
+    if f.a["Bald"]:
+        return
+    rx, ry = f.rx, f.ry
+    length = ident.hair_length
+    back = _ellipse(0, -ry * 0.15, rx + 9, ry + 6, n=40, t0=math.pi, t1=2 * math.pi)
+    side = np.array([[rx + 9 + (6 if length > 20 else 0), -ry * 0.15 + length],
+                     [-rx - 9 - (6 if length > 20 else 0), -ry * 0.15 + length]])  # fmt: skip
+    shape = np.vstack([back, side])
+    if f.a["Wavy_Hair"]:
+        k = np.arange(len(shape))
+        shape = shape + np.stack([np.sin(k * 1.3 + ident.hair_phase) * 2.5, np.cos(k * 1.1) * 1.5], axis=1)
+    cv.poly(shape, _shade(ident.hair, 0.85))
+
+
+def _draw_ears(cv: _Canvas, ident: Identity, f: _Layout) -> None:
+    """Ears, with earrings when worn."""
     for sx in (-1, 1):
-        cv.poly(_ellipse(sx * (rx - 1), eye_y + 9, 5.5, 10, n=16), _shade(skin, 0.93))
-        if a["Wearing_Earrings"]:
-            cv.circle((sx * (rx - 0.5), eye_y + 21), 2.4, (240, 205, 80))
+        cv.poly(_ellipse(sx * (f.rx - 1), f.eye_y + 9, 5.5, 10, n=16), _shade(ident.skin, 0.93))
+        if f.a["Wearing_Earrings"]:
+            cv.circle((sx * (f.rx - 0.5), f.eye_y + 21), 2.4, (240, 205, 80))
 
-    # the face
+
+def _draw_face(cv: _Canvas, ident: Identity, look: Look, f: _Layout) -> np.ndarray:
+    """The face oval, a double chin and the shadow away from the light; returns the outline."""
+    rx, ry, skin = f.rx, f.ry, ident.skin
     outline = _face_outline(ident)
     cv.poly(outline, skin)
-    if a["Double_Chin"]:
-        cv.line(_ellipse(0, chin_y - 2, rx * 0.45, 7, n=12, t0=0.3, t1=math.pi - 0.3), _shade(skin, 0.78), 1.2)
+    if f.a["Double_Chin"]:
+        cv.line(_ellipse(0, f.chin_y - 2, rx * 0.45, 7, n=12, t0=0.3, t1=math.pi - 0.3), _shade(skin, 0.78), 1.2)
     light_side = 1 if math.cos(look.light_dir) > 0 else -1
     cv.poly(_ellipse(-light_side * rx * 0.55, 8, rx * 0.5, ry * 0.75, n=20), _shade(skin, 0.9, 60))
+    return outline
 
-    # beard, goatee, shadow
-    beard = _shade(hair, 0.8) if not (bald and not a["Gray_Hair"]) else (60, 50, 45)
+
+def _beard_colour(ident: Identity, a: dict[str, int]) -> tuple[int, ...]:
+    """Beard, goatee and mustache colour: the hair's, darker; dark brown for the bald (not grey)."""
+    return _shade(ident.hair, 0.8) if not (a["Bald"] and not a["Gray_Hair"]) else (60, 50, 45)
+
+
+def _draw_facial_hair(cv: _Canvas, ident: Identity, f: _Layout, outline: np.ndarray) -> None:
+    """Beard, goatee, five o'clock shadow and sideburns (the mustache is drawn with the mouth)."""
+    a, rx, ry, nose_y, mouth_y = f.a, f.rx, f.ry, f.nose_y, f.mouth_y
+    beard = _beard_colour(ident, a)
     if not a["No_Beard"]:
         jaw = outline[(outline[:, 1] > nose_y - 4)]
         jaw = jaw[np.argsort(np.arctan2(jaw[:, 1], jaw[:, 0]))]
@@ -383,7 +443,7 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
         cv.poly(np.vstack([jaw, inner]), beard)
         cv.poly(np.vstack([jaw + np.array([0, 2.5]), jaw[::-1] * [1, 0.999]]), beard)
     if a["Goatee"]:
-        cv.poly(_ellipse(0, chin_y - 9, 9, 9, n=16), beard)
+        cv.poly(_ellipse(0, f.chin_y - 9, 9, 9, n=16), beard)
     if a["5_o_Clock_Shadow"]:
         jaw = outline[(outline[:, 1] > nose_y)]
         jaw = jaw[np.argsort(np.arctan2(jaw[:, 1], jaw[:, 0]))]
@@ -391,10 +451,13 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
                 (70, 70, 90, 70))  # fmt: skip
     if a["Sideburns"]:
         for sx in (-1, 1):
-            cv.poly(np.array([[sx * (rx - 1), -ry * 0.45], [sx * (rx - 8), -ry * 0.45], [sx * (rx - 7), eye_y + 20],
-                              [sx * (rx - 0.5), eye_y + 20]]), _shade(hair, 0.8))  # fmt: skip
+            cv.poly(np.array([[sx * (rx - 1), -ry * 0.45], [sx * (rx - 8), -ry * 0.45], [sx * (rx - 7), f.eye_y + 20],
+                              [sx * (rx - 0.5), f.eye_y + 20]]), _shade(ident.hair, 0.8))  # fmt: skip
 
-    # cheeks
+
+def _draw_cheeks_and_wrinkles(cv: _Canvas, ident: Identity, f: _Layout) -> None:
+    """Rosy cheeks, high cheekbones and, for the older, forehead and smile wrinkles."""
+    a, rx, ry, eye_y, nose_y, mouth_y, skin = f.a, f.rx, f.ry, f.eye_y, f.nose_y, f.mouth_y, ident.skin
     if a["Rosy_Cheeks"]:
         for sx in (-1, 1):
             cv.poly(_ellipse(sx * rx * 0.55, nose_y + 2, 8, 5.5, n=16), (230, 80, 90, 90))
@@ -402,8 +465,6 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
         for sx in (-1, 1):
             cv.line(_ellipse(sx * rx * 0.6, nose_y - 4, 7, 4, n=8, t0=math.pi * 0.9, t1=math.pi * 1.6)
                     * [sx, 1], _shade(skin, 1.12), 1.5)  # fmt: skip
-
-    # wrinkles (older)
     if not a["Young"]:
         wr = _shade(skin, 0.72, 150)
         for k in range(3):
@@ -414,7 +475,10 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
             cv.line(np.array([[sx * (ident.eye_dx + ident.eye_rx + 2), eye_y - 2],
                               [sx * (ident.eye_dx + ident.eye_rx + 6), eye_y + 1]]), wr, 0.7)  # fmt: skip
 
-    # hair on top of the head (front)
+
+def _draw_front_hair(cv: _Canvas, ident: Identity, f: _Layout) -> None:
+    """Hair on top of the head (hairline, strands, bangs), or a bald scalp's shine and grey sides."""
+    a, rx, ry, eye_y, hair, bald = f.a, f.rx, f.ry, f.eye_y, ident.hair, f.a["Bald"]
     hairline = -ry * (0.78 if a["Receding_Hairline"] else 0.55)
     if not bald:
         cap = _ellipse(0, -ry * 0.02, rx + 3, ry + 4, n=36, t0=math.pi, t1=2 * math.pi)
@@ -428,7 +492,8 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
         cv.poly(cap_poly, hair)
         for k in range(7):  # strands
             x0 = (k - 3) * rx * 0.22
-            pts = np.array([[x0 * 0.6, -ry - 2], [x0 * 0.9 + (2 if wavy else 0), hairline - 8], [x0, hairline - 1]])
+            pts = np.array([[x0 * 0.6, -ry - 2], [x0 * 0.9 + (2 if a["Wavy_Hair"] else 0), hairline - 8],
+                            [x0, hairline - 1]])  # fmt: skip
             cv.line(pts, _shade(hair, 0.7 if sum(hair) > 250 else 1.5), 0.8)
         if a["Bangs"]:
             n = 9
@@ -437,12 +502,15 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
             teeth = np.stack([xs, np.where(np.arange(n) % 2 == 0, low, low - 5)], axis=1)
             cv.poly(np.vstack([[[-rx, hairline - 6]], teeth, [[rx, hairline - 6]]]), hair)
     else:
-        cv.poly(_ellipse(-rx * 0.3, -ry * 0.7, 8, 4, n=12), _shade(skin, 1.12, 120))  # scalp shine
+        cv.poly(_ellipse(-rx * 0.3, -ry * 0.7, 8, 4, n=12), _shade(ident.skin, 1.12, 120))  # scalp shine
     if bald and not a["Young"]:
         for sx in (-1, 1):
             cv.poly(_ellipse(sx * (rx - 2), eye_y - 2, 4, 8, n=12), (150, 150, 150))
 
-    # eyebrows
+
+def _draw_eyes(cv: _Canvas, ident: Identity, f: _Layout) -> None:
+    """Eyebrows (bushy, arched), eye makeup, bags under the eyes, and the eyes."""
+    a, eye_y, hair, bald, skin = f.a, f.eye_y, ident.hair, f.a["Bald"], ident.skin
     brow = _shade(hair, 0.55) if (sum(hair) > 300 or bald) else _shade(hair, 0.9)
     if bald:
         brow = (70, 60, 55)
@@ -453,7 +521,6 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
         pts = np.array([[ex - sx * 9, eye_y - 7], [ex - sx * 2, eye_y - 8 - arch], [ex + sx * 9, eye_y - 6]])
         cv.line(pts, brow, brow_w)
 
-    # eyes
     for sx in (-1, 1):
         ex = sx * ident.eye_dx
         if a["Heavy_Makeup"]:
@@ -468,7 +535,10 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
         cv.line(_ellipse(ex, eye_y, ident.eye_rx, ident.eye_ry, n=12, t0=math.pi, t1=2 * math.pi),
                 (40, 30, 30), 1.1 if a["Heavy_Makeup"] else 0.7)  # fmt: skip
 
-    # nose
+
+def _draw_nose(cv: _Canvas, ident: Identity, f: _Layout) -> None:
+    """The nose: its ridge, nostrils and, when pointy, the tip."""
+    a, eye_y, nose_y, skin = f.a, f.eye_y, f.nose_y, ident.skin
     nose_dark = _shade(skin, 0.72)
     half = 6.5 if a["Big_Nose"] else (3.8 if a["Pointy_Nose"] else 5.0)
     cv.poly(np.array([[-2, eye_y + 3], [2, eye_y + 3], [half, nose_y - 1], [0, nose_y + 1], [-half, nose_y - 1]]),
@@ -479,13 +549,15 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
     if a["Pointy_Nose"]:
         cv.poly(np.array([[-1.5, nose_y - 4], [1.5, nose_y - 4], [0, nose_y + 1.5]]), _shade(skin, 0.85))
 
-    # mustache (drawn before the mouth so the lips stay visible)
-    if a["Mustache"]:
+
+def _draw_mouth(cv: _Canvas, ident: Identity, look: Look, f: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """A mustache, then the lips (smiling, open, teeth); returns the left and right mouth corners."""
+    a, nose_y, mouth_y, skin = f.a, f.nose_y, f.mouth_y, ident.skin
+    if a["Mustache"]:  # drawn before the mouth so the lips stay visible
         mw = ident.mouth_w
         cv.poly(np.array([[-mw - 2, mouth_y + 1], [-mw * 0.5, mouth_y - 5.5], [0, nose_y + 3.5], [mw * 0.5, mouth_y - 5.5],
-                          [mw + 2, mouth_y + 1], [0, mouth_y - 2]]), beard)  # fmt: skip
+                          [mw + 2, mouth_y + 1], [0, mouth_y - 2]]), _beard_colour(ident, a))  # fmt: skip
 
-    # mouth
     mw = ident.mouth_w + (2.5 if a["Smiling"] else 0)
     lift = 4.5 if a["Smiling"] else 0.0
     lip_h = 3.2 if a["Big_Lips"] else 2.0
@@ -517,36 +589,45 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
             cv.poly(np.vstack([t_up, t_lo[::-1]]), (244, 242, 232))
     else:
         cv.line(upper, _shade(lips, 0.55), 0.9)
+    return left, right
 
-    # glasses
-    if a["Eyeglasses"]:
-        fr = look.frame_colour
-        gx, gy = ident.eye_rx + 4.5, ident.eye_ry + 5.0
-        for sx in (-1, 1):
-            ex = sx * ident.eye_dx
-            rim = _ellipse(ex, eye_y + 0.5, gx, gy, n=24)
-            rim = np.stack([ex + np.sign(rim[:, 0] - ex) * np.abs(rim[:, 0] - ex) ** 0.9 * gx**0.1, rim[:, 1]], axis=1)
-            cv.poly(rim, (200, 220, 240, 45))
-            cv.line(np.vstack([rim, rim[:1]]), fr, 1.6)
-            cv.line(np.array([[sx * (ident.eye_dx + gx), eye_y - 1], [sx * (rx + 1), eye_y - 3]]), fr, 1.4)
-        cv.line(np.array([[-ident.eye_dx + gx, eye_y - 1], [0, eye_y - 3], [ident.eye_dx - gx, eye_y - 1]]), fr, 1.4)
 
-    # hat
-    if hat:
-        brim_y = -ry * 0.62
-        crown = np.vstack([_ellipse(0, brim_y, rx * 0.95, ry * 0.75, n=24, t0=math.pi, t1=2 * math.pi),
-                           [[rx * 0.95, brim_y]]])  # fmt: skip
-        cv.poly(crown, look.hat_colour)
-        cv.poly(_ellipse(0, brim_y, rx + 16, 5.5, n=28), _shade(look.hat_colour, 0.8))
-        cv.line(np.array([[-rx * 0.93, brim_y - 6], [rx * 0.93, brim_y - 6]]), _shade(look.hat_colour, 0.6), 2.5)
+def _draw_glasses(cv: _Canvas, ident: Identity, look: Look, f: _Layout) -> None:
+    """Eyeglasses when worn: tinted lenses, rims, temples and the bridge."""
+    if not f.a["Eyeglasses"]:
+        return
+    eye_y = f.eye_y
+    fr = look.frame_colour
+    gx, gy = ident.eye_rx + 4.5, ident.eye_ry + 5.0
+    for sx in (-1, 1):
+        ex = sx * ident.eye_dx
+        rim = _ellipse(ex, eye_y + 0.5, gx, gy, n=24)
+        rim = np.stack([ex + np.sign(rim[:, 0] - ex) * np.abs(rim[:, 0] - ex) ** 0.9 * gx**0.1, rim[:, 1]], axis=1)
+        cv.poly(rim, (200, 220, 240, 45))
+        cv.line(np.vstack([rim, rim[:1]]), fr, 1.6)
+        cv.line(np.array([[sx * (ident.eye_dx + gx), eye_y - 1], [sx * (f.rx + 1), eye_y - 3]]), fr, 1.4)
+    cv.line(np.array([[-ident.eye_dx + gx, eye_y - 1], [0, eye_y - 3], [ident.eye_dx - gx, eye_y - 1]]), fr, 1.4)
 
-    out = img.reduce(SUPERSAMPLE)
-    if a["Blurry"]:
-        out = out.filter(ImageFilter.GaussianBlur(1.6))
-    out = _light(out, look, rng)
 
+def _draw_hat(cv: _Canvas, look: Look, f: _Layout) -> None:
+    """A hat when worn: crown, brim and band."""
+    if not f.a["Wearing_Hat"]:
+        return
+    rx, ry = f.rx, f.ry
+    brim_y = -ry * 0.62
+    crown = np.vstack([_ellipse(0, brim_y, rx * 0.95, ry * 0.75, n=24, t0=math.pi, t1=2 * math.pi),
+                       [[rx * 0.95, brim_y]]])  # fmt: skip
+    cv.poly(crown, look.hat_colour)
+    cv.poly(_ellipse(0, brim_y, rx + 16, 5.5, n=28), _shade(look.hat_colour, 0.8))
+    cv.line(np.array([[-rx * 0.93, brim_y - 6], [rx * 0.93, brim_y - 6]]), _shade(look.hat_colour, 0.6), 2.5)
+
+
+def _painted_geometry(
+    cv: _Canvas, ident: Identity, f: _Layout, left: np.ndarray, right: np.ndarray
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The five landmarks and the face box (``x_1, y_1, width, height``) in output pixels."""
     local = np.array([
-        [-ident.eye_dx, eye_y], [ident.eye_dx, eye_y], [0.0, nose_y], left, right,
+        [-ident.eye_dx, f.eye_y], [ident.eye_dx, f.eye_y], [0.0, f.nose_y], left, right,
     ])  # fmt: skip
     landmarks = cv.to_out(local)
     face_pts = cv.to_out(_face_outline(ident, n=180))
@@ -554,7 +635,7 @@ def render_face(ident: Identity, look: Look, rng: np.random.Generator) -> DrawnF
     x1, y1 = np.ceil(face_pts.max(axis=0))
     x0, y0 = max(0, int(x0)), max(0, int(y0))
     x1, y1 = min(WIDTH, int(x1)), min(HEIGHT, int(y1))
-    return DrawnFace(out, landmarks, (x0, y0, x1 - x0, y1 - y0), a)
+    return landmarks, (x0, y0, x1 - x0, y1 - y0)
 
 
 def _light(img: Image.Image, look: Look, rng: np.random.Generator) -> Image.Image:

@@ -37,7 +37,8 @@ import numpy as np
 
 from sparkvision.config import FacesConfig, ScoreConfig
 from sparkvision.data import publish as pub
-from sparkvision.scoring import job
+from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERRORS
+from sparkvision.scoring import batch
 from sparkvision.spark import session_conf
 
 if TYPE_CHECKING:
@@ -55,21 +56,21 @@ MANIFEST = "manifest.json"
 
 
 def _require_dataset(input: str, what: str) -> None:
-    if not job.is_dataset(input):
+    if not batch.is_dataset(input):
         raise ValueError(
             f"{what} input {input}: expected an ingested CelebA dataset folder (manifest.json + data/), "
             "found none; run `sparkvision ingest --format celeba` first"
         )
 
 
-def _embed(df: DataFrame, model: job.ResolvedModel, cfg: ScoreConfig, keep: Sequence[str]) -> DataFrame:
+def _embed(df: DataFrame, model: batch.ResolvedModel, cfg: ScoreConfig, keep: Sequence[str]) -> DataFrame:
     """``keep`` + ``embedding`` (unit-length ``mu``, null on error) + ``error_code``/``error_message``."""
     from pyspark.sql import functions as F
 
-    scored = job.apply_model(df, model, cfg, keep)
+    scored = batch.apply_model(df, model, cfg, keep)
     norm = F.sqrt(F.aggregate(F.transform(EMBEDDING, lambda x: x * x), F.lit(0.0), lambda a, b: a + b))
     unit = F.transform(EMBEDDING, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
-    return scored.select(*keep, unit.alias("embedding"), "error_code", "error_message")
+    return scored.select(*keep, unit.alias("embedding"), *ERROR_COLUMNS)
 
 
 def _centroid(frame: pd.DataFrame) -> pd.DataFrame:
@@ -118,8 +119,8 @@ class MatchBatches:
             out["predicted_label"] = [
                 (str(int(b)) if a else UNKNOWN) if k else None for b, a, k in zip(best, accepted, ok, strict=True)
             ]
-            out["error_code"] = frame["error_code"].to_numpy()
-            out["error_message"] = frame["error_message"].to_numpy()
+            for name in ERROR_COLUMNS:
+                out[name] = frame[name].to_numpy()
             yield out
 
 
@@ -128,7 +129,7 @@ def _match(df: DataFrame, gallery: Broadcast, threshold: float, keep: Sequence[s
     schema = ", ".join(
         [f"`{c}` {types[c]}" for c in keep]
         + ["best_identity int", "similarity float", "predicted_identity int", "predicted_label string"]
-        + ["error_code string", "error_message string"]
+        + [f"{f.name} {f.spark_type.simpleString()}" for f in ERRORS]
     )
     return df.mapInPandas(MatchBatches(gallery, threshold, keep), schema)
 
@@ -199,63 +200,134 @@ def enroll(
         ValueError: Not a dataset, the model has no ``mu`` output, nothing to enroll, or no
             impostor probes to choose the threshold from.
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     t0 = time.perf_counter()
     model_uri = model_uri or cfg.model_uri
     if not model_uri:
         raise ValueError("faces enroll: no model given (--model-uri or faces.model_uri)")
     _require_dataset(input, "faces enroll")
     score_cfg = score_cfg or ScoreConfig()
-    model = job.resolve_model(spark, model_uri, tracking)
+    model = batch.resolve_model(spark, model_uri, tracking)
     if EMBEDDING not in dict(model.outputs):
         raise ValueError(f"{model_uri}: expected a model with a '{EMBEDDING}' output (the VAE), found {model.outputs}")
-    keep = ["identity", "id", "split", "source_path", "content_hash"]
     staging = pub.stage(gallery)
-    with session_conf(spark, job.job_conf(spark, score_cfg)):
-        rows = job.read_input(spark, input)
-        if "identity" not in rows.columns:
-            raise ValueError(f"faces enroll input {input}: expected an 'identity' column, found {rows.columns}")
-        chosen = rows.where(F.col("split").isin(list(splits)))
-        if images_per_identity > 0:
-            order = Window.partitionBy("identity").orderBy("id", "content_hash")
-            chosen = chosen.withColumn("_n", F.row_number().over(order)).where(F.col("_n") <= images_per_identity)
-        embedded = _embed(chosen, model, score_cfg, keep).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            counts = {r["error_code"]: r["count"] for r in embedded.groupBy("error_code").count().collect()}
-            if not counts.get(None):
-                raise ValueError(f"faces enroll: no usable image of splits {list(splits)} in {input} ({counts})")
-            good = embedded.where(F.col("error_code").isNull()).select(*keep, "embedding")
-            good.orderBy("identity", "id").write.mode("overwrite").parquet(str(staging / "embeddings"))
-            good.groupBy("identity").applyInPandas(
-                _centroid, "identity int, n_images int, centroid array<float>"
-            ).orderBy("identity").coalesce(1).write.mode("overwrite").parquet(str(staging / "identities"))
-        finally:
-            embedded.unpersist()
+    with session_conf(spark, batch.job_conf(spark, score_cfg)):
+        rows = batch.read_input(spark, input)
+        chosen = _enrollment_rows(rows, input, splits, images_per_identity)
+        counts = _write_gallery(chosen, model, score_cfg, staging, f"splits {list(splits)} in {input}")
         ids, centroids = _read_centroids(staging / "identities")
+        threshold = _gallery_threshold(spark, rows, (ids, centroids), model, score_cfg, cfg, threshold_split, input)
+    manifest = _gallery_manifest(gallery=gallery, input=input, model=model, centroids=centroids, splits=splits,
+                                 images_per_identity=images_per_identity, counts=counts, threshold=threshold,
+                                 seconds=time.perf_counter() - t0)  # fmt: skip
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest["version"] = pub.publish(staging, gallery).name
+    log.info("enrolled %d identities (%d images), threshold %.4f (%s)", len(ids), manifest["images"],
+             manifest["threshold"], manifest["threshold_source"])  # fmt: skip
+    return manifest
 
-        threshold, source, val_far, val_probes = cfg.threshold, "config", None, 0
-        if cfg.threshold < 0:
-            probes = rows.where(F.col("split") == threshold_split).join(
-                spark.createDataFrame([(int(i),) for i in ids], "identity int"), "identity", "left_anti"
+
+def _enrollment_rows(rows: DataFrame, input: str, splits: Sequence[str], images_per_identity: int) -> DataFrame:
+    """The rows of ``splits`` to enroll: the first ``images_per_identity`` of each identity (0: all)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if "identity" not in rows.columns:
+        raise ValueError(f"faces enroll input {input}: expected an 'identity' column, found {rows.columns}")
+    chosen = rows.where(F.col("split").isin(list(splits)))
+    if images_per_identity > 0:
+        order = Window.partitionBy("identity").orderBy("id", "content_hash")
+        chosen = chosen.withColumn("_n", F.row_number().over(order)).where(F.col("_n") <= images_per_identity)
+    return chosen
+
+
+def _write_gallery(
+    chosen: DataFrame, model: batch.ResolvedModel, score_cfg: ScoreConfig, staging: Path, what: str
+) -> dict[str | None, int]:
+    """Embed ``chosen``; write ``embeddings/`` (one row per image) and ``identities/`` (centroids).
+
+    Returns:
+        Rows per ``error_code`` (``None``: embedded).
+
+    Raises:
+        ValueError: No image of ``what`` could be embedded.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    keep = ["identity", "id", "split", "source_path", "content_hash"]
+    embedded = _embed(chosen, model, score_cfg, keep).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = {r[ERROR_CODE]: r["count"] for r in embedded.groupBy(ERROR_CODE).count().collect()}
+        if not counts.get(None):
+            raise ValueError(f"faces enroll: no usable image of {what} ({counts})")
+        good = embedded.where(F.col(ERROR_CODE).isNull()).select(*keep, "embedding")
+        good.orderBy("identity", "id").write.mode("overwrite").parquet(str(staging / "embeddings"))
+        centroids = good.groupBy("identity").applyInPandas(
+            _centroid, "identity int, n_images int, centroid array<float>"
+        )
+        centroids.orderBy("identity").coalesce(1).write.mode("overwrite").parquet(str(staging / "identities"))
+    finally:
+        embedded.unpersist()
+    return counts
+
+
+def _gallery_threshold(
+    spark: SparkSession,
+    rows: DataFrame,
+    gallery: tuple[np.ndarray, np.ndarray],
+    model: batch.ResolvedModel,
+    score_cfg: ScoreConfig,
+    cfg: FacesConfig,
+    threshold_split: str,
+    input: str,
+) -> dict[str, Any]:
+    """The manifest's threshold entries: ``cfg.threshold``, or when it is negative the one that
+    keeps the false-accept rate of never-enrolled identities in ``threshold_split`` at most
+    ``cfg.target_far``.
+
+    Raises:
+        ValueError: The threshold is to be chosen and there are no such probes.
+    """
+    from pyspark.sql import functions as F
+
+    ids, _ = gallery
+    threshold, source, val_far, val_probes = cfg.threshold, "config", None, 0
+    if cfg.threshold < 0:
+        probes = rows.where(F.col("split") == threshold_split).join(
+            spark.createDataFrame([(int(i),) for i in ids], "identity int"), "identity", "left_anti"
+        )
+        bc = spark.sparkContext.broadcast(gallery)
+        try:
+            matched = _match(_embed(probes, model, score_cfg, ["identity"]), bc, 2.0, ["identity"])
+            sims = np.array([r[0] for r in matched.select("similarity").dropna().collect()], np.float64)
+        finally:
+            bc.unpersist()
+        if len(sims) == 0:
+            raise ValueError(
+                f"faces enroll: cannot choose the threshold: no '{threshold_split}' images of non-enrolled "
+                f"identities in {input}; set faces.threshold"
             )
-            bc = spark.sparkContext.broadcast((ids, centroids))
-            try:
-                matched = _match(_embed(probes, model, score_cfg, ["identity"]), bc, 2.0, ["identity"])
-                sims = np.array([r[0] for r in matched.select("similarity").dropna().collect()], np.float64)
-            finally:
-                bc.unpersist()
-            if len(sims) == 0:
-                raise ValueError(
-                    f"faces enroll: cannot choose the threshold: no '{threshold_split}' images of non-enrolled "
-                    f"identities in {input}; set faces.threshold"
-                )
-            threshold, val_far = choose_threshold(sims, cfg.target_far)
-            source, val_probes = threshold_split, len(sims)
+        threshold, val_far = choose_threshold(sims, cfg.target_far)
+        source, val_probes = threshold_split, len(sims)
+    return {"threshold": float(threshold), "threshold_source": source, "target_far": cfg.target_far,
+            "val_far": val_far, "val_probes": val_probes}  # fmt: skip
 
-    manifest = {
+
+def _gallery_manifest(
+    *,
+    gallery: str,
+    input: str,
+    model: batch.ResolvedModel,
+    centroids: np.ndarray,
+    splits: Sequence[str],
+    images_per_identity: int,
+    counts: dict[str | None, int],
+    threshold: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """``GALLERY/manifest.json``: what was enrolled from where, with which model, and the threshold."""
+    failed = {k: v for k, v in counts.items() if k is not None}
+    return {
         "gallery": str(Path(gallery).absolute()),
         "input": str(input),
         "model": model.info(),
@@ -263,22 +335,14 @@ def enroll(
         "embedding_dim": int(centroids.shape[1]) if centroids.size else 0,
         "splits": list(splits),
         "images_per_identity": images_per_identity,
-        "identities": len(ids),
+        "identities": len(centroids),
         "images": int(counts.get(None, 0)),
-        "failed": int(sum(v for k, v in counts.items() if k is not None)),
-        "failed_by_reason": {str(k): int(v) for k, v in sorted((k, v) for k, v in counts.items() if k is not None)},
-        "threshold": float(threshold),
-        "threshold_source": source,
-        "target_far": cfg.target_far,
-        "val_far": val_far,
-        "val_probes": val_probes,
+        "failed": int(sum(failed.values())),
+        "failed_by_reason": {str(k): int(v) for k, v in sorted(failed.items())},
+        **threshold,
         "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": round(seconds, 3),
     }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    manifest["version"] = pub.publish(staging, gallery).name
-    log.info("enrolled %d identities (%d images), threshold %.4f (%s)", len(ids), manifest["images"], threshold, source)
-    return manifest
 
 
 def load_gallery(gallery: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
@@ -338,10 +402,10 @@ def identify(
         threshold = cfg.threshold if cfg.threshold >= 0 else float(manifest["threshold"])
     score_cfg = score_cfg or ScoreConfig()
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    model = job.resolve_model(spark, manifest["model"]["pinned_uri"], tracking)
+    model = batch.resolve_model(spark, manifest["model"]["pinned_uri"], tracking)
     staging = pub.stage(output)
-    with session_conf(spark, job.job_conf(spark, score_cfg)):
-        rows = job.read_input(spark, input)
+    with session_conf(spark, batch.job_conf(spark, score_cfg)):
+        rows = batch.read_input(spark, input)
         truth = "identity" in rows.columns
         if splits and "split" in rows.columns:
             rows = rows.where(F.col("split").isin(list(splits)))
@@ -366,11 +430,11 @@ def identify(
         columns = [*keep, "best_identity", "similarity", "predicted_identity", "predicted_label", "enrolled"]
         columns += ["threshold"]
         columns += ["gallery_version", "model_name", "model_version", "model_run_id", "model_uri", "scored_at"]
-        columns += ["error_code", "error_message"]
+        columns += ERROR_COLUMNS
         matched = matched.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             stats = _identify_stats(matched, ids, truth)
-            job.write_sorted(matched, staging, stats["inputs"])
+            batch.write_sorted(matched, staging, stats["inputs"])
         finally:
             matched.unpersist()
             bc.unpersist()
@@ -386,7 +450,7 @@ def identify(
         "seconds": round(seconds, 3),
         "images_per_s": round(stats["inputs"] / seconds, 2) if seconds > 0 else 0.0,
     }
-    (staging / job.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    (staging / batch.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     summary["version"] = pub.publish(staging, output).name
     return summary
 
@@ -395,7 +459,7 @@ def _identify_stats(matched: DataFrame, ids: np.ndarray, truth: bool) -> dict[st
     """Counts and, with ground truth, accuracy / false-accept figures (one Spark aggregation)."""
     from pyspark.sql import functions as F
 
-    ok = F.col("error_code").isNull()
+    ok = F.col(ERROR_CODE).isNull()
     accepted = F.col("predicted_identity").isNotNull()
     aggs = [
         F.count(F.lit(1)).alias("inputs"),
@@ -419,8 +483,8 @@ def _identify_stats(matched: DataFrame, ids: np.ndarray, truth: bool) -> dict[st
     row = matched.agg(*aggs).first().asDict()
     row = {k: int(v or 0) for k, v in row.items()}
     failed = {
-        str(r["error_code"]): int(r["count"])
-        for r in matched.where(~ok).groupBy("error_code").count().orderBy("error_code").collect()
+        str(r[ERROR_CODE]): int(r["count"])
+        for r in matched.where(~ok).groupBy(ERROR_CODE).count().orderBy(ERROR_CODE).collect()
     }
     stats: dict[str, Any] = {
         "inputs": row["inputs"],
