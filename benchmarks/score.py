@@ -98,7 +98,7 @@ def register_model(task_name: str, image_size: int, tracking_uri: str) -> str:
     cfg = load_config("base", [f"train.image_size={image_size}"]).train
     task = REGISTRY[task_name]
     meta = task.prepare_meta({"table": "celeba", "image_size": image_size, "output": "benchmark"}, cfg)
-    model = task.build(cfg, meta)
+    model = task.build(cfg, meta).model
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("benchmark-score")
     name = f"bench-{task_name}-{image_size}"

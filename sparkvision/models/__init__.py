@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from sparkvision.models.attributes import AttributesTask, ClassifierTask
-from sparkvision.models.base import Meta, Task
+from sparkvision.models.base import Meta, ModelSpec, Task
 from sparkvision.models.common import nearest_name_error
 from sparkvision.models.detector import DetectorTask
 from sparkvision.models.fabric_ae import FabricAeTask
@@ -37,4 +37,4 @@ def get_task(name: str) -> Task:
         raise UnknownTaskError(str(nearest_name_error("model in train.model", name, sorted(REGISTRY)))) from None
 
 
-__all__ = ["REGISTRY", "Meta", "Task", "UnknownTaskError", "get_task"]
+__all__ = ["REGISTRY", "Meta", "ModelSpec", "Task", "UnknownTaskError", "get_task"]

@@ -22,7 +22,7 @@ def register(task_name: str, cfg: Config) -> dict[str, str]:
     task = REGISTRY[task_name]
     manifest = {"table": "celeba", "image_size": cfg.train.image_size, "output": "scoring-tests"}
     meta = task.prepare_meta(manifest, cfg.train)
-    model = task.build(cfg.train, meta)
+    model = task.build(cfg.train, meta).model
     name = f"score-test-{task_name}-{uuid.uuid4().hex[:6]}"
     mlflow.set_experiment("scoring-tests")
     with mlflow.start_run() as run:
