@@ -157,11 +157,13 @@ def test_in_process_resume_continues_the_run_and_the_optimizer(
     import tensorflow as tf
 
     from sparkvision.training import train
+    from sparkvision.training.trainer import plan
 
     one = train_cfg.replace(**{"train.workers": "1", "train.epochs": "1", "train.steps_per_epoch": "4",
                                "train.pictures": "false", "train.registered_model_prefix": "inproc",
                                "train.experiment": f"inproc-{uuid.uuid4().hex[:8]}", "paths.store": str(tmp_path)})  # fmt: skip
-    first = train(spark, one, str(celeba_parquet), resume=False, backend=in_process)
+    planned = plan(one, celeba_parquet)  # as the train command does: planned once, not again
+    first = train(spark, one, str(celeba_parquet), resume=False, backend=in_process, planned=planned)
     resumed = train(spark, one.replace(**{"train.epochs": "2"}), str(celeba_parquet), resume=True, backend=in_process)
     assert resumed["run_id"] == first["run_id"] and resumed["initial_epoch"] == 1 and resumed["epochs_run"] == 1
     assert [s for s, _ in _steps(_client(mlflow_server), first["run_id"], "loss")] == [0, 1]
