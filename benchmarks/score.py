@@ -95,7 +95,7 @@ def register_model(task_name: str, image_size: int, tracking: Any) -> str:
     cfg = load_config("base", [f"train.image_size={image_size}"]).train
     task = REGISTRY[task_name]
     meta = task.prepare_meta({"table": "celeba", "image_size": image_size, "output": "benchmark"}, cfg)
-    model = task.build(cfg, meta)
+    model = task.build(cfg, meta).model
     name = f"bench-{task_name}-{image_size}"
     run_id = tracking.create_run("benchmark-score", name)
     ref = tracking.log_model(run_id, model, task_name, meta, name, "candidate")

@@ -38,6 +38,7 @@ def plain_keras(cfg: Config, data_dir: Path, epochs: int) -> dict[str, float]:
 
     from sparkvision.models import get_task
     from sparkvision.training import data
+    from sparkvision.training.optim import make_optimizer
 
     task = get_task(cfg.train.model)
     meta = task.prepare_meta({"table": "celeba", "image_size": cfg.train.image_size}, cfg.train)
@@ -45,7 +46,7 @@ def plain_keras(cfg: Config, data_dir: Path, epochs: int) -> dict[str, float]:
     x, _ = task.arrays(frame, meta)
     tf.keras.utils.set_random_seed(cfg.train.seed)
     start = time.perf_counter()
-    model = task.build(cfg.train, meta)
+    model = task.build(cfg.train, meta).compile(make_optimizer(cfg.train, 1))
     times: list[float] = []
 
     class Timer(tf.keras.callbacks.Callback):

@@ -222,7 +222,7 @@ def train(cfg: Config, *, data: str, model: str = "", workers: int = 0, resume: 
     from sparkvision.spark import get_spark
     from sparkvision.training import train as run_train
 
-    result = run_train(get_spark(cfg.spark), cfg, data_dir=data, resume=resume, tracking=tracking)
+    result = run_train(get_spark(cfg.spark), cfg, data_dir=data, resume=resume, planned=job, tracking=tracking)
     epochs = f"epochs {result['initial_epoch'] + 1}-{result['initial_epoch'] + result['epochs_run']}"
     stopped = ", stopped early" if result["stopped_early"] else ""
     print(f"trained {cfg.train.model} ({epochs}{stopped}): {result['model_uri']} = version {result['version']}")

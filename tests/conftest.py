@@ -1,5 +1,6 @@
-"""Shared fixtures: one local SparkSession, the test configuration, generated data sets,
-and a real MLflow server on a free 127.0.0.1 port. Everything session-scoped is built once."""
+"""Shared fixtures: one local SparkSession, the in-process training backend, the test
+configuration, generated data sets, and a real MLflow server on a free 127.0.0.1 port.
+Everything session-scoped is built once."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ def spark(cfg: Config):
     session = get_spark(cfg.spark)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def in_process():
+    """The in-process training backend: ``train(..., backend=in_process)`` runs the real
+    workers in the test process as a world of one (``train.workers=1``): no Spark job, no
+    Horovod start-up. Tests of what needs several ranks keep the default Horovod-on-Spark."""
+    from sparkvision.training.backend import InProcessBackend
+
+    return InProcessBackend()
 
 
 @pytest.fixture(scope="session")

@@ -28,12 +28,13 @@ def vae_uri(register_model, cfg: Config, celeba_parquet: Path) -> str:
     import tensorflow as tf
 
     from sparkvision.models import REGISTRY
+    from sparkvision.training.optim import make_optimizer
 
     tf.keras.utils.set_random_seed(0)
     task = REGISTRY["vae"]
     manifest = json.loads((celeba_parquet / "manifest.json").read_text())
     meta = task.prepare_meta(manifest, cfg.train)
-    model = task.build(cfg.train, meta)
+    model = task.build(cfg.train, meta).compile(make_optimizer(cfg.train, 1))
     frame = pq.read_table(str(celeba_parquet / "data" / "split=train")).to_pandas()
     x, _ = task.arrays(frame, meta)
     model.fit(x, x, epochs=30, batch_size=8, verbose=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sparkvision.errors import did_you_mean
 from sparkvision.models.attributes import AttributesTask, ClassifierTask
-from sparkvision.models.base import Meta, Task
+from sparkvision.models.base import Meta, ModelSpec, Task
 from sparkvision.models.detector import DetectorTask
 from sparkvision.models.fabric_ae import FabricAeTask
 from sparkvision.models.vae import VaeTask
@@ -38,4 +38,4 @@ def get_task(name: str) -> Task:
         raise UnknownTaskError(f"unknown model in train.model '{name}'{hint}") from None
 
 
-__all__ = ["REGISTRY", "Meta", "Task", "UnknownTaskError", "get_task"]
+__all__ = ["REGISTRY", "Meta", "ModelSpec", "Task", "UnknownTaskError", "get_task"]

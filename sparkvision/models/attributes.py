@@ -23,6 +23,7 @@ import numpy as np
 from sparkvision.data import schema
 from sparkvision.errors import did_you_mean
 from sparkvision.models import common, metrics
+from sparkvision.models.base import ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -130,7 +131,7 @@ class AttributesTask:
             meta["class_weights"] = [round(float(w), 4) for w in weights]
         return meta
 
-    def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
+    def build(self, cfg: TrainConfig, meta: Meta) -> ModelSpec:
         import tensorflow as tf
 
         from sparkvision.models.layers import WeightedBinaryCrossentropy
@@ -141,15 +142,12 @@ class AttributesTask:
         model = build_classifier((size, size, 3), n, multi, cfg.dropout)
         if multi:
             pos_weight = meta.get("pos_weight") or [1.0] * n
-            model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate),
-                          loss=WeightedBinaryCrossentropy(pos_weight),
-                          metrics=[tf.keras.metrics.BinaryAccuracy(name="accuracy")])  # fmt: skip
-        else:
-            # Rows carry class weights for the loss; accuracy stays a plain share of rows.
-            model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
-                          metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                          weighted_metrics=[])  # fmt: skip
-        return model
+            return ModelSpec(model, loss=WeightedBinaryCrossentropy(pos_weight),
+                             metrics=[tf.keras.metrics.BinaryAccuracy(name="accuracy")])  # fmt: skip
+        # Rows carry class weights for the loss; accuracy stays a plain share of rows.
+        return ModelSpec(model, loss="sparse_categorical_crossentropy",
+                         metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                         weighted_metrics=[])  # fmt: skip
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
         return common.keep_every_row(row)

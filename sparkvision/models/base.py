@@ -11,10 +11,17 @@ Data flow (all images arrive as the PNG bytes of the ``image`` column):
 * evaluation and pictures (on the driver, rank-0 model): a pandas DataFrame of the val/test
   split → ``arrays`` → ``evaluate`` / ``pictures``;
 * scoring (pyfunc on executors): preprocessed float images → ``predict`` → output columns.
+
+A Task builds networks, never optimizers: ``build`` returns an uncompiled model with the
+loss and metrics it is trained with (``ModelSpec``), and the trainer compiles it with the one
+optimizer of ``sparkvision.training.optim`` (learning rate scaled by the workers, Horovod
+wrapper where there are several).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,6 +36,48 @@ Meta = dict[str, Any]
 """JSON-serialisable facts about the trained model (image size, class names, attribute
 indices, anomaly threshold, ...). Stored with the model in MLflow, so scoring needs nothing
 else."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An uncompiled model and what it is compiled with, except the optimizer.
+
+    ``loss`` None means the model computes its loss itself (custom ``train_step``/``test_step``
+    returning named losses, like the VAE); such a model may expose a ``tape_wrapper``
+    attribute that ``compile`` sets, so gradients can be averaged across workers.
+    """
+
+    model: tf.keras.Model
+    loss: Any = None
+    """A Keras loss (name, function or ``Loss``), or None when the model computes its own."""
+    metrics: Sequence[Any] = ()
+    weighted_metrics: Sequence[Any] | None = None
+    """Metrics weighted by the rows' sample weights; ``[]`` says "none" (and silences Keras'
+    warning when rows carry weights for the loss only)."""
+    loss_weights: Any = None
+
+    def compile(self, optimizer: Any, tape_wrapper: Any = None) -> tf.keras.Model:
+        """Compile ``model`` with ``optimizer`` and this spec's loss and metrics; return it.
+
+        Args:
+            optimizer: A Keras optimizer (``sparkvision.training.optim.make_optimizer``).
+            tape_wrapper: Wraps the ``tf.GradientTape`` of a model with its own ``train_step``
+                (``hvd.DistributedGradientTape``); ignored by models without the attribute.
+
+        Returns:
+            The compiled ``model``.
+        """
+        kwargs: dict[str, Any] = {"optimizer": optimizer, "metrics": list(self.metrics) or None}
+        if self.loss is not None:
+            kwargs["loss"] = self.loss
+        if self.weighted_metrics is not None:
+            kwargs["weighted_metrics"] = list(self.weighted_metrics)
+        if self.loss_weights is not None:
+            kwargs["loss_weights"] = self.loss_weights
+        self.model.compile(**kwargs)
+        if tape_wrapper is not None and hasattr(self.model, "tape_wrapper"):
+            self.model.tape_wrapper = tape_wrapper
+        return self.model
 
 
 class Task(Protocol):
@@ -50,12 +99,25 @@ class Task(Protocol):
         """
         ...
 
-    # Optional: ``fit_statistics(meta, train_targets: pd.DataFrame, cfg) -> Meta`` adds what the
-    # loss needs from the train split's target columns (class weights, positive weights);
-    # the trainer calls it after ``prepare_meta`` when a task defines it.
+    def columns_for(self, table: str) -> tuple[str, ...]:
+        """The columns of ``columns`` that exist in ``table`` (an ingested table kind)."""
+        ...
 
-    def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
-        """A compiled model (custom ``train_step``/``test_step`` returning named losses where needed)."""
+    def fit_statistics(self, meta: Meta, train: pd.DataFrame, cfg: TrainConfig) -> Meta:
+        """``meta`` plus what the loss needs from the train split (class or positive weights,
+        a baseline); ``meta`` unchanged when the task needs nothing.
+
+        The trainer calls it after ``prepare_meta`` with every train row's target columns
+        (``columns_for(table)`` without ``image``), before any worker starts.
+        """
+        ...
+
+    def build(self, cfg: TrainConfig, meta: Meta) -> ModelSpec:
+        """An uncompiled, built model with its loss and metrics; the trainer adds the optimizer.
+
+        Models with a custom ``train_step``/``test_step`` return named losses and leave
+        ``ModelSpec.loss`` None.
+        """
         ...
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sparkvision.models import common, metrics
+from sparkvision.models.base import ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,13 +86,9 @@ class DetectorTask:
         meta["augment_shift"] = float(cfg.augment_shift)
         return meta
 
-    def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
-        import tensorflow as tf
-
+    def build(self, cfg: TrainConfig, meta: Meta) -> ModelSpec:
         size = meta["image_size"]
-        model = build_regressor((size, size, 3), TARGET_SIZES[meta["target"]], cfg.dropout)
-        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss="mae")
-        return model
+        return ModelSpec(build_regressor((size, size, 3), TARGET_SIZES[meta["target"]], cfg.dropout), loss="mae")
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
         import tensorflow as tf

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sparkvision.models import common, metrics
+from sparkvision.models.base import ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -359,13 +360,15 @@ class FabricAeTask:
                     calibration=None, threshold=None, pixel_threshold=None)  # fmt: skip
         return meta
 
-    def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
-        import tensorflow as tf
+    def fit_statistics(self, meta: Meta, train: pd.DataFrame, cfg: TrainConfig) -> Meta:
+        """``meta`` unchanged: the threshold and calibration are chosen on val by ``evaluate``."""
+        return meta
 
+    def build(self, cfg: TrainConfig, meta: Meta) -> ModelSpec:
         size = meta["image_size"]
-        model = build_autoencoder((size, size, 3), meta.get("latent_dim", cfg.latent_dim))
-        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate), loss=ssim_l1_loss())
-        return model
+        return ModelSpec(
+            build_autoencoder((size, size, 3), meta.get("latent_dim", cfg.latent_dim)), loss=ssim_l1_loss()
+        )
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
         import tensorflow as tf

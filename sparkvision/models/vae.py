@@ -15,6 +15,7 @@ import numpy as np
 
 from sparkvision.data import schema
 from sparkvision.models import common
+from sparkvision.models.base import ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,13 +172,19 @@ class VaeTask:
         meta.update(latent_dim=cfg.latent_dim, r_loss_factor=cfg.r_loss_factor)
         return meta
 
-    def build(self, cfg: TrainConfig, meta: Meta) -> tf.keras.Model:
-        import tensorflow as tf
+    def columns_for(self, table: str) -> tuple[str, ...]:
+        """``("image",)``: every table has it."""
+        return self.columns
 
+    def fit_statistics(self, meta: Meta, train: pd.DataFrame, cfg: TrainConfig) -> Meta:
+        """``meta`` unchanged: the loss needs nothing from the train split."""
+        return meta
+
+    def build(self, cfg: TrainConfig, meta: Meta) -> ModelSpec:
+        """The VAE computes its own loss (``train_step``) and takes a ``tape_wrapper``."""
         size = meta["image_size"]
         vae = build_vae((size, size, 3), meta.get("latent_dim", cfg.latent_dim), cfg.dropout, cfg.r_loss_factor)
-        vae.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
-        return vae
+        return ModelSpec(vae)
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
         return common.keep_every_row(row)

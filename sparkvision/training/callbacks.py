@@ -4,7 +4,8 @@ Order matters: the inference-mode evaluation (BatchNorm recalibration, ``train_e
 ``val_*``) runs first at each epoch end, then Horovod's ``MetricAverageCallback``, so every
 later callback sees the metrics averaged over ranks, and all ranks then take the same
 decisions (lower the rate, stop early, keep the best checkpoint). ``callback_list`` builds
-the list in that order.
+the list in that order; the rank's ``Collective`` supplies the Horovod callbacks (none in a
+world of one process).
 
 TensorFlow is imported inside functions; the classes are built by ``make_classes`` on the
 worker, so importing this module stays cheap on the driver.
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from sparkvision.config import TrainConfig
     from sparkvision.training.checkpoints import CheckpointState, Store
+    from sparkvision.training.collective import Collective
 
 
 @dataclass
@@ -68,6 +71,16 @@ class Schedule:
     factor: float = 0.5
     stop_patience: int = 0
     min_delta: float = field(default=0.0)
+
+    @classmethod
+    def from_config(cls, tcfg: TrainConfig, size: int, steps_per_epoch: int, monitor: str) -> Schedule:
+        """The policy of the ``train`` section for ``size`` workers; ``target_lr`` is
+        ``optim.scaled_learning_rate``, the rate the optimizer is made with."""
+        from sparkvision.training.optim import scaled_learning_rate
+
+        return cls(target_lr=scaled_learning_rate(tcfg, size), warmup_epochs=tcfg.warmup_epochs,
+                   steps_per_epoch=steps_per_epoch, monitor=monitor, patience=tcfg.reduce_lr_patience,
+                   factor=tcfg.reduce_lr_factor, stop_patience=tcfg.early_stopping_patience)  # fmt: skip
 
     def lr(self, epoch: int, batch: int, scale: float) -> float:
         """The rate for ``batch`` of ``epoch`` given the plateau ``scale``."""
@@ -247,7 +260,7 @@ class Evaluation:
     validation: Any | None
     validation_steps: int
     allreduce: Callable[[Any], Any] | None = None
-    """Averages a tensor over ranks (Horovod); None in one process."""
+    """Averages a tensor over ranks (``Collective.average``); None in one process."""
 
 
 EPOCH_LINE_KEYS = ("loss", "train_eval_loss", "val_loss", "accuracy", "train_eval_accuracy", "val_accuracy",
@@ -270,7 +283,7 @@ def epoch_in_warmup(schedule: Schedule, epoch: int) -> bool:
 
 def callback_list(
     *,
-    rank: int,
+    collective: Collective,
     schedule: Schedule,
     state: PlateauState,
     images_per_epoch: int,
@@ -286,7 +299,8 @@ def callback_list(
     """All callbacks of a rank, in the order they must run, and the learning-rate controller.
 
     Args:
-        rank: Horovod rank; checkpoints and MLflow logging happen on rank 0 only.
+        collective: The rank's world: its start and metric-averaging callbacks; checkpoints
+            and MLflow logging happen on rank 0 only.
         schedule: Learning-rate policy.
         state: Plateau/early-stopping state to start from (restored on resume).
         images_per_epoch: Training images of all ranks per epoch (for ``images_per_s``).
@@ -303,18 +317,16 @@ def callback_list(
         The callbacks for ``fit`` and the ``LearningRateController`` among them (its
         ``state`` is what a checkpoint records).
     """
-    import horovod.tensorflow.keras as hvd
-
     classes = make_classes()
     controller = classes["LearningRateController"](schedule, state)
     callbacks: list[Any] = [
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        *collective.start_callbacks(),
         classes["InferenceModeEvaluation"](evaluation),  # before averaging: its metrics are averaged too
-        hvd.callbacks.MetricAverageCallback(),
+        *collective.metric_callbacks(),
         classes["EpochTimer"](images_per_epoch),
         controller,
     ]
-    if rank == 0:
+    if collective.rank == 0:
         callbacks.append(classes["CheckpointWriter"](store, checkpoint, make_state, schedule.monitor, best))
         callbacks.append(classes["EpochPrinter"](epochs))
         callbacks.append(classes["MlflowEpochLogger"](tracking_uri, run_id))

@@ -1,5 +1,6 @@
-"""The driver side of a training job: check the data, open the MLflow run, run Horovod on
-Spark, then evaluate, draw and register the model from rank 0's last checkpoint.
+"""The driver side of a training job: check the data, open the MLflow run, run the workers
+through a ``backend.Backend`` (Horovod on Spark by default), then evaluate, draw and register
+the model from rank 0's best checkpoint.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from sparkvision.config import Config
 from sparkvision.training import data
 from sparkvision.training.checkpoints import Store
+from sparkvision.training.optim import scaled_learning_rate
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from sparkvision.tracking import Tracking
+    from sparkvision.training.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +92,8 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
     meta = task.prepare_meta(manifest, tcfg)
     train = data.inspect_split(folder, "train")
     data.check_shardable(train, tcfg.workers)
-    statistics = getattr(task, "fit_statistics", None)
-    if statistics is not None:
-        columns = [c for c in task.columns_for(meta["table"]) if c != "image"]  # targets only: small
-        meta = statistics(meta, data.read_columns(train, columns), tcfg)
+    targets = [c for c in task.columns_for(meta["table"]) if c != "image"]  # small columns only
+    meta = task.fit_statistics(meta, data.read_columns(train, targets), tcfg)
     val = data.inspect_split(folder, "val")
     if val.rows:
         data.check_shardable(val, tcfg.workers)
@@ -107,14 +107,16 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
         test=test if test.rows else None,
         steps_per_epoch=data.steps_for(train.rows, tcfg.batch_size, tcfg.workers, tcfg.steps_per_epoch),
         validation_steps=data.steps_for(val.rows, tcfg.batch_size, tcfg.workers, tcfg.validation_steps),
-        effective_lr=tcfg.learning_rate * tcfg.workers,
+        effective_lr=scaled_learning_rate(tcfg, tcfg.workers),
         registered_name=registered_name(cfg),
         store=store_for(cfg),
     )
 
 
-def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False,
-          tracking: Tracking | None = None) -> dict[str, Any]:  # fmt: skip
+def train(
+    spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False, backend: Backend | None = None,
+    planned: Plan | None = None, tracking: Tracking | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Train ``cfg.train.model`` on an ingested dataset with Horovod on Spark, tracked in MLflow.
 
     One MLflow run per job (a resumed job continues its run). Rank 0 checkpoints every epoch
@@ -123,10 +125,13 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False,
     and a train sample, logs pictures and curves, and registers it with the configured alias.
 
     Args:
-        spark: The active session (``horovod.spark.run`` runs one task per worker on it).
+        spark: The active session (the default backend runs one Spark task per worker on it).
         cfg: The resolved configuration (``train`` section, ``paths.store``, MLflow settings).
         data_dir: An ingested dataset folder.
         resume: Continue from the store's latest checkpoint and its MLflow run.
+        backend: Runs the workers; None: ``SparkHorovodBackend(spark)``. ``InProcessBackend()``
+            runs a 1-worker job in this process (no Spark job, no Horovod).
+        planned: ``plan(cfg, data_dir)`` when the caller has already made it (it is not redone).
         tracking: The MLflow server (default: ``Tracking.from_config(cfg)``).
 
     Returns:
@@ -138,15 +143,17 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False,
 
     Raises:
         FileNotFoundError: On ``resume`` without a checkpoint.
-        ValueError: When the dataset does not fit the task or the worker count.
+        ValueError: When the dataset does not fit the task or the worker count, the backend
+            cannot run ``train.workers`` workers, or ``planned`` is of another dataset.
     """
-    import horovod.spark
 
     from sparkvision.tracking import Tracking
     from sparkvision.training import tracking_log
+    from sparkvision.training.backend import SparkHorovodBackend
     from sparkvision.training.worker import WorkerJob, run_worker
 
-    p = plan(cfg, data_dir)
+    p = _checked_plan(planned, data_dir) if planned is not None else plan(cfg, data_dir)
+    backend = backend if backend is not None else SparkHorovodBackend(spark)
     tracking = tracking or Tracking.from_config(cfg)
     experiment = cfg.train.experiment
     state = p.store.latest() if resume else None
@@ -167,18 +174,17 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False,
             tracking_log.log_inputs(tracking, run_id, cfg, p.manifest, p.data_dir, params, work)
         log.info("training %s on %s: run %s, %d worker(s), %d steps/epoch", cfg.train.model, p.data_dir, run_id,
                  cfg.train.workers, p.steps_per_epoch)  # fmt: skip
-        job = WorkerJob(cfg=cfg, meta=p.meta, train=p.train, val=p.val, steps_per_epoch=p.steps_per_epoch,
+        job = WorkerJob(tcfg=cfg.train, meta=p.meta, train=p.train, val=p.val, steps_per_epoch=p.steps_per_epoch,
                         validation_steps=p.validation_steps, store_root=p.store.root, run_id=run_id,
                         tracking_uri=tracking.uri, resume=state is not None)  # fmt: skip
         try:
             started = time.perf_counter()
-            results = horovod.spark.run(run_worker, args=(job,), num_proc=cfg.train.workers, use_gloo=True,
-                                        env=_worker_env(), stdout=sys.stdout, stderr=sys.stderr,
-                                        verbose=2 if log.isEnabledFor(logging.DEBUG) else 0)  # fmt: skip
+            results = backend.run(run_worker, args=(job,), num_proc=cfg.train.workers, env=_worker_env())
             rank0 = next(r for r in results if r["rank"] == 0)
             if not rank0.get("checkpoint"):
                 raise RuntimeError(f"training run {run_id} wrote no checkpoint to {p.store.url()}")
-            log.info("Horovod job of run %s took %.1f s", run_id, time.perf_counter() - started)
+            log.info("workers of run %s took %.1f s (%s)", run_id, time.perf_counter() - started,
+                     type(backend).__name__)  # fmt: skip
             started = time.perf_counter()
             outcome = _finish(cfg, p, tracking, run_id, rank0, work)
             log.info("evaluation, pictures and registration of run %s took %.1f s", run_id,
@@ -191,6 +197,15 @@ def train(spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False,
             raise
         tracking.finish_run(run_id)
     return {"run_id": run_id, "experiment": experiment, **outcome}
+
+
+def _checked_plan(planned: Plan, data_dir: str | os.PathLike[str]) -> Plan:
+    """``planned`` when it was made for ``data_dir`` (the published version it pinned)."""
+    if planned.data_dir != Path(data_dir).resolve():
+        raise ValueError(
+            f"the plan given to train is of {planned.data_dir}, expected one of {Path(data_dir).resolve()}"
+        )
+    return planned
 
 
 def _worker_env() -> dict[str, str]:
@@ -210,7 +225,7 @@ def load_checkpoint(cfg: Config, meta: dict[str, Any], store: Store, checkpoint:
 
     from sparkvision.models import get_task
 
-    model = get_task(cfg.train.model).build(cfg.train, meta)
+    model = get_task(cfg.train.model).build(cfg.train, meta).model
     folder, prefix = checkpoint.rsplit("/", 1)
     with tempfile.TemporaryDirectory(prefix="sv-load-") as tmp:
         local = store.download(folder, tmp)

@@ -17,6 +17,7 @@ from sparkvision.data import tiling
 from sparkvision.data.generators.fabric import MVTEC_DEFECTS, generate_mvtec
 from sparkvision.data.images import encode_png
 from sparkvision.models import fabric_ae, get_task
+from sparkvision.training.optim import make_optimizer
 
 IMAGE = 128
 """Generated image side; yarns are about 4.5 px apart, as in the demo's 256 px images cut into
@@ -80,7 +81,7 @@ def fit(task, meta: dict, tcfg: TrainConfig, frame: pd.DataFrame, steps: int):  
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
-    model = task.build(tcfg, meta)
+    model = task.build(tcfg, meta).compile(make_optimizer(tcfg, 1))
     if steps:
         rows = {"image": tf.constant(frame["image"].tolist()), "label": tf.constant(frame["label"].to_numpy())}
         ds = tf.data.Dataset.from_tensor_slices(rows).filter(task.keep_for_training).repeat()

@@ -64,7 +64,7 @@ def test_round_trip_through_the_registry(
     fmt = {"celeba": "celeba", "fabric": "mvtec", "folder": "folder"}[table]
     manifest = {"format": fmt, "image_size": SIZE, "class_names": ["cat", "dog", "owl"]}
     meta = task.prepare_meta(manifest, dataclasses.replace(cfg.train, **overrides))
-    model = task.build(cfg.train, meta)
+    model = task.build(cfg.train, meta).model
     values, good = _inputs()
     x = np.stack([prepare_image(values[i], SIZE, meta["crop"]) for i in good])
     if name == "fabric_ae":

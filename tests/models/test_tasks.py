@@ -14,7 +14,8 @@ import pytest
 from sparkvision.config import Config, TrainConfig
 from sparkvision.data import schema
 from sparkvision.data.images import encode_png
-from sparkvision.models import REGISTRY, get_task
+from sparkvision.models import REGISTRY, ModelSpec, get_task
+from sparkvision.training.optim import make_optimizer
 
 SIZE = 32
 SMILING = schema.CELEBA_ATTRIBUTES.index("Smiling")
@@ -109,7 +110,7 @@ def test_task_trains_evaluates_and_predicts(
     task = get_task(name)
     meta = task.prepare_meta(manifest(table), train_cfg)
     frame = make_frame(table, 48)
-    model = task.build(train_cfg, meta)
+    model = task.build(train_cfg, meta).compile(make_optimizer(train_cfg, 1))
     history = model.fit(dataset(task, frame, meta, train_cfg, table), epochs=12, steps_per_epoch=4, verbose=0)
     losses = history.history["loss"]
     assert min(losses[-2:]) < 0.85 * losses[0], losses
@@ -166,7 +167,7 @@ def test_vae_tape_wrapper_is_applied(cfg: Config) -> None:
 
     task = get_task("vae")
     meta = task.prepare_meta(manifest("celeba"), cfg.train)
-    model = task.build(cfg.train, meta)
+    model = task.build(cfg.train, meta).compile(make_optimizer(cfg.train, 1))
     wrapped: list[tf.GradientTape] = []
 
     def wrapper(tape: tf.GradientTape) -> tf.GradientTape:
@@ -222,10 +223,31 @@ def test_registry_and_nearest_name() -> None:
         get_task("fabric-ae")
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_build_returns_an_uncompiled_model_the_trainer_compiles(cfg: Config, name: str) -> None:
+    """Tasks own networks and losses; the optimizer and its rate come from ``training.optim``."""
+    import tensorflow as tf
+
+    task = REGISTRY[name]
+    table = task.tables[0]
+    frame = make_frame(table, 16)
+    meta = task.prepare_meta(manifest(table), cfg.train)
+    targets = [c for c in task.columns_for(table) if c != "image"]
+    meta = task.fit_statistics(meta, frame[targets], cfg.train)
+    spec = task.build(cfg.train, meta)
+    assert isinstance(spec, ModelSpec) and isinstance(spec.model, tf.keras.Model)
+    assert spec.model.optimizer is None and spec.model.compiled_loss is None, "Task.build compiled the model"
+    model = spec.compile(make_optimizer(cfg.train, 2))
+    assert model is spec.model
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(2 * cfg.train.learning_rate)
+    history = model.fit(dataset(task, frame, meta, cfg.train, table), epochs=1, steps_per_epoch=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_attribute_predictions_name_the_positive_attributes(cfg: Config) -> None:
     task = get_task("attributes")
     meta = task.prepare_meta(manifest("celeba"), dataclasses.replace(cfg.train, attributes=("Smiling", "Male")))
-    model = task.build(cfg.train, meta)
+    model = task.build(cfg.train, meta).model
     x = np.random.default_rng(0).random((3, SIZE, SIZE, 3)).astype(np.float32)
     out = task.predict(model, x, meta)
     for probs, names in zip(out["probabilities"], out["predicted"], strict=True):
@@ -237,7 +259,7 @@ def test_fabric_threshold_is_the_quantile_of_defect_free_scores(cfg: Config) -> 
 
     task = get_task("fabric_ae")
     meta = task.prepare_meta(manifest("fabric"), dataclasses.replace(cfg.train, anomaly_quantile=0.9))
-    model = task.build(cfg.train, meta)
+    model = task.build(cfg.train, meta).model
     x, y = task.arrays(make_frame("fabric", 12), meta)
     with pytest.raises(ValueError, match="threshold"):
         task.predict(model, x, meta)

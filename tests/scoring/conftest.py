@@ -18,7 +18,7 @@ def register(register_model, task_name: str, cfg: Config) -> dict[str, str]:
     task = REGISTRY[task_name]
     manifest = {"table": "celeba", "image_size": cfg.train.image_size, "output": "scoring-tests"}
     meta = task.prepare_meta(manifest, cfg.train)
-    model = task.build(cfg.train, meta)
+    model = task.build(cfg.train, meta).model
     name = f"score-test-{task_name}-{uuid.uuid4().hex[:6]}"
     ref = register_model(model, task_name, meta, name, "scoring-tests")
     return {"uri": ref.uri, "name": name, "version": str(ref.version), "run_id": str(ref.run_id)}

@@ -61,8 +61,7 @@ def test_log_model_registers_tags_aliases_and_resolves(tracking: Tracking, cfg: 
 
     task = get_task("attributes")
     meta = task.prepare_meta({"table": "celeba", "image_size": cfg.train.image_size, "output": "t"}, cfg.train)
-    built = task.build(cfg.train, meta)
-    model = getattr(built, "model", built)
+    model = task.build(cfg.train, meta).model
     name = f"tracking-test-{uuid.uuid4().hex[:6]}"
     before = mlflow.get_tracking_uri()
     run_id = tracking.create_run("tracking-tests", "model")

@@ -1,8 +1,10 @@
-"""``train`` end to end: real Horovod (Gloo) on the session's local Spark, petastorm shards,
-a real MLflow server, the VAE on the generated and ingested CelebA fixture (32x32, z=16).
+"""``train`` end to end: petastorm shards, a real MLflow server, the VAE on the generated and
+ingested CelebA fixture (32x32, z=16).
 
-One 2-worker job is trained once for the module and checked from several sides; a resume
-continues it; two 1-worker jobs check repeatability.
+One 2-worker job on real Horovod (Gloo) on the session's local Spark is trained once for the
+module and checked from several sides, and a resume continues it across both ranks. 1-worker
+jobs run in-process (``InProcessBackend``): a resume there, and the check that a 1-worker job
+repeats exactly, in-process as on Horovod on Spark.
 """
 
 from __future__ import annotations
@@ -149,8 +151,34 @@ def test_too_few_row_groups_fail_before_any_run(spark, mlflow_server: str, celeb
     assert _client(mlflow_server).get_experiment_by_name(bad.train.experiment) is None
 
 
-def test_one_worker_runs_repeat_exactly(spark, mlflow_server: str, celeba_parquet: Path, train_cfg: Config,
-                                        tmp_path: Path) -> None:  # fmt: skip
+def test_in_process_resume_continues_the_run_and_the_optimizer(
+    spark, in_process, mlflow_server: str, celeba_parquet: Path, train_cfg: Config, tmp_path: Path
+) -> None:
+    import tensorflow as tf
+
+    from sparkvision.training import train
+    from sparkvision.training.trainer import plan
+
+    one = train_cfg.replace(**{"train.workers": "1", "train.epochs": "1", "train.steps_per_epoch": "4",
+                               "train.pictures": "false", "train.registered_model_prefix": "inproc",
+                               "train.experiment": f"inproc-{uuid.uuid4().hex[:8]}", "paths.store": str(tmp_path)})  # fmt: skip
+    planned = plan(one, celeba_parquet)  # as the train command does: planned once, not again
+    first = train(spark, one, str(celeba_parquet), resume=False, backend=in_process, planned=planned)
+    resumed = train(spark, one.replace(**{"train.epochs": "2"}), str(celeba_parquet), resume=True, backend=in_process)
+    assert resumed["run_id"] == first["run_id"] and resumed["initial_epoch"] == 1 and resumed["epochs_run"] == 1
+    assert [s for s, _ in _steps(_client(mlflow_server), first["run_id"], "loss")] == [0, 1]
+    reader = tf.train.load_checkpoint(f"{resumed['store']}/{resumed['checkpoint']}")
+    iterations = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/_iterations")]
+    assert iterations and int(reader.get_tensor(iterations[0])) == 2 * 4
+    run = _client(mlflow_server).get_run(first["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["workers"] == "1"
+    assert float(run.data.params["effective_lr"]) == pytest.approx(train_cfg.train.learning_rate)
+
+
+def test_one_worker_runs_repeat_exactly_in_process_as_on_spark(
+    spark, in_process, mlflow_server: str, celeba_parquet: Path, train_cfg: Config, tmp_path: Path
+) -> None:
+    """The same 1-worker job on Horovod on Spark and in this process: the same weights."""
     import tensorflow as tf
 
     from sparkvision.training import train
@@ -158,7 +186,7 @@ def test_one_worker_runs_repeat_exactly(spark, mlflow_server: str, celeba_parque
     one = train_cfg.replace(**{"train.workers": "1", "train.epochs": "1", "train.pictures": "false",
                                "train.registered_model_prefix": "repeat", "paths.store": str(tmp_path)})  # fmt: skip
     first = train(spark, one, str(celeba_parquet), resume=False)
-    second = train(spark, one, str(celeba_parquet), resume=False)
+    second = train(spark, one, str(celeba_parquet), resume=False, backend=in_process)
     assert first["run_id"] != second["run_id"]
     assert first["metrics"]["loss"] == second["metrics"]["loss"]
     a = tf.train.load_checkpoint(f"{first['store']}/{first['checkpoint']}")

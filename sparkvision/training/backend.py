@@ -1,0 +1,121 @@
+"""Where the training function runs, modelled on ``horovod.spark``'s ``Backend``.
+
+``trainer.train`` hands ``worker.run_worker`` to a ``Backend``, which calls it once per rank
+as ``fn(collective, *args)``. The function never knows who runs it: production uses
+``SparkHorovodBackend`` (one Spark task per rank, Horovod over Gloo), tests and notebooks can
+use ``InProcessBackend`` (the same function in the caller's process, a world of one rank,
+no Spark job and no Horovod start-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """Runs a training function on ``num_proc`` ranks."""
+
+    def run(
+        self, fn: Callable[..., T], args: tuple[Any, ...], num_proc: int, env: Mapping[str, str] | None = None
+    ) -> list[T]:
+        """Call ``fn(collective, *args)`` on every rank and return the results in rank order.
+
+        Args:
+            fn: The training function; its first argument is the rank's
+                ``collective.Collective``. Must be picklable for backends that ship it.
+            args: The rest of its arguments (picklable likewise).
+            num_proc: Number of ranks.
+            env: Environment variables of the ranks (None: this process's environment).
+
+        Returns:
+            One result per rank, rank 0 first.
+        """
+        ...
+
+
+class SparkHorovodBackend:
+    """``horovod.spark.run`` on the session's executors with Gloo, one Spark task per rank.
+
+    Args:
+        spark: The active session.
+        verbose: Horovod's verbosity; None: 2 when this module logs at DEBUG, else 0.
+        stdout: Where rank output goes (None: ``sys.stdout`` at run time).
+        stderr: Likewise (None: ``sys.stderr`` at run time).
+    """
+
+    def __init__(
+        self, spark: SparkSession, verbose: int | None = None, stdout: IO[str] | None = None,
+        stderr: IO[str] | None = None,
+    ) -> None:  # fmt: skip
+        self.spark = spark
+        self.verbose = verbose
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def run(
+        self, fn: Callable[..., T], args: tuple[Any, ...], num_proc: int, env: Mapping[str, str] | None = None
+    ) -> list[T]:
+        import horovod.spark
+
+        verbose = self.verbose if self.verbose is not None else (2 if log.isEnabledFor(logging.DEBUG) else 0)
+        return horovod.spark.run(_horovod_rank, args=(fn, args), num_proc=num_proc, use_gloo=True,
+                                 env=dict(env) if env is not None else None,
+                                 stdout=self.stdout or sys.stdout, stderr=self.stderr or sys.stderr,
+                                 verbose=verbose)  # fmt: skip
+
+
+def _horovod_rank(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """Runs on an executor: start Horovod, then the training function with its collective."""
+    from sparkvision.training.collective import HorovodCollective
+
+    return fn(HorovodCollective.start(), *args)
+
+
+class InProcessBackend:
+    """The training function in the caller's process as a world of one rank.
+
+    Thread pools and the TensorFlow log level stay the caller's (``LocalCollective.owns_process``
+    is False); ``env`` is applied for the duration of the call and restored afterwards.
+    """
+
+    def run(
+        self, fn: Callable[..., T], args: tuple[Any, ...], num_proc: int, env: Mapping[str, str] | None = None
+    ) -> list[T]:
+        """See ``Backend.run``.
+
+        Raises:
+            ValueError: When ``num_proc`` is not 1.
+        """
+        from sparkvision.training.collective import LocalCollective
+
+        if num_proc != 1:
+            raise ValueError(f"the in-process backend runs exactly 1 worker, {num_proc} were requested "
+                             "(train.workers); set train.workers=1 or use SparkHorovodBackend")  # fmt: skip
+        with _environment(env or {}):
+            return [fn(LocalCollective(), *args)]
+
+
+@contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    changed = {k: os.environ.get(k) for k, v in env.items() if os.environ.get(k) != v}
+    os.environ.update({k: env[k] for k in changed})
+    try:
+        yield
+    finally:
+        for key, old in changed.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old

@@ -1,0 +1,114 @@
+"""What a training rank asks of its world: who it is and how to agree with the other ranks.
+
+``run_worker`` talks to a ``Collective`` only, never to Horovod: ``HorovodCollective`` on
+Horovod-on-Spark ranks (``backend.SparkHorovodBackend``), ``LocalCollective`` for a world of
+one process (``backend.InProcessBackend``), which needs no Horovod initialisation at all.
+Horovod and TensorFlow are imported only inside methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Collective(Protocol):
+    """A rank's view of the training world."""
+
+    rank: int
+    size: int
+    """Number of ranks."""
+    local_size: int
+    """Ranks on this machine (they share its cores)."""
+    owns_process: bool
+    """Whether the process is the rank's own, so it may set TensorFlow's thread pools and
+    log level (False in a caller's process, where the TensorFlow runtime is already running)."""
+
+    def average(self, tensor: Any, name: str) -> Any:
+        """``tensor`` averaged over all ranks (BatchNorm recalibration, metrics)."""
+        ...
+
+    def optimizer_wrapper(self) -> Callable[[Any], Any] | None:
+        """Wraps a Keras optimizer so it averages gradients across ranks; None for one rank."""
+        ...
+
+    def tape_wrapper(self) -> Callable[[Any], Any] | None:
+        """Wraps a ``tf.GradientTape`` of a custom ``train_step`` likewise; None for one rank."""
+        ...
+
+    def start_callbacks(self) -> list[Any]:
+        """Keras callbacks that make every rank start from rank 0's variables."""
+        ...
+
+    def metric_callbacks(self) -> list[Any]:
+        """Keras callbacks that average the epoch logs over ranks (placed after the evaluation)."""
+        ...
+
+
+@dataclass(frozen=True)
+class HorovodCollective:
+    """A Horovod rank (Gloo or MPI); build it with ``start`` inside the rank's process."""
+
+    rank: int
+    size: int
+    local_size: int
+    owns_process: bool = True
+
+    @classmethod
+    def start(cls) -> HorovodCollective:
+        """``hvd.init()`` and this rank's place in the world."""
+        import horovod.tensorflow.keras as hvd
+
+        hvd.init()
+        return cls(rank=hvd.rank(), size=hvd.size(), local_size=hvd.local_size())
+
+    def average(self, tensor: Any, name: str) -> Any:
+        import horovod.tensorflow as hvd_tf
+
+        return hvd_tf.allreduce(tensor, op=hvd_tf.Average, name=name)
+
+    def optimizer_wrapper(self) -> Callable[[Any], Any] | None:
+        import horovod.tensorflow.keras as hvd
+
+        return hvd.DistributedOptimizer
+
+    def tape_wrapper(self) -> Callable[[Any], Any] | None:
+        import horovod.tensorflow as hvd_tf
+
+        return hvd_tf.DistributedGradientTape
+
+    def start_callbacks(self) -> list[Any]:
+        import horovod.tensorflow.keras as hvd
+
+        return [hvd.callbacks.BroadcastGlobalVariablesCallback(0)]
+
+    def metric_callbacks(self) -> list[Any]:
+        import horovod.tensorflow.keras as hvd
+
+        return [hvd.callbacks.MetricAverageCallback()]
+
+
+@dataclass(frozen=True)
+class LocalCollective:
+    """A world of one rank in the caller's process: every collective operation is the identity."""
+
+    rank: int = 0
+    size: int = 1
+    local_size: int = 1
+    owns_process: bool = False
+
+    def average(self, tensor: Any, name: str) -> Any:
+        return tensor
+
+    def optimizer_wrapper(self) -> Callable[[Any], Any] | None:
+        return None
+
+    def tape_wrapper(self) -> Callable[[Any], Any] | None:
+        return None
+
+    def start_callbacks(self) -> list[Any]:
+        return []
+
+    def metric_callbacks(self) -> list[Any]:
+        return []
