@@ -381,3 +381,27 @@ def test_a_failed_pipeline_step_is_one_error_line_with_hints_and_exit_1(
     first, *hints = capsys.readouterr().err.splitlines()
     assert first.startswith(f"sparkvision: error: pipeline p stopped at step 'load' ({pipe}:3): --input /no/such")
     assert [h.split(":")[0] for h in hints] == ["  not run", "  rerun from here"]
+
+
+def test_train_then_score_through_the_cli(
+    mlflow_server: str, celeba_parquet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The happy path of the commands the demo runs: what the user reads, and that it worked."""
+    from sparkvision.data.generators.celeba import generate_new_images
+
+    new_images = generate_new_images(tmp_path / "new", count=4, seed=5)
+    sets = ["--set", f"paths.store={tmp_path / 'store'}", "--set", "train.epochs=1",
+            "--set", "train.registered_model_prefix=cli-test"]  # fmt: skip
+    assert (
+        main(["train", "--env", "test", "--data", str(celeba_parquet), "--model", "vae", "--workers", "1", *sets]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "trained vae (epochs 1-1): models:/cli-test-vae@candidate = version 1" in out, out
+    assert f"run: {mlflow_server}/#/experiments/" in out and "test: " in out, out
+
+    scored = tmp_path / "scored"
+    assert main(["score", "--env", "test", "--model-uri", "models:/cli-test-vae@candidate",
+                 "--input", str(tmp_path / "new"), "--output", str(scored)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"scored {len(new_images)} image(s) with models:/cli-test-vae/1" in out, out
+    assert f"{len(new_images)} ok, 0 failed" in out, out
