@@ -256,12 +256,24 @@ class Tracking:
 
     @contextmanager
     def _process_uri(self) -> Iterator[None]:
-        """MLflow's process-wide tracking URI set to this server for one block, then restored."""
-        import mlflow
+        """MLflow's process-wide tracking URI set to this server for one block, then put back.
 
-        previous = mlflow.get_tracking_uri()
+        ``mlflow.set_tracking_uri`` also writes the ``MLFLOW_TRACKING_URI`` environment variable
+        (for subprocesses), so both are restored exactly: a job that logs a model must not leave
+        the next job of the same process (a pipeline's next step) pointed anywhere new.
+        """
+        import mlflow
+        from mlflow.environment_variables import MLFLOW_TRACKING_URI
+
+        env_before = MLFLOW_TRACKING_URI.get_raw()
+        uri_before = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(previous)
+            # None: back to MLflow resolving the URI itself (environment, then its default).
+            mlflow.set_tracking_uri(None if env_before is None else uri_before)  # type: ignore[arg-type]
+            if env_before is None:
+                MLFLOW_TRACKING_URI.unset()
+            else:
+                MLFLOW_TRACKING_URI.set(env_before)

@@ -27,6 +27,9 @@ T = TypeVar("T")
 class Backend(Protocol):
     """Runs a training function on ``num_proc`` ranks."""
 
+    max_proc: int | None
+    """The most ranks it can run (None: as many as the cluster has); checked before a run starts."""
+
     def run(
         self, fn: Callable[..., T], args: tuple[Any, ...], num_proc: int, env: Mapping[str, str] | None = None
     ) -> list[T]:
@@ -54,6 +57,8 @@ class SparkHorovodBackend:
         stdout: Where rank output goes (None: ``sys.stdout`` at run time).
         stderr: Likewise (None: ``sys.stderr`` at run time).
     """
+
+    max_proc: int | None = None
 
     def __init__(
         self, spark: SparkSession, verbose: int | None = None, stdout: IO[str] | None = None,
@@ -89,6 +94,8 @@ class InProcessBackend:
     Thread pools and the TensorFlow log level stay the caller's (``LocalCollective.owns_process``
     is False); ``env`` is applied for the duration of the call and restored afterwards.
     """
+
+    max_proc: int | None = 1
 
     def run(
         self, fn: Callable[..., T], args: tuple[Any, ...], num_proc: int, env: Mapping[str, str] | None = None

@@ -154,6 +154,9 @@ def train(
 
     p = _checked_plan(planned, data_dir) if planned is not None else plan(cfg, data_dir)
     backend = backend if backend is not None else SparkHorovodBackend(spark)
+    if backend.max_proc is not None and cfg.train.workers > backend.max_proc:
+        raise ValueError(f"train.workers={cfg.train.workers}: {type(backend).__name__} runs at most "
+                         f"{backend.max_proc} worker(s); set train.workers={backend.max_proc} or use SparkHorovodBackend")  # fmt: skip
     tracking = tracking or Tracking.from_config(cfg)
     experiment = cfg.train.experiment
     state = p.store.latest() if resume else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def test_log_model_registers_tags_aliases_and_resolves(tracking: Tracking, cfg: 
     run_id = tracking.create_run("tracking-tests", "model")
     ref = tracking.log_model(run_id, model, "attributes", meta, name, "candidate")
     assert mlflow.get_tracking_uri() == before, "the process-wide URI is restored"
+    assert os.environ.get("MLFLOW_TRACKING_URI") == tracking.uri, "and the environment the session set"
     assert (ref.uri, ref.pinned_uri, ref.name, ref.run_id, ref.task) == (
         f"models:/{name}@candidate", f"models:/{name}/{ref.version}", name, run_id, "attributes")  # fmt: skip
 
@@ -84,6 +86,27 @@ def test_log_model_registers_tags_aliases_and_resolves(tracking: Tracking, cfg: 
     second = tracking.log_model(run_id, model, "attributes", meta, name, "candidate")
     assert int(second.version) == int(ref.version) + 1
     assert tracking.resolve(f"models:/{name}@candidate").version == second.version
+
+
+def test_logging_a_model_leaves_no_tracking_uri_behind(
+    tracking: Tracking, cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline runs several jobs in one process: after one logs a model, nothing may point the
+    next one elsewhere (``mlflow.set_tracking_uri`` writes the environment variable too)."""
+    import mlflow
+
+    from sparkvision.models import get_task
+
+    task = get_task("vae")
+    meta = task.prepare_meta({"table": "celeba", "image_size": cfg.train.image_size, "output": "t"}, cfg.train)
+    model = task.build(cfg.train, meta).model
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(None)  # nothing set, as in a fresh `sparkvision pipeline` process
+    default = mlflow.get_tracking_uri()
+    run_id = tracking.create_run("tracking-tests", "no-leak")
+    tracking.log_model(run_id, model, "vae", meta, f"leak-test-{uuid.uuid4().hex[:6]}", "candidate")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == default != tracking.uri
 
 
 def test_unknown_alias_is_the_registry_error(tracking: Tracking) -> None:

@@ -151,6 +151,16 @@ def test_too_few_row_groups_fail_before_any_run(spark, mlflow_server: str, celeb
     assert _client(mlflow_server).get_experiment_by_name(bad.train.experiment) is None
 
 
+def test_in_process_backend_with_two_workers_fails_before_any_run(spark, in_process, mlflow_server: str,
+                                                                  celeba_parquet: Path, train_cfg: Config) -> None:  # fmt: skip
+    from sparkvision.training import train
+
+    two = train_cfg.replace(**{"train.workers": "2", "train.experiment": f"never-{uuid.uuid4().hex[:8]}"})
+    with pytest.raises(ValueError, match=r"train.workers=2: InProcessBackend runs at most 1 worker"):
+        train(spark, two, str(celeba_parquet), resume=False, backend=in_process)
+    assert _client(mlflow_server).get_experiment_by_name(two.train.experiment) is None
+
+
 def test_in_process_resume_continues_the_run_and_the_optimizer(
     spark, in_process, mlflow_server: str, celeba_parquet: Path, train_cfg: Config, tmp_path: Path
 ) -> None:
