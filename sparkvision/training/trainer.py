@@ -148,6 +148,7 @@ def train(
     """
 
     from sparkvision.tracking import Tracking
+    from sparkvision.tracking.server import warn_if_unreachable
     from sparkvision.training import tracking_log
     from sparkvision.training.backend import SparkHorovodBackend
     from sparkvision.training.worker import WorkerJob, run_worker
@@ -155,6 +156,8 @@ def train(
     p = _checked_plan(planned, data_dir) if planned is not None else plan(cfg, data_dir)
     backend = backend if backend is not None else SparkHorovodBackend(spark)
     tracking = tracking or Tracking.from_config(cfg)
+    if isinstance(backend, SparkHorovodBackend):  # rank 0 logs through tracking.uri from an executor
+        warn_if_unreachable(tracking.uri, spark.sparkContext.master)
     experiment = cfg.train.experiment
     state = p.store.latest() if resume else None
     if resume and state is None:
