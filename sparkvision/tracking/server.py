@@ -31,7 +31,7 @@ from typing import Any
 from sparkvision import procs
 from sparkvision.config import Config, MlflowConfig
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
@@ -119,7 +119,7 @@ def start_server(cfg: MlflowConfig, state_dir: Path) -> Server:
         record["start_ticks"] = procs.start_ticks(proc.pid)
         procs.write_json(state_dir / STATE_FILE, record)
         if not _is_loopback(cfg.host):
-            log.warning("MLflow server %s listens on %s (mlflow.host) with no authentication: anyone who can "
+            _log.warning("MLflow server %s listens on %s (mlflow.host) with no authentication: anyone who can "
                         "reach it can read, change and delete runs and models", url, cfg.host)  # fmt: skip
         return server
 
@@ -306,10 +306,11 @@ def warn_if_unreachable(uri: str, master: str) -> bool:
     if parsed.scheme in ("http", "https"):
         local = _is_loopback(parsed.hostname or "")
     else:
-        local = parsed.scheme in ("", "file", "sqlite")
+        # a folder or database of this machine; "databricks" (no scheme) names a workspace
+        local = parsed.scheme in ("file", "sqlite") or (not parsed.scheme and uri != "databricks")
     if local and uri not in _WARNED:
         _WARNED.add(uri)
-        log.warning("MLflow tracking URI %s is local to the driver: executors of %s on other hosts cannot log to "
+        _log.warning("MLflow tracking URI %s is local to the driver: executors of %s on other hosts cannot log to "
                     "it; set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a server they reach, or mlflow.host to "
                     "an address of this machine they reach", uri, master)  # fmt: skip
     return local
