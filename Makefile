@@ -2,11 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ENV ?= base
+GPU ?= 0
 
 .PHONY: setup demo test lint bench clean-runs
 
-setup:
-	@bash scripts/setup_env.sh
+setup:  # GPU=1: the GPU TensorFlow build, Horovod with NCCL when nvcc is found (README "GPU workers")
+	@GPU=$(GPU) bash scripts/setup_env.sh
 
 demo: setup
 	$(PY) -m sparkvision.cli pipeline pipelines/demo.yaml --env $(ENV)

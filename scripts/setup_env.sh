@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
+GPU=${GPU:-0}  # 1: the GPU TensorFlow build, and Horovod with NCCL when a CUDA toolkit (nvcc) is present
 
 need() {  # need CMD "what it is" "how to install"
   if ! command -v "$1" >/dev/null 2>&1; then
@@ -30,7 +31,7 @@ if [ "$py_ver" != "3.11" ]; then
 fi
 
 stamp="$VENV/.sparkvision-setup"
-want=$(cat constraints.txt setup.py scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+want=$( (cat constraints.txt setup.py scripts/setup_env.sh; echo "GPU=$GPU") | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/sparkvision" ]; then
   echo "setup: $VENV is up to date"
   exit 0
@@ -49,9 +50,25 @@ quiet() {
 }
 quiet "${pip[@]}" --upgrade "pip<25" "setuptools<80" wheel
 echo "setup: installing TensorFlow and build tools"
-quiet "${pip[@]}" tensorflow-cpu numpy cmake
-if ! "$VENV/bin/python" -c 'import horovod.tensorflow' >/dev/null 2>&1; then
-  echo "setup: building Horovod with TensorFlow + Gloo (about 3 minutes on 2 cores)"
+hvd_built=gloo_built
+if [ "$GPU" = 1 ]; then
+  # Same version as tensorflow-cpu (constraints.txt), built with CUDA; it replaces the CPU build.
+  "$VENV/bin/python" -m pip uninstall --quiet -y tensorflow-cpu >/dev/null 2>&1 || true
+  quiet "${pip[@]}" "tensorflow[and-cuda]==2.15.1" numpy cmake
+  if command -v nvcc >/dev/null 2>&1; then
+    echo "setup: GPU=1: CUDA toolkit found ($(command -v nvcc)): Horovod averages gradients with NCCL"
+    export HOROVOD_GPU_OPERATIONS=NCCL
+    hvd_built=nccl_built
+    "$VENV/bin/python" -c 'import horovod.tensorflow as h; assert h.nccl_built()' >/dev/null 2>&1 \
+      || "$VENV/bin/python" -m pip uninstall --quiet -y horovod >/dev/null 2>&1 || true
+  else
+    echo "setup: GPU=1: no CUDA toolkit (nvcc not on PATH): Horovod with Gloo only (gradients averaged on the CPU)"
+  fi
+else
+  quiet "${pip[@]}" tensorflow-cpu numpy cmake
+fi
+if ! "$VENV/bin/python" -c "import horovod.tensorflow as h; assert h.$hvd_built()" >/dev/null 2>&1; then
+  echo "setup: building Horovod with TensorFlow + Gloo${HOROVOD_GPU_OPERATIONS:+ + NCCL} (about 3 minutes on 2 cores)"
   PATH="$PWD/$VENV/bin:$PATH" \
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
@@ -60,6 +77,10 @@ if ! "$VENV/bin/python" -c 'import horovod.tensorflow' >/dev/null 2>&1; then
 fi
 echo "setup: installing sparkvision and the rest of the stack"
 quiet "${pip[@]}" -e ".[dev]"
+if [ "$GPU" = 1 ]; then  # setup.py asks for tensorflow-cpu: put the GPU build's files back over it
+  "$VENV/bin/python" -m pip uninstall --quiet -y tensorflow-cpu
+  quiet "${pip[@]}" --force-reinstall --no-deps "tensorflow==2.15.1"
+fi
 "$VENV/bin/python" - <<'PY'
 import horovod.tensorflow as hvd
 assert hvd.gloo_built(), "Horovod was built without Gloo"

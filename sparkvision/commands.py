@@ -222,7 +222,8 @@ def train(cfg: Config, *, data: str, model: str = "", workers: int = 0, resume: 
     from sparkvision.spark import get_spark
     from sparkvision.training import train as run_train
 
-    result = run_train(get_spark(cfg.spark), cfg, data_dir=data, resume=resume, planned=job, tracking=tracking)
+    spark = get_spark(cfg.spark, gpus=cfg.train.gpus_per_worker)
+    result = run_train(spark, cfg, data_dir=data, resume=resume, planned=job, tracking=tracking)
     epochs = f"epochs {result['initial_epoch'] + 1}-{result['initial_epoch'] + result['epochs_run']}"
     stopped = ", stopped early" if result["stopped_early"] else ""
     print(f"trained {cfg.train.model} ({epochs}{stopped}): {result['model_uri']} = version {result['version']}")
@@ -243,7 +244,7 @@ def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: 
     from sparkvision.scoring import score as run_score
     from sparkvision.spark import get_spark
 
-    s = run_score(get_spark(cfg.spark), model_uri, source, output, cfg.score,
+    s = run_score(get_spark(cfg.spark, gpus=cfg.score.gpus_per_task), model_uri, source, output, cfg.score,
                   incremental=incremental or cfg.score.incremental, tracking=tracking)  # fmt: skip
     model = s["model"]
     print(f"scored {s['inputs']} image(s) with {model['pinned_uri']} (run {model['run_id']}): {s['scored']} ok, "

@@ -46,6 +46,7 @@ class SparkConfig:
     app_name: str = "sparkvision"
     log_level: str = "WARN"
     conf: Mapping[str, str] = field(default_factory=dict)
+    gpu_discovery_script: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ class TrainConfig:
     alias: str = "candidate"
     experiment: str = "sparkvision"
     pictures: bool = True
+    gpus_per_worker: int = field(default=0, metadata=_range(0, 1))
+    mixed_precision: Literal[False, "mixed_float16"] = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ class ScoreConfig:
     max_records_per_batch: int = field(default=256, metadata=_range(1, 1_000_000))
     incremental: bool = False
     partitions: int = field(default=0, metadata=_range(0, 100000))
+    gpus_per_task: int = field(default=0, metadata=_range(0, 1))
+    gpu_batch_size: int = field(default=256, metadata=_range(0, 65536))
 
 
 @dataclass(frozen=True)

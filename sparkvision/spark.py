@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from sparkvision import logs
 from sparkvision.config import SparkConfig
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -36,31 +39,86 @@ def spark_home() -> Path:
     return Path(pyspark.__file__).parent
 
 
-def get_spark(cfg: SparkConfig, master: str | None = None) -> SparkSession:
+def get_spark(cfg: SparkConfig, master: str | None = None, gpus: int = 0) -> SparkSession:
     """Build (or reuse) the SparkSession described by ``cfg``.
 
     Args:
         cfg: The ``spark`` section of the configuration.
         master: Overrides ``cfg.master``; ignored when spark-submit already set one.
+        gpus: GPUs per task (``train.gpus_per_worker``, ``score.gpus_per_task``): adds Spark's
+            GPU scheduling settings (``gpu_conf``) unless ``cfg.conf`` or spark-submit set them.
 
     Returns:
         The active SparkSession.
+
+    Raises:
+        UserError: When ``gpus`` > 0 and an already running session schedules no GPUs
+            (executor resources are fixed when a session starts).
     """
     os.environ.setdefault("PYSPARK_PYTHON", python_executable())
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", python_executable())
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(cfg.app_name)
-    submitted = "spark.master" in _submit_conf()
+    submit = _submit_conf()
+    submitted = "spark.master" in submit
     if not submitted:
         builder = builder.master(master or cfg.master)
     level = logs.spark_level(cfg.log_level)
     for key, value in console_conf(cfg.conf, level).items():
         builder = builder.config(key, value)
+    gpu_master = submit.get("spark.master") or master or cfg.master
+    for key, value in gpu_conf(gpus, cfg.gpu_discovery_script, gpu_master).items():
+        if key not in cfg.conf and key not in submit:
+            builder = builder.config(key, value)
     builder = builder.config("spark.executorEnv.PYSPARK_PYTHON", python_executable())
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(level)
+    _check_gpu_scheduling(spark, gpus)
     return spark
+
+
+def is_local(master: str) -> bool:
+    """Whether ``master`` runs everything in the driver's JVM (``local``, ``local[N]``; not ``local-cluster``)."""
+    return master == "local" or master.startswith("local[")
+
+
+def gpu_conf(gpus: int, discovery_script: str, master: str) -> dict[str, str]:
+    """Spark's GPU scheduling settings for ``gpus`` GPUs per task on ``master``.
+
+    ``spark.executor.resource.gpu.amount`` and ``spark.task.resource.gpu.amount`` = ``gpus`` (an
+    executor with more GPUs sets its own amount, with as many cores), and the discovery script
+    when one is given. They take effect only when a session starts: ``get_spark`` adds them to
+    the session it builds; a session started elsewhere must be submitted with them (``--conf``).
+
+    In local mode Spark schedules no GPUs (a task asking for one would wait forever), so
+    nothing is set there and the ranks choose their GPU by local rank
+    (``devices.configure_tensorflow``).
+    """
+    if gpus <= 0:
+        return {}
+    if is_local(master):
+        log.warning("%s: Spark schedules no GPUs in local mode; each worker uses the GPU of its local rank", master)
+        return {}
+    conf = {"spark.executor.resource.gpu.amount": str(gpus), "spark.task.resource.gpu.amount": str(gpus)}
+    if discovery_script:
+        conf["spark.executor.resource.gpu.discoveryScript"] = discovery_script
+    return conf
+
+
+def _check_gpu_scheduling(spark: SparkSession, gpus: int) -> None:
+    """Fail when GPUs are asked for but the (already running) session gives tasks none."""
+    from sparkvision.errors import UserError
+
+    sc = spark.sparkContext
+    if gpus <= 0 or is_local(sc.master) or sc.getConf().get("spark.task.resource.gpu.amount"):
+        return
+    raise UserError(
+        f"{gpus} GPU(s) per task asked for (train.gpus_per_worker / score.gpus_per_task), but the running Spark "
+        "session schedules none and executor resources cannot change once it started: submit with --conf "
+        f"spark.executor.resource.gpu.amount={gpus} --conf spark.task.resource.gpu.amount={gpus} --conf "
+        "spark.executor.resource.gpu.discoveryScript=PATH, or let sparkvision build the session"
+    )
 
 
 def console_conf(conf: Mapping[str, str], level: str) -> dict[str, str]:

@@ -67,7 +67,7 @@ def build_classifier(
     x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
     x = tf.keras.layers.Dense(128, activation="relu", name="head_dense")(x)
     outputs = tf.keras.layers.Dense(n_outputs, activation="sigmoid" if multi_label else "softmax",
-                                    name="probabilities")(x)  # fmt: skip
+                                    name="probabilities", dtype="float32")(x)  # fmt: skip
     return tf.keras.Model(inputs, outputs, name="attributes" if multi_label else "classifier")
 
 

@@ -36,7 +36,8 @@ def build_regressor(input_shape: tuple[int, int, int], n_outputs: int, dropout: 
     x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
     # Small initial weights start every coordinate near 0.5, away from the flat ends of the sigmoid.
     small = tf.keras.initializers.RandomNormal(stddev=0.01)
-    outputs = tf.keras.layers.Dense(n_outputs, activation="sigmoid", kernel_initializer=small, name="coords")(x)
+    outputs = tf.keras.layers.Dense(n_outputs, activation="sigmoid", kernel_initializer=small, name="coords",
+                                    dtype="float32")(x)  # fmt: skip
     return tf.keras.Model(inputs, outputs, name="detector")
 
 

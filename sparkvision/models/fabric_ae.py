@@ -94,7 +94,7 @@ def build_autoencoder(input_shape: tuple[int, int, int], latent_dim: int) -> tf.
     x = layers.Conv2D(input_shape[2], 3, padding="same", name="decoder_output_conv")(x)
     if PAD:
         x = layers.Cropping2D(PAD, name="crop_pad")(x)
-    outputs = layers.Activation("sigmoid", name="reconstruction")(x)
+    outputs = layers.Activation("sigmoid", name="reconstruction", dtype="float32")(x)  # float32 under mixed_float16
     return tf.keras.Model(inputs, outputs, name="fabric_ae")
 
 

@@ -38,7 +38,8 @@ class VAE(tf.keras.Model):
     """Variational autoencoder: ``encoder`` (image → ``[mu, log_var, z]``) and ``decoder`` (z → image).
 
     Loss per batch = ``r_loss_factor`` × mean over images of the per-image pixel MSE + mean KL,
-    with ``KL = -0.5 Σ (1 + log_var - mu² - exp(log_var))`` per image. ``train_step`` and
+    with ``KL = -0.5 Σ (1 + log_var - mu² - exp(log_var))`` per image, computed in float32 under
+    any dtype policy (with loss scaling under ``mixed_float16``). ``train_step`` and
     ``test_step`` return ``{"loss", "r_loss", "kl_loss"}``.
 
     ``tape_wrapper`` is applied to the ``tf.GradientTape`` before gradients are taken; the
@@ -79,6 +80,9 @@ class VAE(tf.keras.Model):
         """``(loss, r_loss, kl_loss)`` of a batch, each averaged over its images."""
         mu, log_var, z = self.encoder(x, training=training)
         reconstruction = self.decoder(z, training=training)
+        # float32 whatever the dtype policy (the builders' output layers are float32 already)
+        x, reconstruction = tf.cast(x, tf.float32), tf.cast(reconstruction, tf.float32)
+        mu, log_var = tf.cast(mu, tf.float32), tf.cast(log_var, tf.float32)
         r_loss = tf.reduce_mean(tf.reduce_mean(tf.square(x - reconstruction), axis=[1, 2, 3]))
         kl = -0.5 * tf.reduce_sum(1.0 + log_var - tf.square(mu) - tf.exp(log_var), axis=1)
         kl_loss = tf.reduce_mean(kl)
@@ -92,10 +96,16 @@ class VAE(tf.keras.Model):
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         x = data[0] if isinstance(data, tuple) else data
+        # Under mixed_float16, compile wrapped the optimizer in a LossScaleOptimizer: scale the
+        # float32 loss so float16 gradients do not underflow, and unscale them before applying.
+        scaling = hasattr(self.optimizer, "get_scaled_loss")
         with tf.GradientTape() as tape:
             loss, r_loss, kl_loss = self.compute_losses(x, training=True)
+            target = self.optimizer.get_scaled_loss(loss) if scaling else loss
         tape = self.tape_wrapper(tape)
-        grads = tape.gradient(loss, self.trainable_weights)
+        grads = tape.gradient(target, self.trainable_weights)
+        if scaling:
+            grads = self.optimizer.get_unscaled_gradients(grads)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
         return self._record(loss, r_loss, kl_loss)
 

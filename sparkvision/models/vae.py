@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
 
 def build_encoder(input_shape: tuple[int, int, int], latent_dim: int, dropout: float = 0.25) -> tf.keras.Model:
     """Image → ``[mu, log_var, z]``: four stride-2 Conv+BN+LeakyReLU+Dropout blocks, Flatten,
-    Dense ``mu`` and ``log_var``, and a ``Sampling`` layer."""
+    Dense ``mu`` and ``log_var``, and a ``Sampling`` layer (the last three float32 under any policy)."""
     import tensorflow as tf
 
     from sparkvision.models.layers import Sampling, conv_block
@@ -49,15 +49,17 @@ def build_encoder(input_shape: tuple[int, int, int], latent_dim: int, dropout: f
     for i, filters in enumerate(ENCODER_FILTERS):
         x = conv_block(x, filters, f"encoder_{i}", strides=2, activation="leaky_relu", dropout=dropout)
     x = tf.keras.layers.Flatten(name="encoder_flatten")(x)
-    mu = tf.keras.layers.Dense(latent_dim, name="mu")(x)
-    log_var = tf.keras.layers.Dense(latent_dim, name="log_var")(x)
-    z = Sampling(name="z")([mu, log_var])
+    # float32 under a mixed policy: the KL term's exp(log_var) overflows float16 (Keras' advice:
+    # keep the outputs a loss is computed from in float32).
+    mu = tf.keras.layers.Dense(latent_dim, name="mu", dtype="float32")(x)
+    log_var = tf.keras.layers.Dense(latent_dim, name="log_var", dtype="float32")(x)
+    z = Sampling(name="z", dtype="float32")([mu, log_var])
     return tf.keras.Model(inputs, [mu, log_var, z], name="encoder")
 
 
 def build_decoder(output_shape: tuple[int, int, int], latent_dim: int, dropout: float = 0.25) -> tf.keras.Model:
     """z → image: Dense to ``(S/16, S/16, 64)``, three stride-2 Conv2DTranspose+BN+LeakyReLU
-    (+Dropout) blocks and a stride-2 Conv2DTranspose to the channels with a sigmoid."""
+    (+Dropout) blocks and a stride-2 Conv2DTranspose to the channels with a float32 sigmoid."""
     import tensorflow as tf
 
     from sparkvision.models.layers import conv_block
@@ -69,7 +71,7 @@ def build_decoder(output_shape: tuple[int, int, int], latent_dim: int, dropout: 
     for i, filters in enumerate(DECODER_FILTERS):
         x = conv_block(x, filters, f"decoder_{i}", strides=2, transpose=True, activation="leaky_relu", dropout=dropout)
     x = tf.keras.layers.Conv2DTranspose(output_shape[2], 3, strides=2, padding="same", name="decoder_output_conv")(x)
-    outputs = tf.keras.layers.Activation("sigmoid", name="decoder_output")(x)
+    outputs = tf.keras.layers.Activation("sigmoid", name="decoder_output", dtype="float32")(x)
     return tf.keras.Model(inputs, outputs, name="decoder")
 
 

@@ -251,8 +251,9 @@ def apply_model(df: DataFrame, model: ResolvedModel, cfg: ScoreConfig, keep: Seq
     schema = ", ".join(f"`{c}` {t}" for c, t in cols)
     cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
     fn = ScoreBatches(
-        Path(model.archive).name, model.local_path, cfg.batch_size, keep, [c for c, _ in model.outputs], cpus
-    )
+        Path(model.archive).name, model.local_path, cfg.batch_size, keep, [c for c, _ in model.outputs], cpus,
+        gpu_batch_size=cfg.gpu_batch_size, gpus=cfg.gpus_per_task,
+    )  # fmt: skip
     return df.select(*dict.fromkeys([*keep, "image"])).mapInPandas(fn, schema)
 
 

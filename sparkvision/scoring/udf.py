@@ -7,6 +7,13 @@ MLflow pyfunc's ``predict`` on a DataFrame with the ``image`` bytes column, so d
 preprocessing are the model's own. The pyfunc is loaded once per Python worker (Spark
 reuses workers across tasks) and cached in ``_MODELS`` keyed by its local path.
 
+GPUs: a Python worker runs its task, so ``TaskContext.get().resources()`` names the GPU Spark
+assigned (``spark.task.resource.gpu.amount``, ``score.gpus_per_task``). The first task of a
+worker makes that GPU the only one CUDA sees, before TensorFlow starts (``use_task_gpus``), and
+tasks with a GPU predict in batches of ``gpu_batch_size``. A reused worker keeps the GPU of its
+first task: with several GPUs per executor a later task may be handed another address, which is
+logged; one GPU per executor (``spark.executor.resource.gpu.amount=1``) avoids it.
+
 Nothing heavy is imported at module level: this module is imported by every Python worker.
 """
 
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 
 _MODELS: dict[str, Any] = {}
 _LOCK = threading.Lock()
+_DEVICES: dict[str, Any] = {}
+"""What ``use_task_gpus`` chose for this process (``devices.configure_tensorflow``), once."""
 
 
 def _limit_threads(cpus: int) -> None:
@@ -42,6 +51,30 @@ def _limit_threads(cpus: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, cpus)))
     except (ImportError, RuntimeError):  # RuntimeError: TF already initialised in this worker
         pass
+
+
+def use_task_gpus(wanted: int) -> tuple[str, ...]:
+    """The GPU addresses Spark assigned to the running task; the process's first call pins them.
+
+    Args:
+        wanted: GPUs asked for per task (``score.gpus_per_task``); with none assigned and 0
+            wanted, TensorFlow is kept off the GPUs (``devices.configure_tensorflow``).
+
+    Returns:
+        The task's addresses (empty without GPU scheduling).
+    """
+    from sparkvision import devices
+
+    assigned = devices.task_gpus()
+    with _LOCK:
+        if not _DEVICES:
+            devices.pin(assigned)
+            _DEVICES.update(devices.configure_tensorflow(assigned, wanted))
+        elif _DEVICES["assigned"] != list(assigned):
+            log.warning("task assigned GPU %s, but Python worker pid %d runs on GPU %s since its first task (Spark "
+                        "reuses workers); give executors one GPU each (spark.executor.resource.gpu.amount=1)",
+                        list(assigned), os.getpid(), _DEVICES["assigned"])  # fmt: skip
+    return assigned
 
 
 def load_model(path: str, cpus: int = 0) -> Any:
@@ -112,6 +145,8 @@ class ScoreBatches:
         keep: Input columns copied to the output unchanged (lineage: path, hash, id, ...).
         outputs: The model's output columns, in output order.
         cpus: TensorFlow threads per Python worker (0: TensorFlow's default).
+        gpu_batch_size: Images per ``predict`` call in a task with a GPU (0: ``batch_size``).
+        gpus: GPUs asked for per task (``score.gpus_per_task``), see ``use_task_gpus``.
     """
 
     def __init__(
@@ -122,6 +157,8 @@ class ScoreBatches:
         keep: Sequence[str],
         outputs: Sequence[str],
         cpus: int = 1,
+        gpu_batch_size: int = 0,
+        gpus: int = 0,
     ) -> None:
         self.archive_name = archive_name
         self.driver_path = driver_path
@@ -129,12 +166,16 @@ class ScoreBatches:
         self.keep = list(keep)
         self.outputs = list(outputs)
         self.cpus = cpus
+        self.gpu_batch_size = gpu_batch_size
+        self.gpus = gpus
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        on_gpu = bool(use_task_gpus(self.gpus))
+        batch_size = self.gpu_batch_size if on_gpu and self.gpu_batch_size else self.batch_size
         model = load_model(resolve_local_model(self.archive_name, self.driver_path), self.cpus)
         for frame in batches:
-            for start in range(0, len(frame), self.batch_size):
-                yield self._score(model, frame.iloc[start : start + self.batch_size])
+            for start in range(0, len(frame), batch_size):
+                yield self._score(model, frame.iloc[start : start + batch_size])
 
     def _score(self, model: Any, chunk: pd.DataFrame) -> pd.DataFrame:
         import pandas as pd

@@ -15,6 +15,7 @@ from sparkvision.tracking.server import (
     start_server,
     stop_server,
     tracking_uri,
+    warn_if_unreachable,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "start_server",
     "stop_server",
     "tracking_uri",
+    "warn_if_unreachable",
 ]

@@ -4,12 +4,19 @@
 ``STATE/server.json``; ``stop_server`` stops that process group (the server's uvicorn workers
 and job consumers included). ``tracking_uri`` answers "which server do runs go to":
 ``MLFLOW_TRACKING_URI``, then ``mlflow.tracking_uri``, then the project's running server.
+
+Executors on other hosts cannot reach ``127.0.0.1``. The project's server binds loopback
+unless ``mlflow.host`` names another address (it has no authentication: said once when it
+starts); an existing server given as ``mlflow.tracking_uri`` is used as is and none is started.
+``warn_if_unreachable`` tells the driver when the URI its ranks will log through is local to it.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
+import logging
 import os
 import socket
 import sys
@@ -24,8 +31,12 @@ from typing import Any
 from sparkvision import procs
 from sparkvision.config import Config, MlflowConfig
 
+_log = logging.getLogger(__name__)
+
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
+_WARNED: set[str] = set()
+"""Tracking URIs ``warn_if_unreachable`` already warned about in this process."""
 
 
 class TrackingError(RuntimeError):
@@ -107,6 +118,9 @@ def start_server(cfg: MlflowConfig, state_dir: Path) -> Server:
         record = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(server).items()}
         record["start_ticks"] = procs.start_ticks(proc.pid)
         procs.write_json(state_dir / STATE_FILE, record)
+        if not _is_loopback(cfg.host):
+            _log.warning("MLflow server %s listens on %s (mlflow.host) with no authentication: anyone who can "
+                        "reach it can read, change and delete runs and models", url, cfg.host)  # fmt: skip
         return server
 
 
@@ -249,7 +263,57 @@ def _check_bindable(host: str, port: int) -> None:
 
 
 def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    """The name clients use for a server bound to ``host``: for every interface, this machine's
+    name (executors on other hosts reach it there), when it resolves; else ``host`` itself."""
+    if host not in ("0.0.0.0", "", "::"):
+        return host
+    name = socket.gethostname()
+    try:
+        socket.gethostbyname(name)
+    except OSError:
+        return "127.0.0.1"
+    return name
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_unreachable(uri: str, master: str) -> bool:
+    """Warn (once per URI and process) when executors of ``master`` on other hosts cannot reach ``uri``.
+
+    Horovod rank 0 logs epoch metrics through the URI the driver resolved; a loopback URL, or a
+    local database or folder, is this machine's only. Nothing is said for a master whose
+    executors run on this machine (``local[N]``, ``local-cluster``, ``spark://127.0.0.1:...``).
+
+    Args:
+        uri: The resolved tracking URI (``tracking_uri``).
+        master: The Spark master URL (``SparkContext.master``).
+
+    Returns:
+        Whether the URI is local to this machine while the master is not (warned or not).
+    """
+    from urllib.parse import urlparse
+
+    if master.startswith("local") or _is_loopback(urlparse(master).hostname or ""):
+        return False
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        local = _is_loopback(parsed.hostname or "")
+    else:
+        # a folder or database of this machine; "databricks" (no scheme) names a workspace
+        local = parsed.scheme in ("file", "sqlite") or (not parsed.scheme and uri != "databricks")
+    if local and uri not in _WARNED:
+        _WARNED.add(uri)
+        _log.warning("MLflow tracking URI %s is local to the driver: executors of %s on other hosts cannot log to "
+                    "it; set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a server they reach, or mlflow.host to "
+                    "an address of this machine they reach", uri, master)  # fmt: skip
+    return local
 
 
 @contextmanager

@@ -21,9 +21,14 @@ class Collective(Protocol):
     """Number of ranks."""
     local_size: int
     """Ranks on this machine (they share its cores)."""
+    local_rank: int
+    """This rank's index among those of its machine."""
     owns_process: bool
     """Whether the process is the rank's own, so it may set TensorFlow's thread pools and
     log level (False in a caller's process, where the TensorFlow runtime is already running)."""
+    gpus: tuple[str, ...]
+    """GPU addresses Spark assigned to the rank's task, already made the only ones CUDA sees
+    (``devices.pin``); empty without Spark GPU scheduling."""
 
     def average(self, tensor: Any, name: str) -> Any:
         """``tensor`` averaged over all ranks (BatchNorm recalibration, metrics)."""
@@ -54,14 +59,26 @@ class HorovodCollective:
     size: int
     local_size: int
     owns_process: bool = True
+    gpus: tuple[str, ...] = ()
+    local_rank: int = 0
 
     @classmethod
     def start(cls) -> HorovodCollective:
-        """``hvd.init()`` and this rank's place in the world."""
+        """Pin the GPUs Spark assigned to this rank's task, then ``hvd.init()`` and this rank's place.
+
+        The rank runs in a child process of its Spark task, where ``TaskContext.get()`` is None:
+        the addresses come from Horovod's task service (``devices.horovod_task_gpus``), and are
+        set in ``CUDA_VISIBLE_DEVICES`` before TensorFlow is imported.
+        """
+        from sparkvision import devices
+
+        gpus = devices.horovod_task_gpus()
+        devices.pin(gpus)
         import horovod.tensorflow.keras as hvd
 
         hvd.init()
-        return cls(rank=hvd.rank(), size=hvd.size(), local_size=hvd.local_size())
+        return cls(rank=hvd.rank(), size=hvd.size(), local_size=hvd.local_size(), gpus=gpus,
+                   local_rank=hvd.local_rank())  # fmt: skip
 
     def average(self, tensor: Any, name: str) -> Any:
         import horovod.tensorflow as hvd_tf
@@ -97,6 +114,8 @@ class LocalCollective:
     size: int = 1
     local_size: int = 1
     owns_process: bool = False
+    gpus: tuple[str, ...] = ()
+    local_rank: int = 0
 
     def average(self, tensor: Any, name: str) -> Any:
         return tensor

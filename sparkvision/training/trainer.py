@@ -148,6 +148,7 @@ def train(
     """
 
     from sparkvision.tracking import Tracking
+    from sparkvision.tracking.server import warn_if_unreachable
     from sparkvision.training import tracking_log
     from sparkvision.training.backend import SparkHorovodBackend
     from sparkvision.training.worker import WorkerJob, run_worker
@@ -158,6 +159,8 @@ def train(
         raise ValueError(f"train.workers={cfg.train.workers}: {type(backend).__name__} runs at most "
                          f"{backend.max_proc} worker(s); set train.workers={backend.max_proc} or use SparkHorovodBackend")  # fmt: skip
     tracking = tracking or Tracking.from_config(cfg)
+    if isinstance(backend, SparkHorovodBackend):  # rank 0 logs through tracking.uri from an executor
+        warn_if_unreachable(tracking.uri, spark.sparkContext.master)
     experiment = cfg.train.experiment
     state = p.store.latest() if resume else None
     if resume and state is None:

@@ -54,26 +54,29 @@ def run_worker(collective: Collective, job: WorkerJob) -> dict[str, Any]:
 
     Returns:
         On rank 0: ``{"rank", "checkpoint", "epoch", "best_checkpoint", "best_epoch", "history",
-        "initial_epoch", "stopped_early"}`` with the store paths of the last and the best
-        checkpoint (lowest monitored value); on other ranks ``{"rank", "history"}``.
+        "initial_epoch", "stopped_early", "devices"}`` with the store paths of the last and the
+        best checkpoint (lowest monitored value); on other ranks ``{"rank", "history", "devices"}``.
+        ``devices``: the rank's GPUs (``devices.configure_tensorflow``) and Keras dtype ``policy``.
     """
     import tensorflow as tf
 
+    from sparkvision import devices
     from sparkvision.models import get_task
     from sparkvision.training.checkpoints import Store
 
-    _configure_process(collective)
     tcfg = job.tcfg
+    used = configure_process(collective, tcfg)
     task = get_task(tcfg.model)
-    tf.keras.utils.set_random_seed(tcfg.seed)  # identical initial weights on every rank
-    model = compiled_model(task, tcfg, job.meta, collective)
-    store = Store(job.store_root)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    initial_epoch, plateau = _restore(job, store, model, checkpoint, collective.rank)
-    history: dict[str, list[float]] = {}
-    if initial_epoch < tcfg.epochs:
-        history, plateau = _fit(collective, job, task, model, store, checkpoint, initial_epoch, plateau)
-    result: dict[str, Any] = {"rank": collective.rank, "history": history}
+    with devices.precision(tcfg.mixed_precision) as policy:
+        tf.keras.utils.set_random_seed(tcfg.seed)  # identical initial weights on every rank
+        model = compiled_model(task, tcfg, job.meta, collective)
+        store = Store(job.store_root)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        initial_epoch, plateau = _restore(job, store, model, checkpoint, collective.rank)
+        history: dict[str, list[float]] = {}
+        if initial_epoch < tcfg.epochs:
+            history, plateau = _fit(collective, job, task, model, store, checkpoint, initial_epoch, plateau)
+    result: dict[str, Any] = {"rank": collective.rank, "history": history, "devices": {**used, "policy": policy}}
     if collective.rank == 0:
         last = store.latest()
         best = store.best(job.run_id) or last
@@ -97,17 +100,25 @@ def compiled_model(task: Task, tcfg: TrainConfig, meta: dict[str, Any], collecti
     return task.build(tcfg, meta).compile(optimizer, tape_wrapper=collective.tape_wrapper())
 
 
-def _configure_process(collective: Collective) -> None:
-    """TensorFlow's log level and thread pools, in a process of the rank's own only: they
-    cannot change once the TensorFlow runtime of a caller's process is initialised."""
+def configure_process(collective: Collective, tcfg: TrainConfig) -> dict[str, Any]:
+    """TensorFlow's log level, thread pools and GPUs (``devices.configure_tensorflow``: the ones
+    Spark assigned to the rank's task, with memory growth), in a process of the rank's own only:
+    they cannot change once the TensorFlow runtime of a caller's process is initialised.
+
+    Returns:
+        What ``devices.configure_tensorflow`` chose (``{}`` in a caller's process).
+    """
     if not collective.owns_process:
-        return
+        return {}
     import tensorflow as tf
+
+    from sparkvision import devices
 
     tf.get_logger().setLevel(os.environ.get("SPARKVISION_WORKER_TF_LOG", "ERROR"))
     threads = max(1, (os.cpu_count() or 1) // max(1, collective.local_size))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return devices.configure_tensorflow(collective.gpus, tcfg.gpus_per_worker, collective.local_rank)
 
 
 def _restore(job: WorkerJob, store: Store, model: Any, checkpoint: Any, rank: int) -> tuple[int, PlateauState]:

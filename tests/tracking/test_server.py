@@ -135,3 +135,84 @@ def test_failed_start_reports_the_log_and_leaves_nothing_running(
     assert str(state / tracking.LOG_FILE) in str(info.value)
     assert not (state / tracking.STATE_FILE).exists()
     assert _processes_in(state) == []
+
+
+def test_an_existing_server_given_as_tracking_uri_is_used_and_none_is_started(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sparkvision.config import load_config
+    from sparkvision.tracking import Tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = tmp_path / "mlflow"
+    cfg = load_config("test", [f"mlflow.tracking_uri={mlflow_server}", f"paths.mlflow={state}"])
+    assert tracking.ensure_server(cfg) == mlflow_server
+    client = Tracking.from_config(cfg, start=True)
+    assert client.uri == mlflow_server
+    assert client.client.search_experiments()  # it answers: the existing server, not a new one
+    assert not (state / tracking.STATE_FILE).exists()
+    assert tracking.server_status(state)["running"] is False
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_a_server_bound_beyond_loopback_warns_once_that_it_has_no_authentication(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address")
+    state = tmp_path / "mlflow"
+    with caplog.at_level("WARNING", logger=tracking.__name__):
+        server = tracking.start_server(MlflowConfig(host=address, port=0), state)
+        try:
+            assert server.url == f"http://{address}:{server.port}"
+            assert tracking.start_server(MlflowConfig(host=address, port=0), state).pid == server.pid
+        finally:
+            tracking.stop_server(state)
+    warnings = [r.getMessage() for r in caplog.records if "no authentication" in r.getMessage()]
+    assert warnings == [f"MLflow server {server.url} listens on {address} (mlflow.host) with no authentication: "
+                        "anyone who can reach it can read, change and delete runs and models"]  # fmt: skip
+
+
+def test_the_default_server_stays_on_loopback() -> None:
+    assert MlflowConfig().host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("uri", "master", "unreachable"),
+    [
+        ("http://127.0.0.1:5000", "yarn", True),
+        ("http://localhost:5000", "k8s://https://api:6443", True),
+        ("sqlite:///runs/mlflow.db", "spark://head:7077", True),
+        ("http://127.0.0.1:5000", "local[2]", False),
+        ("http://127.0.0.1:5000", "local-cluster[1,2,1024]", False),
+        ("http://127.0.0.1:5000", "spark://127.0.0.1:7077", False),
+        ("http://mlflow.internal:5000", "yarn", False),
+        ("https://10.0.0.5", "yarn", False),
+        ("databricks", "yarn", False),
+    ],
+)
+def test_loopback_uris_are_flagged_only_for_masters_with_executors_elsewhere(
+    uri: str, master: str, unreachable: bool
+) -> None:
+    assert tracking.warn_if_unreachable(uri, master) is unreachable
+
+
+def test_the_unreachable_warning_names_the_setting_and_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    uri = f"http://127.0.0.1:{procs.free_port()}"  # one no other test warned about
+    with caplog.at_level("WARNING", logger=tracking.__name__):
+        for _ in range(3):
+            tracking.warn_if_unreachable(uri, "yarn")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert uri in messages[0] and "mlflow.tracking_uri" in messages[0] and "mlflow.host" in messages[0]
