@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from sparkvision.config import Config
+from sparkvision.data import publish
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,10 @@ def vae_uri(register_model, cfg: Config, celeba_parquet: Path) -> str:
 
     tf.keras.utils.set_random_seed(0)
     task = REGISTRY["vae"]
-    manifest = json.loads((celeba_parquet / "manifest.json").read_text())
+    manifest = json.loads((Path(publish.current(celeba_parquet).location.path) / "manifest.json").read_text())
     meta = task.prepare_meta(manifest, cfg.train)
     model = task.build(cfg.train, meta).compile(make_optimizer(cfg.train, 1))
-    frame = pq.read_table(str(celeba_parquet / "data" / "split=train")).to_pandas()
+    frame = pq.read_table(str(Path(publish.current(celeba_parquet).location.path) / "data" / "split=train")).to_pandas()
     x, _ = task.arrays(frame, meta)
     model.fit(x, x, epochs=30, batch_size=8, verbose=0)
     name = f"faces-test-vae-{uuid.uuid4().hex[:6]}"
