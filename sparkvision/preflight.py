@@ -137,7 +137,7 @@ def dataset(flag: str, value: str, what: str = "an ingested dataset", made_by: s
     if current is None or not current.location.join(MANIFEST).is_file():
         raise UserError(
             f"{flag} {value}: expected {what} (a folder with {publish.POINTER} or {MANIFEST}, written by "
-            f"`{made_by}`), found a folder without either"
+            f"`{made_by}`), found a folder without {publish.POINTER} or {MANIFEST}"
         )
     return value
 
