@@ -9,18 +9,19 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from sparkvision.config import Config
+    from sparkvision.tracking import Tracking
     from sparkvision.training.backend import Backend
     from sparkvision.training.trainer import Plan
 
 
 def train(
     spark: SparkSession, cfg: Config, data_dir: str, resume: bool = False, backend: Backend | None = None,
-    planned: Plan | None = None,
+    planned: Plan | None = None, tracking: Tracking | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train ``cfg.train.model`` on an ingested dataset; see ``sparkvision.training.trainer.train``."""
     from sparkvision.training.trainer import train as _train
 
-    return _train(spark, cfg, data_dir, resume, backend=backend, planned=planned)
+    return _train(spark, cfg, data_dir, resume, backend=backend, planned=planned, tracking=tracking)
 
 
 __all__ = ["train"]
