@@ -147,15 +147,33 @@ def generate(cfg: Config, *, dataset: str, out: str, count: int = 0, seed: int |
 def ingest(cfg: Config, *, format: str, input: str, output: str) -> int:
     """Decode, validate, crop, resize, tile and label images into a Parquet dataset."""
     source = preflight.existing_dir("--input", input)
-    output = preflight.local_path("--output", output)
+    output = preflight.location("--output", output)
     from sparkvision.data.ingest import ingest as run_ingest
     from sparkvision.spark import get_spark
 
     m = run_ingest(get_spark(cfg.spark), format, source, output, cfg.ingest, workers=cfg.train.workers)
     splits = ", ".join(f"{k} {v}" for k, v in m["splits"].items())
     reasons = "".join(f", {k} {v}" for k, v in sorted(m["quarantine_by_reason"].items()))
-    print(f"ingested {m['input_files']} files into {m['output']}: {m['output_rows']} rows ({splits}); "
-          f"{m['quarantined']} quarantined{reasons}")  # fmt: skip
+    print(f"ingested {m['input_files']} files into {m['output']} ({m['run']['version']}): {m['output_rows']} rows "
+          f"({splits}); {m['quarantined']} quarantined{reasons}")  # fmt: skip
+    return 0
+
+
+def data(cfg: Config, *, action: str, output: str) -> int:
+    """List the versions of a published output (dataset, scores, gallery) and which one is current."""
+    from sparkvision.data import publish
+
+    output = preflight.existing_dir("OUT", output, "a published output folder")
+    infos = publish.versions(output)
+    if not infos:
+        raise UserError(f"OUT {output}: expected a published output ({publish.POINTER} beside v-* folders), "
+                        "found no version")  # fmt: skip
+    print(f"{'':1} {'version':34} {'state':11} {'created (UTC)':19} {'rows':>8} {'quarantined':>11}  checksum")
+    for v in infos:
+        created = v.created_at.strftime("%Y-%m-%d %H:%M:%S") if v.created_at else "?"
+        rows = v.counts.get("rows", v.counts.get("output_rows", ""))
+        print(f"{'*' if v.state == 'current' else ' ':1} {v.name:34} {v.state:11} {created:19} {rows!s:>8} "
+              f"{v.counts.get('quarantined', '')!s:>11}  {(v.checksum or '')[:16]}")  # fmt: skip
     return 0
 
 
@@ -239,13 +257,15 @@ def train(cfg: Config, *, data: str, model: str = "", workers: int = 0, resume: 
 def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: bool = False) -> int:
     """Score images with a registered model into Parquet with lineage."""
     source = preflight.images("--input", input)
-    output = preflight.local_path("--output", output)
+    output = preflight.location("--output", output)
     tracking = preflight.model_uri("--model-uri", model_uri, cfg)
+    from sparkvision.data.publish import Retention
     from sparkvision.scoring import score as run_score
     from sparkvision.spark import get_spark
 
     s = run_score(get_spark(cfg.spark, gpus=cfg.score.gpus_per_task), model_uri, source, output, cfg.score,
-                  incremental=incremental or cfg.score.incremental, tracking=tracking)  # fmt: skip
+                  incremental=incremental or cfg.score.incremental, tracking=tracking,
+                  retention=Retention.of(cfg.ingest))  # fmt: skip
     model = s["model"]
     print(f"scored {s['inputs']} image(s) with {model['pinned_uri']} (run {model['run_id']}): {s['scored']} ok, "
           f"{s['failed']} failed{_reasons(s['failed_by_reason'])}, {s['skipped']} skipped; "
@@ -255,11 +275,12 @@ def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: 
 
 def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str = "", output: str = "") -> int:
     """Enroll known identities into a gallery, or identify new faces against it."""
+    from sparkvision.data.publish import Retention
     from sparkvision.spark import get_spark
 
     if action == "enroll":
         source = preflight.dataset("--input", input, "an ingested CelebA dataset")
-        gallery = preflight.local_path("--gallery", gallery)
+        gallery = preflight.location("--gallery", gallery)
         model_uri = model_uri or cfg.faces.model_uri
         if not model_uri:
             raise UserError("--model-uri: expected the embedding model (models:/NAME@ALIAS) to enroll with, "
@@ -267,7 +288,8 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
         tracking = preflight.model_uri("--model-uri", model_uri, cfg)
         from sparkvision import identification
 
-        g = identification.enroll(get_spark(cfg.spark), model_uri, source, gallery, cfg.faces, tracking=tracking)
+        g = identification.enroll(get_spark(cfg.spark), model_uri, source, gallery, cfg.faces, tracking=tracking,
+                                  retention=Retention.of(cfg.ingest))  # fmt: skip
         print(f"enrolled {g['identities']} identities ({g['images']} images, {g['failed']} failed"
               f"{_reasons(g['failed_by_reason'])}) into {g['gallery']} ({g['version']}); "
               f"threshold {g['threshold']:.4f} ({g['threshold_source']})")  # fmt: skip
@@ -276,11 +298,12 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
         raise UserError("--output: expected a folder for the identification results, found none")
     source = preflight.images("--input", input)
     gallery = preflight.dataset("--gallery", gallery, "a faces gallery", "sparkvision faces enroll")
-    output = preflight.local_path("--output", output)
+    output = preflight.location("--output", output)
     tracking = preflight.tracking_server(cfg)
     from sparkvision import identification
 
-    s = identification.identify(get_spark(cfg.spark), gallery, source, output, cfg.faces, tracking=tracking)
+    s = identification.identify(get_spark(cfg.spark), gallery, source, output, cfg.faces, tracking=tracking,
+                                retention=Retention.of(cfg.ingest))  # fmt: skip
     rates = "".join(f", {k} {s[k]}" for k in ("top1_accuracy", "rank1_accuracy", "far") if s.get(k) is not None)
     print(f"identified {s['inputs']} image(s) into {s['output']} ({s['version']}): {s['accepted']} accepted, "
           f"{s['unknown']} unknown, {s['failed']} failed{rates}")  # fmt: skip
@@ -340,8 +363,13 @@ COMMANDS: dict[str, Command] = {
         )),
         Command("ingest", "decode, validate, crop, resize, tile and label images into Parquet", ingest, (
             Arg("format", "layout of the input", choices=("celeba", "mvtec", "aitex", "folder"), required=True),
-            Arg("input", "root folder of the data set in its public layout", required=True),
-            Arg("output", "dataset folder to publish (replaced atomically)", required=True),
+            Arg("input", "root of the data set in its public layout (path or URL)", required=True),
+            Arg("output", "dataset to publish a new version of (OUT/v-<id>/ + OUT/_latest.json; path or URL)",
+                required=True),
+        )),
+        Command("data", "list the versions of a published output and which one is current", data, (
+            _action("versions"),
+            Arg("output", "a published output (dataset, scores, gallery)", required=True, positional=True),
         )),
         Command("config", "print the resolved configuration", config, (
             _action("show"),
@@ -353,7 +381,7 @@ COMMANDS: dict[str, Command] = {
             _action("start", "stop", "status"),
         )),
         Command("train", "train a model with Horovod on Spark, tracked in MLflow", train, (
-            Arg("data", "an ingested dataset folder", required=True),
+            Arg("data", "an ingested dataset (path or URL; its current version is read)", required=True),
             Arg("model", "vae | attributes | detector | fabric_ae (default train.model)", default=""),
             Arg("workers", "Horovod workers (default train.workers)", int, 0),
             Arg("resume", "continue from the last checkpoint and its MLflow run", bool, False),
@@ -361,8 +389,8 @@ COMMANDS: dict[str, Command] = {
         Command("score", "score images with a registered model into Parquet", score, (
             Arg("model_uri", "models:/NAME@ALIAS (or models:/NAME/VERSION, runs:/RUN/PATH, a model folder)",
                 required=True),
-            Arg("input", "folder or glob of images, or an ingested dataset folder", required=True),
-            Arg("output", "output folder (published atomically)", required=True),
+            Arg("input", "folder or glob of images, or an ingested dataset (path or URL)", required=True),
+            Arg("output", "output to publish a new version of (path or URL)", required=True),
             Arg("incremental", "score only files not yet in the output", bool, False),
         )),
         Command("faces", "face identification from embeddings", faces, (

@@ -82,6 +82,8 @@ class IngestConfig:
     min_row_groups: int = field(default=8, metadata=_range(1, 100000))
     rows_per_row_group: int = field(default=512, metadata=_range(1, 10_000_000))
     png_compress_level: int = field(default=1, metadata=_range(0, 9))
+    keep_versions: int = field(default=3, metadata=_range(1, 10_000))
+    keep_min_age_hours: float = field(default=24.0, metadata=_range(0.0, None))
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ value whose false-accept rate (impostor probes accepted as anybody) is at most `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from pyspark.broadcast import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
+    from sparkvision.storage import Location
     from sparkvision.tracking import Tracking
 
 log = logging.getLogger(__name__)
@@ -134,10 +135,10 @@ def _match(df: DataFrame, gallery: Broadcast, threshold: float, keep: Sequence[s
     return df.mapInPandas(MatchBatches(gallery, threshold, keep), schema)
 
 
-def _read_centroids(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_centroids(folder: Location) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(str(folder)).to_pandas().sort_values("identity")
+    table = pq.read_table(folder.path, filesystem=folder.fs).to_pandas().sort_values("identity")
     if table.empty:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     return table["identity"].to_numpy(np.int64), np.stack(table["centroid"].to_numpy()).astype(np.float32)
@@ -177,6 +178,7 @@ def enroll(
     threshold_split: str = "val",
     score_cfg: ScoreConfig | None = None,
     tracking: Tracking | None = None,
+    retention: pub.Retention | None = None,
 ) -> dict[str, Any]:
     """Embed known identities' images and publish the gallery (centroids, embeddings, threshold).
 
@@ -209,18 +211,21 @@ def enroll(
     model = batch.resolve_model(spark, model_uri, tracking)
     if EMBEDDING not in dict(model.outputs):
         raise ValueError(f"{model_uri}: expected a model with a '{EMBEDDING}' output (the VAE), found {model.outputs}")
-    staging = pub.stage(gallery)
-    with session_conf(spark, batch.job_conf(spark, score_cfg)):
-        rows = batch.read_input(spark, input)
-        chosen = _enrollment_rows(rows, input, splits, images_per_identity)
-        counts = _write_gallery(chosen, model, score_cfg, staging, f"splits {list(splits)} in {input}")
-        ids, centroids = _read_centroids(staging / "identities")
-        threshold = _gallery_threshold(spark, rows, (ids, centroids), model, score_cfg, cfg, threshold_split, input)
-    manifest = _gallery_manifest(gallery=gallery, input=input, model=model, centroids=centroids, splits=splits,
-                                 images_per_identity=images_per_identity, counts=counts, threshold=threshold,
-                                 seconds=time.perf_counter() - t0)  # fmt: skip
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    manifest["version"] = pub.publish(staging, gallery).name
+    with pub.begin(gallery, retention) as version:
+        with session_conf(spark, batch.job_conf(spark, score_cfg)):
+            rows = batch.read_input(spark, input)
+            chosen = _enrollment_rows(rows, input, splits, images_per_identity)
+            counts = _write_gallery(chosen, model, score_cfg, version.location, f"splits {list(splits)} in {input}")
+            ids, centroids = _read_centroids(version.location.join("identities"))
+            threshold = _gallery_threshold(spark, rows, (ids, centroids), model, score_cfg, cfg, threshold_split,
+                                           input)  # fmt: skip
+        manifest = _gallery_manifest(gallery=str(version.output), input=input, model=model, centroids=centroids,
+                                     splits=splits, images_per_identity=images_per_identity, counts=counts,
+                                     threshold=threshold, seconds=time.perf_counter() - t0)  # fmt: skip
+        manifest["version"] = version.version
+        version.location.join(MANIFEST).write_text(json.dumps(manifest, indent=2))
+        checksum = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+        version.commit(checksum, {"identities": manifest["identities"], "rows": manifest["images"]}, kind="gallery")
     log.info("enrolled %d identities (%d images), threshold %.4f (%s)", len(ids), manifest["images"],
              manifest["threshold"], manifest["threshold_source"])  # fmt: skip
     return manifest
@@ -241,7 +246,7 @@ def _enrollment_rows(rows: DataFrame, input: str, splits: Sequence[str], images_
 
 
 def _write_gallery(
-    chosen: DataFrame, model: batch.ResolvedModel, score_cfg: ScoreConfig, staging: Path, what: str
+    chosen: DataFrame, model: batch.ResolvedModel, score_cfg: ScoreConfig, staging: Location, what: str
 ) -> dict[str | None, int]:
     """Embed ``chosen``; write ``embeddings/`` (one row per image) and ``identities/`` (centroids).
 
@@ -261,11 +266,11 @@ def _write_gallery(
         if not counts.get(None):
             raise ValueError(f"faces enroll: no usable image of {what} ({counts})")
         good = embedded.where(F.col(ERROR_CODE).isNull()).select(*keep, "embedding")
-        good.orderBy("identity", "id").write.mode("overwrite").parquet(str(staging / "embeddings"))
+        good.orderBy("identity", "id").write.mode("overwrite").parquet(staging.join("embeddings").spark)
         centroids = good.groupBy("identity").applyInPandas(
             _centroid, "identity int, n_images int, centroid array<float>"
         )
-        centroids.orderBy("identity").coalesce(1).write.mode("overwrite").parquet(str(staging / "identities"))
+        centroids.orderBy("identity").coalesce(1).write.mode("overwrite").parquet(staging.join("identities").spark)
     finally:
         embedded.unpersist()
     return counts
@@ -328,7 +333,7 @@ def _gallery_manifest(
     """``GALLERY/manifest.json``: what was enrolled from where, with which model, and the threshold."""
     failed = {k: v for k, v in counts.items() if k is not None}
     return {
-        "gallery": str(Path(gallery).absolute()),
+        "gallery": gallery,
         "input": str(input),
         "model": model.info(),
         "embedding": EMBEDDING,
@@ -346,16 +351,20 @@ def _gallery_manifest(
 
 
 def load_gallery(gallery: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The gallery's manifest, identity numbers and unit centroid matrix.
+    """The manifest, identity numbers and unit centroid matrix of the gallery's current version.
+
+    The manifest gets ``folder``: the URL of the version read (embeddings are read from there too).
 
     Raises:
         FileNotFoundError: ``gallery`` is not a gallery made by ``enroll``.
     """
-    folder = Path(gallery)
-    if not (folder / MANIFEST).is_file():
+    current = pub.resolve(gallery)
+    if current is None or not current.location.join(MANIFEST).is_file():
         raise FileNotFoundError(f"gallery {gallery}: expected {MANIFEST} written by `faces enroll`, found none")
-    manifest = json.loads((folder / MANIFEST).read_text())
-    ids, centroids = _read_centroids(folder / "identities")
+    manifest = json.loads(current.location.join(MANIFEST).read_text())
+    manifest["version"] = manifest.get("version") or current.version or current.location.name
+    manifest["folder"] = current.url
+    ids, centroids = _read_centroids(current.location.join("identities"))
     return manifest, ids, centroids
 
 
@@ -370,6 +379,7 @@ def identify(
     threshold: float | None = None,
     score_cfg: ScoreConfig | None = None,
     tracking: Tracking | None = None,
+    retention: pub.Retention | None = None,
 ) -> dict[str, Any]:
     """Nearest enrolled identity of each new face, or ``"unknown"``; Parquet with lineage.
 
@@ -391,8 +401,6 @@ def identify(
         ``rank1_accuracy`` (same probes, closed set), ``far`` (probes of non-enrolled identities
         accepted) and ``enrolled_self_match`` (enrolled images mapped to their own identity).
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     t0 = time.perf_counter()
     if not output:
@@ -403,7 +411,19 @@ def identify(
     score_cfg = score_cfg or ScoreConfig()
     scored_at = datetime.now(UTC).replace(microsecond=0)
     model = batch.resolve_model(spark, manifest["model"]["pinned_uri"], tracking)
-    staging = pub.stage(output)
+    with pub.begin(output, retention) as version:
+        return _identify_into(spark, version, manifest, ids, centroids, input, model, score_cfg, splits,
+                              threshold, scored_at, t0)  # fmt: skip
+
+
+def _identify_into(
+    spark: SparkSession, version: pub.Publication, manifest: dict[str, Any], ids: np.ndarray, centroids: np.ndarray,
+    input: str, model: batch.ResolvedModel, score_cfg: ScoreConfig, splits: Sequence[str], threshold: float,
+    scored_at: datetime, t0: float,
+) -> dict[str, Any]:  # fmt: skip
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
     with session_conf(spark, batch.job_conf(spark, score_cfg)):
         rows = batch.read_input(spark, input)
         truth = "identity" in rows.columns
@@ -414,13 +434,13 @@ def identify(
             rows = rows.withColumnRenamed("identity", "true_identity")
             keep += ["split", "true_identity"]
         bc = spark.sparkContext.broadcast((ids, centroids))
-        enrolled = spark.read.parquet(str(Path(gallery) / "embeddings")).select("content_hash").distinct()
+        enrolled = spark.read.parquet(f"{manifest['folder']}/embeddings").select("content_hash").distinct()
         matched = (
             _match(_embed(rows, model, score_cfg, keep), bc, threshold, keep)
             .join(enrolled.withColumn("enrolled", F.lit(True)), "content_hash", "left")
             .withColumn("enrolled", F.coalesce("enrolled", F.lit(False)))
             .withColumn("threshold", F.lit(threshold).cast("float"))
-            .withColumn("gallery_version", F.lit(manifest.get("version") or Path(gallery).resolve().name))
+            .withColumn("gallery_version", F.lit(manifest["version"]))
             .withColumn("model_name", F.lit(model.name).cast("string"))
             .withColumn("model_version", F.lit(model.version).cast("string"))
             .withColumn("model_run_id", F.lit(model.run_id).cast("string"))
@@ -434,15 +454,16 @@ def identify(
         matched = matched.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             stats = _identify_stats(matched, ids, truth)
-            batch.write_sorted(matched, staging, stats["inputs"])
+            batch.write_sorted(matched, version.url, stats["inputs"])
         finally:
             matched.unpersist()
             bc.unpersist()
     seconds = time.perf_counter() - t0
     summary = {
-        "output": str(Path(output).absolute()),
+        "output": str(version.output),
         "input": str(input),
-        "gallery": str(Path(gallery).absolute()),
+        "gallery": manifest["gallery"],
+        "gallery_version": manifest["version"],
         "threshold": float(threshold),
         **stats,
         "model": model.info(),
@@ -450,8 +471,9 @@ def identify(
         "seconds": round(seconds, 3),
         "images_per_s": round(stats["inputs"] / seconds, 2) if seconds > 0 else 0.0,
     }
-    (staging / batch.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    summary["version"] = pub.publish(staging, output).name
+    version.location.join(batch.SUMMARY_FILE).write_text(json.dumps({**summary, "version": version.version}, indent=2))
+    version.commit(batch.output_checksum(summary), {"rows": stats["inputs"]}, kind="identities")
+    summary["version"] = version.version
     return summary
 
 

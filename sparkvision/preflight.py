@@ -1,10 +1,14 @@
 """Checks of a command's inputs that run before any SparkSession exists.
 
-Each check returns the value to use (a ``file://`` URL becomes its local path) or raises
-``UserError`` naming the argument, what was expected and what was found, so a mistyped path
-costs a second instead of a Spark start-up and a traceback.
+Each check returns the value to use or raises ``UserError`` naming the argument, what was
+expected and what was found, so a mistyped path costs a second instead of a Spark start-up and
+a traceback.
 
-Paths here are local-only for now: a ``scheme://`` other than ``file://`` is refused.
+Data paths (``--input``, ``--output``, ``--data``, ``--gallery``) are local paths (relative ones
+too) or filesystem URLs (``file://``, ``hdfs://``, ``s3a://``, ``gs://``, ``abfss://``; see
+``sparkvision.storage``): they are returned as given, after their scheme is known and their
+filesystem answers. Paths of local files the driver writes itself (``generate --out``,
+``report --out``) stay local-only (``local_path``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sparkvision import storage
 from sparkvision.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,57 +55,91 @@ def local_path(flag: str, value: str) -> str:
     return urllib.parse.unquote(parts.path)
 
 
-def existing_path(flag: str, value: str, what: str = "an existing file or folder") -> str:
-    """A local file or folder that exists.
+def location(flag: str, value: str) -> str:
+    """A data path or URL whose scheme is known and whose filesystem answers (it need not exist).
+
+    Returns:
+        ``value`` as given (a relative path stays relative).
 
     Raises:
-        UserError: As ``local_path``, or nothing is at the path.
+        UserError: Empty, an unknown scheme, or a filesystem that cannot be reached (naming the
+            path, the scheme and what it needs).
     """
-    path = local_path(flag, value)
-    if not Path(path).exists():
+    if not value or not value.strip():
+        raise UserError(f"{flag}: expected a path, found an empty value")
+    if "\0" in value:
+        raise UserError(f"{flag} {value!r}: expected a path, found a NUL character in it")
+    try:
+        storage.check(value)
+    except storage.StorageError as exc:
+        raise UserError(f"{flag} {exc}") from exc
+    return value
+
+
+def existing_path(flag: str, value: str, what: str = "an existing file or folder") -> str:
+    """A file or folder (local or at a URL) that exists.
+
+    Raises:
+        UserError: As ``location``, or nothing is at the path.
+    """
+    if not storage.location(location(flag, value)).exists():
         raise UserError(f"{flag} {value}: expected {what}, found no such file or directory")
-    return path
+    return value
 
 
 def existing_dir(flag: str, value: str, what: str = "a folder") -> str:
-    """A local folder that exists.
+    """A folder (local or at a URL) that exists.
 
     Raises:
         UserError: As ``existing_path``, or the path is a file.
     """
-    path = existing_path(flag, value, what)
-    if not Path(path).is_dir():
+    existing_path(flag, value, what)
+    if not storage.location(value).is_dir():
         raise UserError(f"{flag} {value}: expected {what}, found a file")
-    return path
+    return value
 
 
 def images(flag: str, value: str) -> str:
-    """A local folder or file of images, or a glob matching at least one path.
+    """A folder or file of images, an ingested dataset, or a glob (local globs must match a path).
 
     Raises:
-        UserError: As ``existing_path``, or the glob matches nothing.
+        UserError: As ``existing_path``, or a local glob matches nothing.
     """
-    path = local_path(flag, value)
-    if _GLOB.search(path):
-        if not glob.glob(path, recursive=True) and not glob.glob(_brace_free(path), recursive=True):
+    location(flag, value)
+    if _GLOB.search(value):
+        where = storage.location(value)
+        if (
+            where.is_local
+            and not glob.glob(where.path, recursive=True)
+            and not glob.glob(_brace_free(where.path), recursive=True)
+        ):
             raise UserError(f"{flag} {value}: expected a glob matching image files, found no match")
-        return path
+        return value
     return existing_path(flag, value, "a folder or file of images, or an ingested dataset")
 
 
 def dataset(flag: str, value: str, what: str = "an ingested dataset", made_by: str = "sparkvision ingest") -> str:
-    """A folder holding ``manifest.json`` (an ingested dataset, or a faces gallery).
+    """A published output holding ``manifest.json`` (an ingested dataset, or a faces gallery).
+
+    ``value`` may be the output (its pointer, or the old symlink layout, is resolved) or one of
+    its version folders.
 
     Raises:
-        UserError: As ``existing_dir``, or ``manifest.json`` is missing.
+        UserError: As ``existing_dir``, or no version with ``manifest.json`` is there.
     """
-    path = existing_dir(flag, value, f"{what} folder")
-    if not (Path(path) / MANIFEST).is_file():
+    from sparkvision.data import publish
+
+    existing_dir(flag, value, f"{what} folder")
+    try:
+        current = publish.resolve(value)
+    except FileNotFoundError as exc:
+        raise UserError(f"{flag} {exc}") from exc
+    if current is None or not current.location.join(MANIFEST).is_file():
         raise UserError(
-            f"{flag} {value}: expected {what} (a folder with {MANIFEST}, written by `{made_by}`), "
-            f"found a folder without {MANIFEST}"
+            f"{flag} {value}: expected {what} (a folder with {publish.POINTER} or {MANIFEST}, written by "
+            f"`{made_by}`), found a folder without {publish.POINTER} or {MANIFEST}"
         )
-    return path
+    return value
 
 
 def tracking_server(cfg: Config, uri: str = "") -> Tracking:

@@ -16,6 +16,7 @@ import pytest
 
 from sparkvision import cluster, procs
 from sparkvision.config import PROJECT_ROOT, ClusterConfig
+from sparkvision.data import publish
 from sparkvision.spark import spark_home
 
 pytestmark = pytest.mark.slow
@@ -99,6 +100,7 @@ def test_ingest_job_on_the_cluster(running: tuple[cluster.ClusterInfo, Path], ce
     output = tmp_path / "parquet" / "celeba"
     args = ["--format", "celeba", "--input", str(celeba_dir), "--output", str(output), "--env", "test"]
     _submit(info.master_url, PROJECT_ROOT / "jobs" / "ingest.py", *args)
+    output = Path(publish.current(output).location.path)  # the committed version
     manifest = json.loads((output / "manifest.json").read_text())
     images = list((celeba_dir / "img_align_celeba").iterdir())
     assert manifest["image_files"] == len(images)

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from sparkvision.config import Config
+from sparkvision.data import publish
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,10 @@ def vae_uri(register_model, cfg: Config, celeba_parquet: Path) -> str:
 
     tf.keras.utils.set_random_seed(0)
     task = REGISTRY["vae"]
-    manifest = json.loads((celeba_parquet / "manifest.json").read_text())
+    manifest = json.loads((Path(publish.current(celeba_parquet).location.path) / "manifest.json").read_text())
     meta = task.prepare_meta(manifest, cfg.train)
     model = task.build(cfg.train, meta).compile(make_optimizer(cfg.train, 1))
-    frame = pq.read_table(str(celeba_parquet / "data" / "split=train")).to_pandas()
+    frame = pq.read_table(str(Path(publish.current(celeba_parquet).location.path) / "data" / "split=train")).to_pandas()
     x, _ = task.arrays(frame, meta)
     model.fit(x, x, epochs=30, batch_size=8, verbose=0)
     name = f"faces-test-vae-{uuid.uuid4().hex[:6]}"
@@ -60,13 +61,18 @@ def identified(spark, cfg: Config, tracking, enrolled: dict, celeba_parquet: Pat
 
     out = tmp_path_factory.mktemp("identified") / "out"
     summary = identify(spark, str(enrolled["gallery"]), str(celeba_parquet), str(out), cfg.faces, tracking=tracking)
-    return {"summary": summary, "frame": pq.read_table(str(out)).to_pandas(), "out": out}
+    return {"summary": summary, "frame": pq.read_table(_current(out)).to_pandas(), "out": out}
+
+
+def _current(out: Path) -> str:
+    """The folder of the version ``out``'s pointer names now."""
+    return publish.current(out).location.path
 
 
 def splits_of(dataset: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
-    return pq.read_table(str(dataset / "data"), columns=["id", "identity", "split"]).to_pandas()
+    return pq.read_table(_current(dataset) + "/data", columns=["id", "identity", "split"]).to_pandas()
 
 
 def test_gallery_tables_and_threshold(enrolled: dict, celeba_parquet: Path, cfg: Config) -> None:
@@ -75,13 +81,13 @@ def test_gallery_tables_and_threshold(enrolled: dict, celeba_parquet: Path, cfg:
     rows = splits_of(celeba_parquet)
     train_ids = set(rows.loc[rows["split"] == "train", "identity"])
     m, gallery = enrolled["manifest"], enrolled["gallery"]
-    assert json.loads((gallery / "manifest.json").read_text())["threshold"] == m["threshold"]
-    idents = pq.read_table(str(gallery / "identities")).to_pandas()
+    assert json.loads((Path(_current(gallery)) / "manifest.json").read_text())["threshold"] == m["threshold"]
+    idents = pq.read_table(_current(gallery) + "/identities").to_pandas()
     assert set(idents["identity"]) == train_ids and (idents["n_images"] == 1).all()
     assert m["identities"] == len(train_ids) == m["images"]
     norms = np.linalg.norm(np.stack(idents["centroid"].to_numpy()), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
-    emb = pq.read_table(str(gallery / "embeddings")).to_pandas()
+    emb = pq.read_table(_current(gallery) + "/embeddings").to_pandas()
     assert len(emb) == len(train_ids) and set(emb["split"]) == {"train"}
     assert m["threshold_source"] == "val" and m["val_probes"] == int((rows["split"] == "val").sum())
     assert m["val_far"] <= cfg.faces.target_far
@@ -128,16 +134,28 @@ def test_unknown_when_threshold_above_best_similarity(
     folder = tmp_path / "new"
     generate_new_images(folder, count=3, seed=11)  # new identities, mixed formats, plain folder input
     first = identify(
-        spark, str(enrolled["gallery"]), str(folder), str(tmp_path / "a"), cfg.faces, threshold=-1.0, tracking=tracking
+        spark,
+        str(enrolled["gallery"]),
+        str(folder),
+        str(tmp_path / "a"),
+        cfg.faces,
+        threshold=-1.0,
+        tracking=tracking,
     )
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(str(tmp_path / "a")).to_pandas()
+    rows = pq.read_table(_current(tmp_path / "a")).to_pandas()
     assert first["accepted"] == 3 and "top1_accuracy" not in first  # threshold -1 accepts everybody
     above = float(rows["similarity"].max()) + 1e-4
     second = identify(
-        spark, str(enrolled["gallery"]), str(folder), str(tmp_path / "b"), cfg.faces, threshold=above, tracking=tracking
+        spark,
+        str(enrolled["gallery"]),
+        str(folder),
+        str(tmp_path / "b"),
+        cfg.faces,
+        threshold=above,
+        tracking=tracking,
     )
-    again = pq.read_table(str(tmp_path / "b")).to_pandas()
+    again = pq.read_table(_current(tmp_path / "b")).to_pandas()
     assert second["unknown"] == 3 and (again["predicted_label"] == "unknown").all()
     assert (again["model_version"] == rows["model_version"]).all() and again["model_run_id"].notna().all()

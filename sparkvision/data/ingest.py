@@ -16,8 +16,12 @@ Steps:
    over the files by one running counter, and each file is sorted by that hash. Nothing is
    ordered by path or label. The same inputs and configuration give the same files' rows and
    the same checksum.
-5. ``OUT/data/split=*/``, ``OUT/quarantine/`` and ``OUT/manifest.json`` are written into a
-   staging folder and published atomically.
+5. ``data/split=*/``, ``quarantine/`` and ``manifest.json`` are written into a new version folder
+   ``OUT/v-<id>/``, which is then committed by the pointer ``OUT/_latest.json`` (``publish``):
+   readers of the previous version keep it, and a concurrent writer is refused, not overwritten.
+
+Input and output may be local paths or filesystem URLs: Spark reads and writes them through its
+Hadoop filesystem, the driver reads annotations and writes the manifest through ``storage``.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import IngestConfig, config_digest
@@ -51,6 +55,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql import types as T
 
+    from sparkvision.storage import Location
+
 log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = tuple(FORMAT_TABLE)
@@ -58,6 +64,10 @@ WORK_EXTRA = ("split", "q_reason", "q_message", "q_stage", "listed", "row_hash")
 """Columns of the persisted work table besides the table's own fields (all nullable)."""
 CLASS_COLUMN: dict[str, str | None] = {"celeba": None, "fabric": "label", "folder": "label"}
 """Per table, the class column whose values every file holds in proportion (None: no class)."""
+
+
+RETENTION_KEYS = ("keep_versions", "keep_min_age_hours")
+"""``ingest`` keys about keeping old versions, not about the data: left out of ``config_hash``."""
 
 
 class IngestError(RuntimeError):
@@ -100,7 +110,7 @@ def ingest(
         spark: The active session.
         fmt: ``celeba``, ``mvtec``, ``aitex`` or ``folder``.
         input_dir: Root of the data set in its public on-disk layout.
-        output_dir: The dataset folder to publish (a link replaced atomically).
+        output_dir: The dataset to publish a new version of (``OUT/v-<id>/`` + ``OUT/_latest.json``).
         cfg: The ``ingest`` configuration section.
         workers: Training workers that will read the data (each split gets at least that many files).
 
@@ -113,6 +123,7 @@ def ingest(
         FileNotFoundError: The layout or an annotation file is missing.
         readers.AnnotationError: An annotation file is structurally broken.
         IngestError: An input would have been lost (a bug; nothing is published).
+        publish.PublishConflict: Another ingest committed to ``output_dir`` first (this version is kept).
     """
     if fmt not in FORMAT_TABLE:
         raise ValueError(f"unknown format {fmt!r}: expected one of {list(FORMATS)}")
@@ -121,25 +132,28 @@ def ingest(
     catalog = _catalog(fmt, input_dir, cfg)
     log.info("%s %s: %d image files listed, %d annotations without image", fmt, catalog.root,
              len(catalog.entries), len(catalog.orphans))  # fmt: skip
-    staging = publish.stage(output_dir)
-    parallelism = spark.sparkContext.defaultParallelism
-    with session_conf(spark, _tuning(catalog, parallelism)):
-        work = _process(spark, fmt, catalog, cfg).persist(_storage_level())
-        try:
-            manifest = _finish(spark, fmt, table, catalog, work, staging, cfg, workers)
-        finally:
-            work.unpersist()
-    manifest["output"] = str(Path(output_dir).absolute())
-    manifest["run"] = {
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(time.time() - started, 3),
-        "workers": workers,
-        "spark_version": spark.version,
-        "parallelism": parallelism,
-    }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    version = publish.publish(staging, output_dir)
-    log.info("published %s -> %s: %d rows, %d quarantined, %.1fs", output_dir, version.name,
+    with publish.begin(output_dir, publish.Retention.of(cfg)) as version:
+        parallelism = spark.sparkContext.defaultParallelism
+        with session_conf(spark, _tuning(catalog, parallelism)):
+            work = _process(spark, fmt, catalog, cfg).persist(_storage_level())
+            try:
+                manifest = _finish(spark, fmt, table, catalog, work, version.location, cfg, workers)
+            finally:
+                work.unpersist()
+        manifest["output"] = str(version.output)
+        manifest["run"] = {
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.time() - started, 3),
+            "workers": workers,
+            "spark_version": spark.version,
+            "parallelism": parallelism,
+            "version": version.version,
+            "base_version": version.base_version,
+        }
+        version.location.join("manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        counts = {"rows": manifest["output_rows"], "quarantined": manifest["quarantined"], **manifest["splits"]}
+        version.commit(manifest["checksum"], counts, kind=f"dataset:{fmt}")
+    log.info("published %s -> %s: %d rows, %d quarantined, %.1fs", output_dir, version.version,
              manifest["output_rows"], manifest["quarantined"], time.time() - started)  # fmt: skip
     return manifest
 
@@ -167,8 +181,9 @@ def _storage_level() -> Any:
 
 def _tuning(catalog: readers.Catalog, parallelism: int) -> dict[str, str]:
     """Session settings for many small files: a few partitions per core, bounded Arrow batches."""
-    sample = sorted(catalog.entries)[:: max(1, len(catalog.entries) // 200)][:200]
-    sizes = [(catalog.root / k).stat().st_size for k in sample if (catalog.root / k).is_file()]
+    n = 200 if catalog.root.is_local else 20  # one metadata call per sampled file
+    sample = sorted(catalog.entries)[:: max(1, len(catalog.entries) // n)][:n]
+    sizes = [size for size in (catalog.root.join(k).size() for k in sample) if size >= 0]
     avg = max(1, int(sum(sizes) / len(sizes))) if sizes else 64 * 1024
     return {
         "spark.sql.files.maxPartitionBytes": str(128 * 1024 * 1024),
@@ -226,18 +241,29 @@ def _catalog_frame(spark: SparkSession, catalog: readers.Catalog, table: str) ->
     return spark.createDataFrame(pdf, schema=schema)
 
 
-def _read_binary(spark: SparkSession, root: Path, dirs: list[str], glob: str) -> DataFrame:
-    """``key`` (path relative to ``root``), ``source_path`` and ``content`` of every matching file."""
+_AUTHORITY = r"^[A-Za-z][A-Za-z0-9+.-]*:(//[^/]*)?"
+"""Scheme and authority of a Hadoop path (``file:``, ``hdfs://nn:8020``, ``s3a://bucket``)."""
+
+
+def bare_path(path: str) -> str:
+    """A Hadoop path or URL without scheme and authority: the same for ``hdfs:///d`` and ``hdfs://nn:8020/d``."""
+    return re.sub(_AUTHORITY, "", path)
+
+
+def _read_binary(spark: SparkSession, root: Location, dirs: list[str], glob: str) -> DataFrame:
+    """``key`` (path relative to ``root``), ``source_path`` and ``content`` of every matching file.
+
+    ``source_path`` is the local path for local files, else the URL Spark read.
+    """
     from pyspark.sql import functions as F
 
-    prefix = f"file:{root.as_posix().rstrip('/')}/"
-    paths = [str(root / d) if d else str(root) for d in dirs]
+    prefix = bare_path(root.url).rstrip("/") + "/"
+    paths = [root.join(d).spark for d in dirs]
     df = (
         spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", glob).load(paths)
     )
-    key = F.when(F.col("path").startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})")).otherwise(
-        F.col("path")
-    )
+    bare = F.regexp_replace("path", _AUTHORITY, "")
+    key = F.when(bare.startswith(prefix), F.substring(bare, len(prefix) + 1, 1 << 30)).otherwise(F.col("path"))
     return df.select(key.alias("key"), F.regexp_replace("path", "^file:", "").alias("source_path"), "content")
 
 
@@ -289,7 +315,7 @@ def _finish(
     table: str,
     catalog: readers.Catalog,
     work: DataFrame,
-    staging: Path,
+    staging: Location,
     cfg: IngestConfig,
     workers: int,
 ) -> dict[str, Any]:
@@ -323,9 +349,9 @@ def _finish(
 
     log.info("collected %d row ids (%.1fs)", len(kept), time.time() - started)
     plan = _file_plan(by_split, cfg, workers)
-    _write_data(spark, work, plan, table, staging / "data")
+    _write_data(spark, work, plan, table, staging.join("data"))
     log.info("wrote %d rows in %d files (%.1fs)", len(kept), sum(map(len, plan.values())), time.time() - started)
-    quarantine_rows = _write_quarantine(spark, work, facts, losers, empty, catalog, staging / "quarantine")
+    quarantine_rows = _write_quarantine(spark, work, facts, losers, empty, catalog, staging.join("quarantine"))
     log.info("wrote %d quarantine rows (%.1fs)", sum(quarantine_rows.values()), time.time() - started)
 
     source_images = len({r["source_path"] for r in kept})
@@ -349,8 +375,12 @@ def _finish(
         "files_per_split": {s: len(plan.get(s, [])) for s in SPLITS},
         "schema": describe(TABLES[table]),
         "image_size": stored_image_size(fmt, cfg),
-        "config_hash": config_digest(cfg),
-        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
+        "config_hash": config_digest(cfg, exclude=RETENTION_KEYS),
+        "config": {
+            k: v
+            for k, v in json.loads(json.dumps(dataclasses.asdict(cfg), default=list)).items()
+            if k not in RETENTION_KEYS
+        },  # fmt: skip
         "checksum": checksum.hexdigest(),
         **{k: v for k, v in catalog.info.items() if v},
     }
@@ -359,14 +389,14 @@ def _finish(
 
 def _unread_empty_files(catalog: readers.Catalog, facts: list[Any]) -> list[str]:
     """Listed files Spark did not read: empty files (its file scan skips them), else an error."""
-    read = {f["source_path"] for f in facts if f["listed"]}
-    unread = [str(catalog.root / key) for key in catalog.entries if str(catalog.root / key) not in read]
-    sizes = {p: Path(p).stat().st_size if Path(p).is_file() else None for p in unread}
+    read = {bare_path(f["source_path"]) for f in facts if f["listed"]}
+    unread = [catalog.root.join(key) for key in catalog.entries if bare_path(catalog.root.join(key).url) not in read]
+    sizes = {str(loc): loc.size() for loc in unread}
     lost = [p for p, size in sizes.items() if size != 0]
     if lost:
         raise IngestError(f"{catalog.root}: listed {len(catalog.entries)} image files, but Spark did not read "
                           f"{len(lost)} of them (first: {lost[0]}); were files changed during the ingest?")  # fmt: skip
-    return sorted(unread)
+    return sorted(sizes)
 
 
 def _duplicates(facts: list[Any]) -> dict[str, str]:
@@ -430,7 +460,7 @@ def _write_data(
     work: DataFrame,
     plan: dict[str, list[list[str]]],
     table: str,
-    out: Path,
+    out: Location,
 ) -> None:
     """Write ``out/split=<s>/`` as exactly the files of ``plan[s]``, each holding its ids in plan order.
 
@@ -447,7 +477,7 @@ def _write_data(
 
     total = sum(len(v) for v in plan.values())
     if not total:
-        out.mkdir(parents=True)
+        out.mkdirs()
         return
     keys = iter(_bucket_keys(spark, total))
     ids: list[str] = []
@@ -472,11 +502,13 @@ def _write_data(
         .sortWithinPartitions("split", "_order")
         .select(*columns, "split")
         .write.partitionBy("split")
-        .parquet(str(out))
+        .parquet(out.spark)
     )
     for split in SPLITS:
         # part-<partition>-...: partition i of a split holds its file i of the plan
-        files = sorted((out / f"split={split}").glob("*.parquet"), key=lambda f: int(f.name.split("-")[1]))
+        folder = out.join(f"split={split}")
+        names = [f for f in folder.files(recursive=False) if f.endswith(".parquet")]
+        files = [folder.join(f) for f in sorted(names, key=lambda f: int(f.split("-")[1]))]
         expected = [len(f) for f in plan.get(split, [])]
         found = [_parquet_rows(f) for f in files]
         if len(found) != len(expected):
@@ -488,10 +520,11 @@ def _write_data(
                               f"{split}), found {found[wrong]}")  # fmt: skip
 
 
-def _parquet_rows(path: Path) -> int:
+def _parquet_rows(path: Location) -> int:
     import pyarrow.parquet as pq
 
-    return int(pq.ParquetFile(path).metadata.num_rows)
+    with path.open_input() as fh:
+        return int(pq.ParquetFile(fh).metadata.num_rows)
 
 
 def _write_quarantine(
@@ -501,7 +534,7 @@ def _write_quarantine(
     losers: dict[str, str],
     empty: list[str],
     catalog: readers.Catalog,
-    out: Path,
+    out: Location,
 ) -> Counter[str]:
     """Write the quarantine table (one file, sorted by path); returns rows per reason."""
     from pyspark.sql import functions as F
@@ -529,8 +562,8 @@ def _write_quarantine(
     counts.update(row[2] for row in extra)
     if extra:
         q = q.unionByName(spark.createDataFrame(extra, schema=schema))
-    q.repartition(1).sortWithinPartitions("source_path", QUARANTINE_REASON).write.parquet(str(out))
-    written = sum(_parquet_rows(f) for f in out.glob("*.parquet"))
+    q.repartition(1).sortWithinPartitions("source_path", QUARANTINE_REASON).write.parquet(out.spark)
+    written = sum(_parquet_rows(out.join(f)) for f in out.files(recursive=False) if f.endswith(".parquet"))
     if written != sum(counts.values()):
         raise IngestError(f"{out}: expected {sum(counts.values())} quarantine rows written, found {written}")
     return counts

@@ -1,5 +1,8 @@
 """On-disk formats of the ingested data sets: annotation parsing and file listing, on the driver.
 
+Every read goes through ``sparkvision.storage`` (``pyarrow.fs``), so a data set root may be a
+local path or a URL (``hdfs://``, ``s3a://``, ...); nothing here calls ``os.walk`` or ``open``.
+
 Each ``list_*`` function walks a data set in its public layout and returns a ``Catalog``:
 one ``CatalogEntry`` per image file it expects (its path relative to the data set root, the
 row id, the split and the annotations), plus the annotation-only items that have no image
@@ -21,10 +24,11 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from sparkvision import storage
 from sparkvision.data import images
 from sparkvision.data.schema import AITEX_DEFECT_CODES, CELEBA_ATTRIBUTES, CELEBA_PARTITION_TO_SPLIT, SPLITS
+from sparkvision.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class Catalog:
     """What the driver knows about a data set before Spark reads any image.
 
     Attributes:
-        root: Absolute data set root.
+        root: The data set root (a local folder or a filesystem URL).
         read_dirs: Folders Spark reads images from (recursively), relative to ``root``.
         mask_dirs: Folders Spark reads masks from, relative to ``root`` (fabric only).
         glob: The file-name glob Spark filters image files with.
@@ -90,7 +94,7 @@ class Catalog:
         info: Extra facts for the manifest (class names, categories).
     """
 
-    root: Path
+    root: Location
     read_dirs: list[str]
     glob: str
     entries: dict[str, CatalogEntry]
@@ -117,25 +121,30 @@ def visible(name: str) -> bool:
     return not name.startswith((".", "_"))
 
 
-def list_files(root: Path, extensions: Sequence[str]) -> list[str]:
+def list_files(root: Location, extensions: Sequence[str]) -> list[str]:
     """Image files under ``root`` (recursively) as sorted POSIX paths relative to ``root``.
 
     Mirrors what ``spark.read.format("binaryFile")`` with ``recursiveFileLookup`` and
-    ``glob_for(extensions)`` lists: hidden files and folders are skipped (and logged).
+    ``glob_for(extensions)`` lists: hidden files and folders are skipped (and logged). Listed
+    through ``storage`` (one recursive listing call), so ``root`` may be a URL.
     """
     exts = {e.lower() for e in extensions}
     found: list[str] = []
+    hidden_dirs: set[str] = set()
     hidden = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        hidden += sum(1 for d in dirnames if not visible(d))
-        dirnames[:] = [d for d in dirnames if visible(d)]
-        for name in filenames:
-            if name.rsplit(".", 1)[-1].lower() not in exts or "." not in name:
-                continue
-            if not visible(name):
-                hidden += 1
-                continue
-            found.append(Path(dirpath, name).relative_to(root).as_posix())
+    for rel in root.files(recursive=True):
+        *dirs, name = rel.split("/")
+        bad = next((i for i, d in enumerate(dirs) if not visible(d)), None)
+        if bad is not None:
+            hidden_dirs.add("/".join(dirs[: bad + 1]))
+            continue
+        if name.rsplit(".", 1)[-1].lower() not in exts or "." not in name:
+            continue
+        if not visible(name):
+            hidden += 1
+            continue
+        found.append(rel)
+    hidden += len(hidden_dirs)
     if hidden:
         log.warning("%s: skipped %d hidden files/folders (names starting with '.' or '_')", root, hidden)
     return sorted(found)
@@ -238,7 +247,7 @@ def stratified_split(
     return out
 
 
-def _require(path: Path, what: str) -> Path:
+def _require(path: Location, what: str) -> Location:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing {what}")
     return path
@@ -254,7 +263,7 @@ class _Row:
 
 
 def _parse_table(
-    path: Path,
+    path: Location,
     n_values: int,
     meaning: str,
     header: Sequence[str] | None,
@@ -265,8 +274,7 @@ def _parse_table(
     """
     rows: dict[str, _Row] = {}
     name = path.name
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        lines = fh.read().splitlines()
+    lines = path.read_text().splitlines()
     start = 0
     declared: int | None = None
     if header is not None:
@@ -337,7 +345,7 @@ def _domain_problem(kind: str, values: tuple[int, ...]) -> str | None:
 
 
 def list_celeba(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Location,
     image_dir: str = "img_align_celeba",
     landmarks_file: str = "list_landmarks_align_celeba.txt",
     split_by_identity: bool = False,
@@ -362,8 +370,8 @@ def list_celeba(
         FileNotFoundError: The image folder or an annotation file is missing.
         AnnotationError: An annotation file is structurally broken.
     """
-    base = Path(root).absolute()
-    images_root = base / image_dir
+    base = storage.location(root)
+    images_root = base.join(image_dir)
     if not images_root.is_dir():
         raise FileNotFoundError(f"{images_root}: missing CelebA image folder (ingest.celeba_image_dir={image_dir!r})")
     sources: list[tuple[str, str, dict[str, _Row]]] = []
@@ -375,7 +383,7 @@ def list_celeba(
         ("identity", CELEBA_IDENTITY_FILE, 1, "identity number", None, "identity"),
     ]
     for kind, fname, n, meaning, header, column in specs:
-        path = _require(base / fname, f"CelebA annotation file (needed for column {column})")
+        path = _require(base.join(fname), f"CelebA annotation file (needed for column {column})")
         rows = _parse_table(path, n, meaning, header)
         log.info("%s: %d rows", fname, len(rows))
         sources.append((kind, fname, rows))
@@ -384,7 +392,7 @@ def list_celeba(
     annotated: dict[str, str] = {}
     for _, fname, rows in sources:
         for name, row in rows.items():
-            annotated.setdefault(name, f"{base / fname}:{row.line}")
+            annotated.setdefault(name, f"{base.join(fname)}:{row.line}")
     entries: dict[str, CatalogEntry] = {}
     orphans = [
         Orphan(where, f"annotated image {image_dir}/{name} does not exist")
@@ -401,7 +409,7 @@ def list_celeba(
                 continue
             problem = _domain_problem(kind, row.values)
             if problem:
-                problems.append(f"{base / fname}:{row.line}: {problem}")
+                problems.append(f"{base.join(fname)}:{row.line}: {problem}")
             values[kind] = row.values
         reason = message = None
         if missing:
@@ -441,26 +449,26 @@ def list_celeba(
 # --------------------------------------------------------------------------- fabric (MVTec AD, AITEX)
 
 
-def _is_mvtec_category(path: Path) -> bool:
-    return (path / "train").is_dir() or (path / "test").is_dir()
+def _is_mvtec_category(path: Location) -> bool:
+    return path.join("train").is_dir() or path.join("test").is_dir()
 
 
 def _link_masks(
-    base: Path,
+    base: Location,
     entries: dict[str, CatalogEntry],
     mask_files: Iterable[str],
     mask_of: Callable[[str], str],
 ) -> list[Orphan]:
     """Orphan masks: mask files whose image key (``mask_of(mask_key)``) is not listed."""
     return [
-        Orphan(str(base / m), f"mask {m} has no image (expected {mask_of(m)})")
+        Orphan(str(base.join(m)), f"mask {m} has no image (expected {mask_of(m)})")
         for m in sorted(mask_files)
         if mask_of(m) not in entries
     ]
 
 
 def list_mvtec(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Location,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
 ) -> Catalog:
@@ -483,13 +491,11 @@ def list_mvtec(
     Raises:
         FileNotFoundError: ``root`` holds no MVTec category.
     """
-    base = Path(root).absolute()
+    base = storage.location(root)
     if _is_mvtec_category(base):
         categories = [("", base)]
     else:
-        categories = [
-            (p.name, p) for p in sorted(base.iterdir()) if p.is_dir() and visible(p.name) and _is_mvtec_category(p)
-        ]
+        categories = [(p.name, p) for p in base.child_dirs() if visible(p.name) and _is_mvtec_category(p)]
     if not categories:
         raise FileNotFoundError(
             f"{base}: expected an MVTec AD category (train/, test/, ground_truth/) or a folder of them"
@@ -502,10 +508,10 @@ def list_mvtec(
     for name, cat in categories:
         prefix = f"{name}/" if name else ""
         for role in ("train", "test"):
-            if not (cat / role).is_dir():
+            if not cat.join(role).is_dir():
                 continue
             read_dirs.append(f"{prefix}{role}")
-            for rel in list_files(cat / role, ("png",)):
+            for rel in list_files(cat.join(role), ("png",)):
                 defect = rel.split("/", 1)[0] if "/" in rel else "good"
                 key = f"{prefix}{role}/{rel}"
                 shares = [f_train, f_val, 0.0] if role == "train" else [0.0, f_val, f_test]
@@ -514,9 +520,9 @@ def list_mvtec(
                 mask = () if defect == "good" else (f"{prefix}ground_truth/{stem}_mask.png",)
                 values = {"defect_type": defect, "split_shares": shares}
                 entries[key] = CatalogEntry(key, key, split, values=values, masks=mask)
-        if (cat / "ground_truth").is_dir():
+        if cat.join("ground_truth").is_dir():
             mask_dirs.append(f"{prefix}ground_truth")
-            masks.extend(f"{prefix}ground_truth/{m}" for m in list_files(cat / "ground_truth", ("png",)))
+            masks.extend(f"{prefix}ground_truth/{m}" for m in list_files(cat.join("ground_truth"), ("png",)))
 
     def image_of(mask_key: str) -> str:
         head, _, tail = mask_key.rpartition("ground_truth/")
@@ -535,7 +541,7 @@ def list_mvtec(
 
 
 def list_aitex(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Location,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
 ) -> Catalog:
@@ -556,18 +562,18 @@ def list_aitex(
     Raises:
         FileNotFoundError: Neither ``Defect_images`` nor ``NODefect_images`` exists.
     """
-    base = Path(root).absolute()
-    dirs = [d for d in ("Defect_images", "NODefect_images") if (base / d).is_dir()]
+    base = storage.location(root)
+    dirs = [d for d in ("Defect_images", "NODefect_images") if base.join(d).is_dir()]
     if not dirs:
         raise FileNotFoundError(f"{base}: expected an AITEX folder with Defect_images/ and NODefect_images/")
-    masks = list_files(base / "Mask_images", ("png",)) if (base / "Mask_images").is_dir() else []
+    masks = list_files(base.join("Mask_images"), ("png",)) if base.join("Mask_images").is_dir() else []
     masks_by_stem: dict[str, list[str]] = {}
     for m in masks:
         stem = re.sub(r"_mask\d*$", "", m.rsplit("/", 1)[-1].rsplit(".", 1)[0])
         masks_by_stem.setdefault(stem, []).append(f"Mask_images/{m}")
     entries: dict[str, CatalogEntry] = {}
     for d in dirs:
-        for rel in list_files(base / d, ("png",)):
+        for rel in list_files(base.join(d), ("png",)):
             key = f"{d}/{rel}"
             split = hash_split(key, split_fractions, split_seed)
             stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
@@ -581,7 +587,7 @@ def list_aitex(
                 found = f"defect code {code}" if match else f"name {stem!r}"
                 entries[key] = CatalogEntry(
                     key, key, None, images.MALFORMED_ANNOTATION,
-                    f"{base / key}: expected nnnn_ccc_ss.png with ccc one of {sorted(AITEX_DEFECT_CODES)}, found {found}",
+                    f"{base.join(key)}: expected nnnn_ccc_ss.png with ccc one of {sorted(AITEX_DEFECT_CODES)}, found {found}",
                 )  # fmt: skip
                 continue
             defect = AITEX_DEFECT_CODES[code]
@@ -592,7 +598,7 @@ def list_aitex(
             entries[key] = CatalogEntry(key, key, split, values=values, masks=mask_keys)
     stems = {e.key.rsplit("/", 1)[-1].rsplit(".", 1)[0] for e in entries.values() if e.key.startswith("Defect_images/")}
     orphans = [
-        Orphan(str(base / mk), f"mask {mk} has no image (expected Defect_images/{stem}.png)")
+        Orphan(str(base.join(mk)), f"mask {mk} has no image (expected Defect_images/{stem}.png)")
         for stem, keys in sorted(masks_by_stem.items())
         if stem not in stems
         for mk in keys
@@ -611,7 +617,7 @@ def list_aitex(
 
 
 def list_folder(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Location,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
 ) -> Catalog:
@@ -636,10 +642,10 @@ def list_folder(
     Raises:
         FileNotFoundError: ``root`` is not a folder or has no class folder.
     """
-    base = Path(root).absolute()
+    base = storage.location(root)
     if not base.is_dir():
         raise FileNotFoundError(f"{base}: expected a folder of class folders")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and visible(p.name))
+    classes = sorted(p.name for p in base.child_dirs() if visible(p.name))
     if not classes:
         raise FileNotFoundError(f"{base}: expected class sub-folders (ROOT/<class>/*.jpg), found none")
     index = {c: i for i, c in enumerate(classes)}
@@ -658,7 +664,7 @@ def list_folder(
         if "/" not in rel:
             entries[rel] = CatalogEntry(
                 rel, rel, None, images.MISSING_ANNOTATION,
-                f"{base / rel}: expected the image inside a class folder ROOT/<class>/, found it in ROOT",
+                f"{base.join(rel)}: expected the image inside a class folder ROOT/<class>/, found it in ROOT",
             )  # fmt: skip
             continue
         name = rel.split("/", 1)[0]

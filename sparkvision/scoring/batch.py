@@ -12,12 +12,15 @@ Steps, all on the driver except the model itself:
 3. ``apply_model``: ``mapInPandas`` with ``udf.ScoreBatches`` — one model per Python worker,
    Arrow batches of ``max_records_per_batch`` rows, ``predict`` calls of ``batch_size`` images.
 4. The scored rows (small: no image bytes) are persisted once, counted for the summary, sorted
-   by ``(content_hash, source_path)`` and written to a staging folder that ``publish`` swaps in
-   atomically, with ``_summary.json`` beside the Parquet files.
+   by ``(content_hash, source_path)`` and written to a new version folder ``OUT/v-<id>/`` with
+   ``_summary.json`` beside the Parquet files, committed by ``OUT/_latest.json`` (``publish``).
 
 Rerunning a job gives the same rows in the same order; only ``scored_at`` (one timestamp per
 job, shared by all its rows) differs. In incremental mode only inputs whose ``content_hash`` is
-not in the published output are scored, and old rows ∪ new rows are published.
+not in the version the run started from are scored, and old rows ∪ new rows are committed only
+if no other run committed meanwhile (else ``publish.PublishConflict``, nothing lost).
+
+Inputs and outputs may be local paths or filesystem URLs (``sparkvision.storage``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparkvision import storage
 from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
 from sparkvision.data.images import IMAGE_EXTENSIONS
@@ -161,9 +165,17 @@ def resolve_model(spark: SparkSession | None, model_uri: str, tracking: Tracking
                          task.name, outputs)  # fmt: skip
 
 
+def dataset_version(path: str | os.PathLike[str]) -> pub.Current | None:
+    """The current version of ``path`` when it is an ingested dataset (``manifest.json``), else None."""
+    if any(ch in str(path) for ch in "*?[{"):
+        return None
+    current = pub.resolve(path)
+    return current if current is not None and current.location.join("manifest.json").is_file() else None
+
+
 def is_dataset(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an ingested dataset folder (has ``manifest.json``)."""
-    return (Path(path) / "manifest.json").is_file()
+    """Whether ``path`` is an ingested dataset (published, or one version folder)."""
+    return dataset_version(path) is not None
 
 
 def read_input(spark: SparkSession, input: str) -> DataFrame:
@@ -182,15 +194,17 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
-    if is_dataset(input):
-        return spark.read.parquet(str(Path(input) / "data"))
-    if not any(ch in input for ch in "*?[{") and not Path(input).exists():
+    version = dataset_version(input)
+    if version is not None:
+        return spark.read.parquet(version.location.join("data").spark)
+    where = storage.location(input)
+    if not any(ch in input for ch in "*?[{") and not where.exists():
         raise FileNotFoundError(f"scoring input {input}: expected a folder or glob of images, found nothing")
     raw = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
         .option("pathGlobFilter", glob_for(IMAGE_EXTENSIONS))
-        .load(str(Path(input).absolute()) if not input.startswith(("file:", "hdfs:", "s3")) else input)
+        .load(where.spark)
     )
     rows = raw.select(
         F.col("content").alias("image"),
@@ -269,19 +283,30 @@ def _with_lineage(df: DataFrame, model: ResolvedModel, scored_at: datetime) -> D
     )
 
 
-def _published_rows(spark: SparkSession, output: str) -> DataFrame | None:
-    """The rows currently published at ``output`` (read from the version folder), or None."""
-    current = pub.current_version(output)
-    if current is None or not any(current.glob("*.parquet")):
+def _published_rows(spark: SparkSession, base: pub.Current | None) -> DataFrame | None:
+    """The rows of the version a run started from (``Publication.base``), or None."""
+    if base is None or not any(f.endswith(".parquet") for f in base.location.files(recursive=False)):
         return None
-    return spark.read.parquet(str(current))
+    return spark.read.parquet(base.location.spark)
 
 
-def write_sorted(df: DataFrame, path: Path, rows: int) -> None:
-    """Write ``df`` to ``path`` as Parquet, globally ordered by ``(content_hash, source_path)``."""
+def write_sorted(df: DataFrame, path: str, rows: int) -> None:
+    """Write ``df`` into the new version folder ``path`` (a URL) as Parquet, ordered by ``(content_hash, source_path)``.
+
+    ``append``: the folder already exists (it holds the version's ``_writer.json``) and is this run's own.
+    """
     files = max(1, math.ceil(rows / ROWS_PER_OUTPUT_FILE))
     keys = ["content_hash", "source_path"]
-    df.repartitionByRange(files, *keys).sortWithinPartitions(*keys).write.mode("overwrite").parquet(str(path))
+    df.repartitionByRange(files, *keys).sortWithinPartitions(*keys).write.mode("append").parquet(path)
+
+
+def output_checksum(summary: dict[str, Any]) -> str:
+    """A checksum of what a scoring output holds: its counts, input and model (not its timings)."""
+    stable = {
+        k: summary[k] for k in ("input", "inputs", "scored", "failed_by_reason", "skipped", "rows") if k in summary
+    }
+    stable["model"] = summary.get("model", {}).get("pinned_uri")
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def score(
@@ -293,20 +318,22 @@ def score(
     incremental: bool = False,
     log_to_run: bool = True,
     tracking: Tracking | None = None,
+    retention: pub.Retention | None = None,
 ) -> dict[str, Any]:
-    """Score images with a registered model into Parquet with lineage, published atomically.
+    """Score images with a registered model into Parquet with lineage, committed as a new version.
 
     Args:
         spark: The session (local mode or a cluster).
         model_uri: ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``, ``runs:/...``, a model folder).
         input: A folder or glob of images, or an ingested dataset folder.
-        output: Output folder; replaced atomically (a link to a version folder).
+        output: Output (``OUT/v-<id>/`` + ``OUT/_latest.json``), a local path or URL.
         cfg: Batch sizes and partitioning.
         incremental: Score only inputs whose ``content_hash`` is not in the published output and
             publish old rows ∪ new rows.
         log_to_run: Also log the summary to the model's training run as
             ``scoring/<output name>/_summary.json`` (the run report shows it).
         tracking: The MLflow server holding the model (needed for ``models:/`` and ``runs:/`` URIs).
+        retention: Old versions kept (default ``publish.Retention()``).
 
     Returns:
         The summary (also written to ``OUTPUT/_summary.json``): ``inputs``, ``scored``, ``failed``,
@@ -315,16 +342,27 @@ def score(
     Raises:
         ValueError: Incremental mode on an output written by a model with other output columns.
         FileNotFoundError: The input does not exist.
+        publish.PublishConflict: Another run committed to ``output`` meanwhile (this version is kept).
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     t0 = time.perf_counter()
     if not output or not input:
         raise ValueError(f"score: expected an input and an output folder, found input={input!r} output={output!r}")
     scored_at = datetime.now(UTC).replace(microsecond=0)
     model = resolve_model(spark, model_uri, tracking)
-    old = _published_rows(spark, output) if incremental else None
+    with pub.begin(output, retention) as version:
+        return _score_into(spark, version, model, input, cfg, incremental, log_to_run, tracking, scored_at, t0)
+
+
+def _score_into(
+    spark: SparkSession, version: pub.Publication, model: ResolvedModel, input: str, cfg: ScoreConfig,
+    incremental: bool, log_to_run: bool, tracking: Tracking | None, scored_at: datetime, t0: float,
+) -> dict[str, Any]:  # fmt: skip
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    output = str(version.output)
+    old = _published_rows(spark, version.base) if incremental else None
     keep = ["source_path", "content_hash", "id"]
     columns = keep + [c for c, _ in model.outputs] + list(LINEAGE) + list(ERROR_COLUMNS)
     if old is not None and set(old.columns) != set(columns):
@@ -332,7 +370,6 @@ def score(
             f"incremental scoring into {output}: the published rows have columns {sorted(old.columns)}, "
             f"model {model.pinned_uri} writes {sorted(columns)}; score into a new output instead"
         )
-    staging = pub.stage(output)
     with session_conf(spark, job_conf(spark, cfg)):
         inputs = read_input(spark, input)
         todo = inputs
@@ -346,15 +383,16 @@ def score(
             skipped = inputs.count() - processed if old is not None else 0
             result = scored if old is None else old.select(*columns).unionByName(scored)
             rows = processed + (old.count() if old is not None else 0)
-            write_sorted(result, staging, rows)
+            write_sorted(result, version.url, rows)
         finally:
             scored.unpersist()
     failed = {str(k): int(v) for k, v in sorted((k, v) for k, v in by_code.items() if k is not None)}
     seconds = time.perf_counter() - t0
     summary = {
-        "output": str(Path(output).absolute()),
+        "output": output,
         "input": str(input),
         "incremental": bool(incremental),
+        "base_version": version.base_version if incremental else None,
         "inputs": int(processed + skipped),
         "scored": int(by_code.get(None, 0)),
         "failed": int(sum(failed.values())),
@@ -368,8 +406,10 @@ def score(
         "batch_size": cfg.batch_size,
         "max_records_per_batch": cfg.max_records_per_batch,
     }
-    (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    summary["version"] = pub.publish(staging, output).name
+    version.location.join(SUMMARY_FILE).write_text(json.dumps({**summary, "version": version.version}, indent=2))
+    version.commit(output_checksum(summary), {"rows": summary["rows"], "scored": summary["scored"],
+                                              "failed": summary["failed"]}, kind="scores")  # fmt: skip
+    summary["version"] = version.version
     if log_to_run and model.run_id and tracking is not None:
         from sparkvision.reporting import log_scoring_summary
 

@@ -9,6 +9,7 @@ that needs it (logging a model) and restored afterwards.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,8 @@ EXPERIMENT_KIND = "custom_model_development"
 TASK_TAG = "task"
 """Model-version tag naming the model family (``sparkvision.models.REGISTRY`` key)."""
 _BATCH = 100
+DIGEST_CHARS = 36
+"""MLflow's limit on a dataset digest (``MAX_DATASET_DIGEST_SIZE``): checksums are logged by this prefix."""
 
 _ALIAS_URI = re.compile(r"models:/([^/@]+)@([^/]+)")
 _VERSION_URI = re.compile(r"models:/([^/@]+)/(\d+)")
@@ -152,6 +155,27 @@ class Tracking:
         items = [Metric(key=k, value=float(v), timestamp=now, step=int(step)) for k, v in sorted(metrics.items())]
         for start in range(0, len(items), _BATCH * 10):
             self.client.log_batch(run_id, metrics=items[start : start + _BATCH * 10])
+
+    def log_input(self, run_id: str, source: str, digest: str, name: str, context: str = "training",
+                  profile: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        """Log a dataset the run read, shown in the MLflow UI's Dataset column.
+
+        Args:
+            run_id: The run.
+            source: URL of the exact dataset version read (a Spark/Parquet source).
+            digest: Its content checksum; MLflow keeps at most 36 characters (the prefix is logged).
+            name: Dataset name shown in the UI.
+            context: The input's ``mlflow.data.context`` tag (``training``, ``evaluation``).
+            profile: Small JSON-able facts (row counts).
+        """
+        from mlflow.data.spark_dataset_source import SparkDatasetSource
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        src = SparkDatasetSource(path=source)
+        dataset = Dataset(name=name, digest=digest[:DIGEST_CHARS], source_type=src._get_source_type(),
+                          source=src.to_json(), profile=json.dumps(dict(profile)) if profile else None)  # fmt: skip
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Write ``text`` as the artifact ``artifact_file``."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparkvision import storage
+
 if TYPE_CHECKING:
     import pandas as pd
     import tensorflow as tf
@@ -31,40 +33,54 @@ a seed repeatable, which more threads would not."""
 
 @dataclass(frozen=True)
 class SplitInfo:
-    """What the Parquet footers of one split say: files, rows and row groups."""
+    """What the Parquet footers of one split say: files, rows and row groups.
+
+    ``path`` and ``files`` are URLs (``file:///...`` for local datasets, else as the user gave the
+    dataset): petastorm and the driver's footer reads open them through their filesystem.
+    """
 
     split: str
-    path: Path
-    files: tuple[Path, ...]
+    path: str
+    files: tuple[str, ...]
     rows: int
     row_groups: int
 
     @property
     def url(self) -> str:
-        """The ``file://`` URL petastorm reads (not ``Path.as_uri``: it would escape ``split=``)."""
-        return f"file://{self.path.resolve()}"
+        """The URL petastorm reads, as is (``file:///abs/...`` unescaped: ``split=`` stays readable)."""
+        return self.path
 
 
 def inspect_split(data_dir: str | Path, split: str) -> SplitInfo:
     """Count rows and row groups of ``data_dir/data/split=<split>`` from the Parquet footers.
 
     Args:
-        data_dir: An ingested dataset folder (may be the published symlink).
+        data_dir: An ingested dataset (its current version is read) or one version folder, a
+            local path or URL.
         split: ``train``, ``val`` or ``test``.
 
     Returns:
         The split's files, rows and row groups (all zero when the folder is missing or empty).
     """
-    import pyarrow.parquet as pq
+    from sparkvision.data import publish
 
-    path = Path(data_dir) / "data" / f"split={split}"
-    files = tuple(sorted(path.glob("*.parquet"))) if path.is_dir() else ()
+    current = publish.resolve(data_dir)  # a dataset's pointer, or already one version folder
+    root = current.location if current is not None else storage.location(data_dir)
+    folder = root.join("data", f"split={split}")
+    files = tuple(folder.join(f).url for f in folder.files(recursive=False) if f.endswith(".parquet"))
     rows = groups = 0
     for file in files:
-        meta = pq.ParquetFile(file).metadata
+        meta = _parquet_file(file).metadata
         rows += meta.num_rows
         groups += meta.num_row_groups
-    return SplitInfo(split=split, path=path, files=files, rows=rows, row_groups=groups)
+    return SplitInfo(split=split, path=folder.url, files=files, rows=rows, row_groups=groups)
+
+
+def _parquet_file(url: str) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` of ``url`` opened through ``storage``."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(storage.location(url).open_input())
 
 
 def check_shardable(info: SplitInfo, workers: int) -> None:
@@ -195,12 +211,11 @@ def read_frame(info: SplitInfo, columns: Sequence[str] | None, limit: int) -> pd
     """
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     tables: list[Any] = []
     remaining = limit
     for file in info.files:
-        pf = pq.ParquetFile(file)
+        pf = _parquet_file(file)
         for group in range(pf.metadata.num_row_groups):
             if remaining <= 0:
                 break
@@ -216,8 +231,7 @@ def read_columns(info: SplitInfo, columns: Sequence[str]) -> pd.DataFrame:
     """Every row of a split, only ``columns`` (small target columns, never ``image``)."""
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if not info.files:
         return pd.DataFrame({c: [] for c in columns})
-    return pa.concat_tables([pq.read_table(f, columns=list(columns)) for f in info.files]).to_pandas()
+    return pa.concat_tables([_parquet_file(f).read(columns=list(columns)) for f in info.files]).to_pandas()

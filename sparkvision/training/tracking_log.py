@@ -56,30 +56,39 @@ def git_commit(path: str | Path) -> str | None:
     return f"{head}-dirty" if dirty else head
 
 
-def log_inputs(tracking: Tracking, run_id: str, cfg: Config, manifest: dict[str, Any], data_dir: Path,
-               params: Mapping[str, str], workdir: Path) -> None:  # fmt: skip
-    """Log parameters, tags, ``config.yaml`` and ``manifest.json`` of a new training run.
+def log_inputs(tracking: Tracking, run_id: str, cfg: Config, manifest: dict[str, Any], data_dir: str,
+               params: Mapping[str, str], workdir: Path, version: str | None = None) -> None:  # fmt: skip
+    """Log parameters, tags, the dataset input, ``config.yaml`` and ``manifest.json`` of a new run.
+
+    The dataset version read is logged as an MLflow dataset input (source: the version's URL,
+    digest: the manifest checksum), which the MLflow UI shows in the run's Dataset column.
 
     Args:
         tracking: The tracking server.
         run_id: The run just created.
         cfg: The resolved configuration.
         manifest: The dataset manifest.
-        data_dir: The dataset version actually read (symlink resolved).
+        data_dir: URL of the dataset version actually read (``OUT/v-<id>``).
         params: From ``train_params``.
         workdir: A scratch folder for the files to upload.
+        version: The version's name (``v-<id>``), None for an unversioned folder.
     """
     from sparkvision.config import PROJECT_ROOT
 
     checksum = manifest_checksum(manifest)
     tags = {"sparkvision.task": cfg.train.model, "dataset.path": str(data_dir), "dataset.checksum": checksum,
             "sparkvision.env": cfg.env}  # fmt: skip
+    if version:
+        tags["dataset.version"] = version
     commit = git_commit(PROJECT_ROOT)
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["git_commit"] = commit
     tracking.log_params(run_id, {**params, "dataset.path": str(data_dir), "dataset.checksum": checksum})
     tracking.set_tags(run_id, tags)
+    name = f"{manifest.get('format', 'dataset')}@{version}" if version else str(manifest.get("format", "dataset"))
+    tracking.log_input(run_id, source=str(data_dir), digest=checksum, name=name, context="training",
+                       profile={k: manifest[k] for k in ("output_rows", "splits") if k in manifest})  # fmt: skip
     (workdir / "config.yaml").write_text(cfg.to_yaml())
     (workdir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     tracking.log_artifact(run_id, workdir / "config.yaml")

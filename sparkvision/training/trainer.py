@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparkvision import storage
 from sparkvision.config import Config
 from sparkvision.training import data
 from sparkvision.training.checkpoints import Store
@@ -40,9 +41,15 @@ PICTURE_ROWS = 16
 
 @dataclass(frozen=True)
 class Plan:
-    """The shape of a job, derived from the dataset and configuration before anything runs."""
+    """The shape of a job, derived from the dataset and configuration before anything runs.
 
-    data_dir: Path
+    ``data_dir`` is the URL of the one dataset version the job reads (resolved once, from the
+    pointer, when the plan is made), so a re-ingest meanwhile does not change what it reads.
+    """
+
+    data_dir: str
+    source: str
+    version: str | None
     manifest: dict[str, Any]
     meta: dict[str, Any]
     train: data.SplitInfo
@@ -71,22 +78,24 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
 
     Args:
         cfg: The resolved configuration.
-        data_dir: An ingested dataset folder.
+        data_dir: An ingested dataset (``OUT`` with its pointer, the old symlink layout, or one
+            version folder): a local path or URL.
 
     Returns:
-        The plan of the job.
+        The plan of the job, pinned to the dataset's current version.
 
     Raises:
-        FileNotFoundError: When ``data_dir/manifest.json`` is missing.
+        FileNotFoundError: When no dataset version with ``manifest.json`` is there.
         ValueError: When the task rejects the dataset or a split has fewer row groups than workers.
     """
+    from sparkvision.data import publish
     from sparkvision.models import get_task
 
-    folder = Path(data_dir).resolve()  # pin the published version the job reads
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
+    current = publish.resolve(data_dir)  # pin the version the job reads
+    if current is None or not current.location.join("manifest.json").is_file():
         raise FileNotFoundError(f"{data_dir}: expected an ingested dataset with manifest.json, found none")
-    manifest = json.loads(manifest_path.read_text())
+    folder = current.location.url
+    manifest = json.loads(current.location.join("manifest.json").read_text())
     tcfg = cfg.train
     task = get_task(tcfg.model)
     meta = task.prepare_meta(manifest, tcfg)
@@ -100,6 +109,8 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
     test = data.inspect_split(folder, "test")
     return Plan(
         data_dir=folder,
+        source=storage.location(data_dir).url,
+        version=current.version,
         manifest=manifest,
         meta=meta,
         train=train,
@@ -177,7 +188,7 @@ def train(
         else:
             run_id = tracking.create_run(experiment, f"{p.registered_name}-train", {"mlflow.source.type": "JOB"})
             params = tracking_log.train_params(cfg, p.effective_lr, p.steps_per_epoch, p.validation_steps)
-            tracking_log.log_inputs(tracking, run_id, cfg, p.manifest, p.data_dir, params, work)
+            tracking_log.log_inputs(tracking, run_id, cfg, p.manifest, p.data_dir, params, work, version=p.version)
         log.info("training %s on %s: run %s, %d worker(s), %d steps/epoch", cfg.train.model, p.data_dir, run_id,
                  cfg.train.workers, p.steps_per_epoch)  # fmt: skip
         job = WorkerJob(tcfg=cfg.train, meta=p.meta, train=p.train, val=p.val, steps_per_epoch=p.steps_per_epoch,
@@ -206,11 +217,10 @@ def train(
 
 
 def _checked_plan(planned: Plan, data_dir: str | os.PathLike[str]) -> Plan:
-    """``planned`` when it was made for ``data_dir`` (the published version it pinned)."""
-    if planned.data_dir != Path(data_dir).resolve():
-        raise ValueError(
-            f"the plan given to train is of {planned.data_dir}, expected one of {Path(data_dir).resolve()}"
-        )
+    """``planned`` when it was made for ``data_dir`` (the dataset, or the version it pinned)."""
+    url = storage.location(data_dir).url
+    if url not in (planned.source, planned.data_dir):
+        raise ValueError(f"the plan given to train is of {planned.source} ({planned.data_dir}), expected one of {url}")
     return planned
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from sparkvision.config import Config
+from sparkvision.data import publish
 from sparkvision.data.images import REASONS
 
 LINEAGE = ["source_path", "content_hash", "model_name", "model_version", "model_run_id", "model_uri", "scored_at"]
@@ -24,7 +25,7 @@ def image_files(folder: Path) -> list[Path]:
 def read_output(out: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
-    return pq.read_table(str(out)).to_pandas()
+    return pq.read_table(publish.current(out).location.path).to_pandas()
 
 
 def pyfunc_reference(uri: str, files: list[Path]) -> pd.DataFrame:
@@ -67,7 +68,12 @@ def test_one_row_per_input_with_lineage(scored: dict, attributes_model: dict[str
     # deterministic order: by content hash, then path
     assert list(frame["content_hash"]) == sorted(frame["content_hash"])
     assert summary["inputs"] == len(files) and summary["scored"] == len(files) - 2 and summary["failed"] == 2
-    assert json.loads((scored["out"] / "_summary.json").read_text())["failed_by_reason"] == summary["failed_by_reason"]
+    assert (
+        json.loads((Path(publish.current(scored["out"]).location.path) / "_summary.json").read_text())[
+            "failed_by_reason"
+        ]
+        == summary["failed_by_reason"]
+    )
     assert summary["model"]["run_id"] == attributes_model["run_id"]
     assert summary["images_per_s"] > 0
     from mlflow import MlflowClient

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sparkvision.data import schema
+from sparkvision.data import publish, schema
 from sparkvision.training import data
 
 
@@ -103,7 +103,7 @@ def test_read_frame_stops_at_the_limit(dataset: Path) -> None:
 def test_every_rank_starts_with_every_class_of_an_ingested_folder(folder_parquet: Path) -> None:
     """The folder images are class-sorted on disk; ingest deals each class over every file, so
     each rank's shard, and already its first rows, hold every class (not a run of a few)."""
-    classes = json.loads((folder_parquet / "manifest.json").read_text())["classes"]
+    classes = json.loads((Path(publish.current(folder_parquet).location.path) / "manifest.json").read_text())["classes"]
     info = data.inspect_split(folder_parquet, "train")
     assert info.row_groups == 2
     first_ids: list[set[bytes]] = []

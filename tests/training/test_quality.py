@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from sparkvision.config import Config
+from sparkvision.data import publish
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ def _train(spark, cfg: Config, data_dir: Path, tmp: Path, backend: Any = None, *
 
     from sparkvision.training import train
 
-    manifest = json.loads((data_dir / "manifest.json").read_text())
+    manifest = json.loads((Path(publish.current(data_dir).location.path) / "manifest.json").read_text())
     settings = {"train.workers": "2", "train.image_size": str(manifest["image_size"]),
                 "train.experiment": f"quality-{uuid.uuid4().hex[:8]}", "paths.store": str(tmp / "store"),
                 **overrides}  # fmt: skip
@@ -151,7 +152,12 @@ def test_classifier_on_class_sorted_folders_generalises(workers: int, spark, in_
     for key in ("precision", "recall", "f1"):
         assert all(f"test_{key}_{c}" in run.data.metrics for c in names), key
     counts = result["meta"]["class_counts"]
-    assert sum(counts) == json.loads((folder_parquet / "manifest.json").read_text())["splits"]["train"]
+    assert (
+        sum(counts)
+        == json.loads((Path(publish.current(folder_parquet).location.path) / "manifest.json").read_text())["splits"][
+            "train"
+        ]
+    )
     assert min(counts) > 0 and len(counts) == len(names)
     artifacts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(result["run_id"], "pictures")}
     assert "pictures/classes_confusion.json" in artifacts, artifacts

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from sparkvision.config import Config
+from sparkvision.data import publish
 
 pytestmark = pytest.mark.slow
 
@@ -77,9 +78,13 @@ def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any]
     params = run.data.params
     assert params["train.batch_size"] == "8" and params["workers"] == "2"
     assert float(params["effective_lr"]) == pytest.approx(2 * train_cfg.train.learning_rate)
-    manifest = json.loads((celeba_parquet / "manifest.json").read_text())
+    version = publish.current(celeba_parquet)
+    manifest = json.loads(version.location.join("manifest.json").read_text())
     assert run.data.tags["dataset.checksum"] == manifest["checksum"] == params["dataset.checksum"]
-    assert run.data.tags["dataset.path"] == str(celeba_parquet.resolve())
+    assert run.data.tags["dataset.path"] == version.url and run.data.tags["dataset.version"] == version.version
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == manifest["checksum"][:36]
+    assert json.loads(dataset_input.dataset.source)["path"] == version.url
     for key in ("loss", "r_loss", "kl_loss", "val_loss", "val_r_loss", "val_kl_loss", "train_eval_loss",
                 "train_eval_r_loss", "images_per_s", "epoch_time_s", "lr"):  # fmt: skip
         assert [s for s, _ in _steps(client, run.info.run_id, key)] == [0, 1], key
