@@ -271,12 +271,19 @@ class Tracking:
                         (mv.tags or {}).get(TASK_TAG))  # fmt: skip
 
     def download_model(self, ref: ModelRef, dst: str | Path) -> Path:
-        """Download the pinned model into ``dst``; returns the folder holding its ``MLmodel``."""
+        """Download the pinned model into ``dst``; returns the folder holding its ``MLmodel``.
+
+        A registry version is fetched from its storage location: MLflow resolves a ``models:/``
+        URI with a client of the process-wide registry, whatever ``registry_uri`` it is given.
+        """
         import mlflow
 
         Path(dst).mkdir(parents=True, exist_ok=True)
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.pinned_uri, dst_path=str(dst),
-                                                        tracking_uri=self.uri, registry_uri=self.uri))  # fmt: skip
+        source = ref.pinned_uri
+        if ref.name is not None and ref.version is not None:
+            source = self.client.get_model_version_download_uri(ref.name, ref.version)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
+                                                        tracking_uri=self.uri))  # fmt: skip
 
     @contextmanager
     def _process_uri(self) -> Iterator[None]:

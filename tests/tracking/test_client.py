@@ -89,7 +89,7 @@ def test_log_model_registers_tags_aliases_and_resolves(tracking: Tracking, cfg: 
 
 
 def test_logging_a_model_leaves_no_tracking_uri_behind(
-    tracking: Tracking, cfg: Config, monkeypatch: pytest.MonkeyPatch
+    tracking: Tracking, cfg: Config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A pipeline runs several jobs in one process: after one logs a model, nothing may point the
     next one elsewhere (``mlflow.set_tracking_uri`` writes the environment variable too)."""
@@ -104,9 +104,11 @@ def test_logging_a_model_leaves_no_tracking_uri_behind(
     mlflow.set_tracking_uri(None)  # nothing set, as in a fresh `sparkvision pipeline` process
     default = mlflow.get_tracking_uri()
     run_id = tracking.create_run("tracking-tests", "no-leak")
-    tracking.log_model(run_id, model, "vae", meta, f"leak-test-{uuid.uuid4().hex[:6]}", "candidate")
+    ref = tracking.log_model(run_id, model, "vae", meta, f"leak-test-{uuid.uuid4().hex[:6]}", "candidate")
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert mlflow.get_tracking_uri() == default != tracking.uri
+    # ... and the next job finds the model on this server, not in MLflow's default store.
+    assert (tracking.download_model(tracking.resolve(ref.uri), tmp_path / "model") / "MLmodel").is_file()
 
 
 def test_unknown_alias_is_the_registry_error(tracking: Tracking) -> None:
