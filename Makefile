@@ -3,10 +3,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ENV ?= base
 
-.PHONY: setup demo test lint bench clean-runs
+.PHONY: setup package demo test lint bench clean-runs
 
 setup:
 	@bash scripts/setup_env.sh
+
+# dist/sparkvision-*.whl and dist/sparkvision-env.tar.gz (spark-submit --archives ...#env);
+# cached by content hash, a no-op when nothing changed.
+package: setup
+	@VENV=$(VENV) bash scripts/package_env.sh
 
 demo: setup
 	$(PY) -m sparkvision.cli pipeline pipelines/demo.yaml --env $(ENV)
