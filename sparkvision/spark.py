@@ -18,13 +18,22 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def python_executable() -> str:
-    """The interpreter executors must use: this virtual environment's own ``python``.
+def python_executable(conf: Mapping[str, str] | None = None) -> str:
+    """The interpreter executors run: the one the user chose, else this virtual environment's own ``python``.
 
-    ``sys.executable`` is kept as is: resolving the venv symlink lands on the base
-    interpreter, where executors fail with ``No module named 'horovod'``.
+    Chosen means ``spark.pyspark.python`` in ``conf`` (spark-submit's ``--conf`` or ``spark.conf``)
+    or ``PYSPARK_PYTHON``; a packed environment is chosen as
+    ``--archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python``. Otherwise
+    ``sys.executable``, kept as is: resolving the venv symlink lands on the base interpreter,
+    where executors fail with ``No module named 'horovod'``.
     """
-    return os.environ.get("PYSPARK_PYTHON") or sys.executable
+    return (conf or {}).get("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
+def worker_python(spark: SparkSession) -> str:
+    """The interpreter this session's executors run (PySpark sends it with every task); Horovod
+    must launch its ranks with it too, not with the driver's ``sys.executable``."""
+    return spark.sparkContext.pythonExec
 
 
 def spark_home() -> Path:
@@ -46,18 +55,19 @@ def get_spark(cfg: SparkConfig, master: str | None = None) -> SparkSession:
     Returns:
         The active SparkSession.
     """
-    os.environ.setdefault("PYSPARK_PYTHON", python_executable())
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", python_executable())
+    submit = _submit_conf()
+    # PySpark sends the driver's PYSPARK_PYTHON to executors as the path of their interpreter.
+    os.environ["PYSPARK_PYTHON"] = python_executable({**cfg.conf, **submit})
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(cfg.app_name)
-    submitted = "spark.master" in _submit_conf()
+    submitted = "spark.master" in submit
     if not submitted:
         builder = builder.master(master or cfg.master)
     level = logs.spark_level(cfg.log_level)
     for key, value in console_conf(cfg.conf, level).items():
         builder = builder.config(key, value)
-    builder = builder.config("spark.executorEnv.PYSPARK_PYTHON", python_executable())
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(level)
     return spark
