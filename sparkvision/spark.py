@@ -140,9 +140,15 @@ def session_conf(spark: SparkSession, values: Mapping[str, str]) -> Iterator[Non
 
 
 def _submit_conf() -> dict[str, str]:
-    """Settings spark-submit passed to this driver (empty when run as plain python)."""
-    from pyspark import SparkConf
+    """Settings spark-submit passed to this driver (empty when run as plain python).
 
-    if os.environ.get("SPARK_ENV_LOADED") is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+    spark-submit starts the JVM first and hands its port over in ``PYSPARK_GATEWAY_PORT``; its
+    settings (``--master``, ``--conf``) live in that JVM. A ``SparkConf`` made before the gateway
+    is connected is an empty dict, so connect first (the session would do it next anyway).
+    """
+    from pyspark import SparkConf, SparkContext
+
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
         return {}
+    SparkContext._ensure_initialized()
     return dict(SparkConf().getAll())
