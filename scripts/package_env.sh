@@ -21,6 +21,7 @@ PY=${PYTHON:-python3.11}
 CACHE=${SPARKVISION_CACHE:-$HOME/.cache/sparkvision}/env
 DIST=dist
 ARCHIVE=$DIST/sparkvision-env.tar.gz
+unset PYTHONPATH  # the packed environment must find sparkvision in itself, never in this checkout
 
 if [ ! -x "$VENV/bin/python" ] || [ ! -x "$VENV/bin/venv-pack" ]; then
   echo "package: $VENV has no python or venv-pack; run 'make setup' first" >&2
