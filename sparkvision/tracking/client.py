@@ -251,8 +251,11 @@ class Tracking:
         import mlflow
 
         Path(dst).mkdir(parents=True, exist_ok=True)
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.pinned_uri, dst_path=str(dst),
-                                                        tracking_uri=self.uri, registry_uri=self.uri))  # fmt: skip
+        # MLflow 3.17 resolves models:/ URIs with the process-wide registry URI, whatever
+        # registry_uri says (ModelsArtifactRepository._get_model_uri_infos)
+        with self._process_uri():
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.pinned_uri, dst_path=str(dst),
+                                                            tracking_uri=self.uri, registry_uri=self.uri))  # fmt: skip
 
     @contextmanager
     def _process_uri(self) -> Iterator[None]:
