@@ -4,10 +4,15 @@ PY := $(VENV)/bin/python
 ENV ?= base
 GPU ?= 0
 
-.PHONY: setup demo test lint bench clean-runs
+.PHONY: setup package demo test lint bench clean-runs
 
 setup:  # GPU=1: the GPU TensorFlow build, Horovod with NCCL when nvcc is found (README "GPU workers")
 	@GPU=$(GPU) bash scripts/setup_env.sh
+
+# dist/sparkvision-*.whl and dist/sparkvision-env.tar.gz (spark-submit --archives ...#env);
+# cached by content hash, a no-op when nothing changed.
+package: setup
+	@VENV=$(VENV) bash scripts/package_env.sh
 
 demo: setup
 	$(PY) -m sparkvision.cli pipeline pipelines/demo.yaml --env $(ENV)

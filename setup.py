@@ -27,6 +27,6 @@ setup(
         "fsspec>=2023.1",
         "psutil>=5.9",
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.11"]},
+    extras_require={"dev": ["pytest>=8", "ruff>=0.11", "venv-pack>=0.2"]},
     entry_points={"console_scripts": ["sparkvision=sparkvision.cli:main"]},
 )

@@ -17,7 +17,7 @@ from typing import Any
 
 from sparkvision import procs
 from sparkvision.config import ClusterConfig
-from sparkvision.spark import python_executable, spark_home
+from sparkvision.spark import spark_home
 
 STATE_FILE = "cluster.json"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -74,13 +74,17 @@ def up(cfg: ClusterConfig, state_dir: Path) -> ClusterInfo:
 
 
 def _daemon_env(cfg: ClusterConfig) -> tuple[Path, dict[str, str]]:
-    """``spark-class`` of ``SPARK_HOME`` and the daemons' environment (this venv's Python on executors)."""
+    """``spark-class`` of ``SPARK_HOME`` and the daemons' environment.
+
+    Sets no ``PYSPARK_PYTHON``: each application chooses its executors' Python (``spark.pyspark.python``,
+    e.g. ``./env/bin/python`` of an ``--archives`` environment, or the driver's venv by default).
+    """
     home = spark_home()
     spark_class = home / "bin" / "spark-class"
     if not spark_class.exists():
         raise ClusterError(f"no {spark_class}: SPARK_HOME ({home}) must hold a Spark distribution or pip pyspark")
     env = dict(os.environ)
-    env.update(SPARK_HOME=str(home), SPARK_LOCAL_IP=cfg.host, PYSPARK_PYTHON=python_executable())
+    env.update(SPARK_HOME=str(home), SPARK_LOCAL_IP=cfg.host)
     env.setdefault("SPARK_DAEMON_MEMORY", "512m")  # the daemons only schedule; executors get worker_memory
     return spark_class, env
 
@@ -92,7 +96,6 @@ def _new_record(cfg: ClusterConfig, spark_class: Path, master_port: int, webui_p
         "webui_url": f"http://{cfg.host}:{webui_port}",
         "host": cfg.host,
         "spark_home": str(spark_class.parent.parent),
-        "python": python_executable(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "processes": [],
     }

@@ -21,13 +21,22 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def python_executable() -> str:
-    """The interpreter executors must use: this virtual environment's own ``python``.
+def python_executable(conf: Mapping[str, str] | None = None) -> str:
+    """The interpreter executors run: the one the user chose, else this virtual environment's own ``python``.
 
-    ``sys.executable`` is kept as is: resolving the venv symlink lands on the base
-    interpreter, where executors fail with ``No module named 'horovod'``.
+    Chosen means ``spark.pyspark.python`` in ``conf`` (spark-submit's ``--conf`` or ``spark.conf``)
+    or ``PYSPARK_PYTHON``; a packed environment is chosen as
+    ``--archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python``. Otherwise
+    ``sys.executable``, kept as is: resolving the venv symlink lands on the base interpreter,
+    where executors fail with ``No module named 'horovod'``.
     """
-    return os.environ.get("PYSPARK_PYTHON") or sys.executable
+    return (conf or {}).get("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
+def worker_python(spark: SparkSession) -> str:
+    """The interpreter this session's executors run (PySpark sends it with every task); Horovod
+    must launch its ranks with it too, not with the driver's ``sys.executable``."""
+    return spark.sparkContext.pythonExec
 
 
 def spark_home() -> Path:
@@ -55,12 +64,13 @@ def get_spark(cfg: SparkConfig, master: str | None = None, gpus: int = 0) -> Spa
         UserError: When ``gpus`` > 0 and an already running session schedules no GPUs
             (executor resources are fixed when a session starts).
     """
-    os.environ.setdefault("PYSPARK_PYTHON", python_executable())
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", python_executable())
+    submit = _submit_conf()
+    # PySpark sends the driver's PYSPARK_PYTHON to executors as the path of their interpreter.
+    os.environ["PYSPARK_PYTHON"] = python_executable({**cfg.conf, **submit})
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(cfg.app_name)
-    submit = _submit_conf()
     submitted = "spark.master" in submit
     if not submitted:
         builder = builder.master(master or cfg.master)
@@ -71,7 +81,6 @@ def get_spark(cfg: SparkConfig, master: str | None = None, gpus: int = 0) -> Spa
     for key, value in gpu_conf(gpus, cfg.gpu_discovery_script, gpu_master).items():
         if key not in cfg.conf and key not in submit:
             builder = builder.config(key, value)
-    builder = builder.config("spark.executorEnv.PYSPARK_PYTHON", python_executable())
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(level)
     _check_gpu_scheduling(spark, gpus)
@@ -188,9 +197,15 @@ def session_conf(spark: SparkSession, values: Mapping[str, str]) -> Iterator[Non
 
 
 def _submit_conf() -> dict[str, str]:
-    """Settings spark-submit passed to this driver (empty when run as plain python)."""
-    from pyspark import SparkConf
+    """Settings spark-submit passed to this driver (empty when run as plain python).
 
-    if os.environ.get("SPARK_ENV_LOADED") is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+    spark-submit starts the JVM first and hands its port over in ``PYSPARK_GATEWAY_PORT``; its
+    settings (``--master``, ``--conf``) live in that JVM. A ``SparkConf`` made before the gateway
+    is connected is an empty dict, so connect first (the session would do it next anyway).
+    """
+    from pyspark import SparkConf, SparkContext
+
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
         return {}
+    SparkContext._ensure_initialized()
     return dict(SparkConf().getAll())

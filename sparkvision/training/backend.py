@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
+from sparkvision.spark import worker_python
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -78,6 +80,7 @@ class SparkHorovodBackend:
         return horovod.spark.run(_horovod_rank, args=(fn, args), num_proc=num_proc, use_gloo=True,
                                  env=dict(env) if env is not None else None,
                                  stdout=self.stdout or sys.stdout, stderr=self.stderr or sys.stderr,
+                                 executable=worker_python(self.spark),  # not the driver's: the archive's
                                  verbose=verbose)  # fmt: skip
 
 
