@@ -48,7 +48,8 @@ quiet() {
   set -e
   return "$rc"
 }
-quiet "${pip[@]}" --upgrade "pip<25" "setuptools<80" wheel
+# petastorm 0.13.1 requires setuptools<70 (pip reports a conflict otherwise)
+quiet "${pip[@]}" --upgrade "pip<25" "setuptools<70" wheel
 echo "setup: installing TensorFlow and build tools"
 hvd_built=gloo_built
 if [ "$GPU" = 1 ]; then
@@ -81,7 +82,7 @@ if [ "$GPU" = 1 ]; then  # setup.py asks for tensorflow-cpu: put the GPU build's
   "$VENV/bin/python" -m pip uninstall --quiet -y tensorflow-cpu
   quiet "${pip[@]}" --force-reinstall --no-deps "tensorflow==2.15.1"
 fi
-"$VENV/bin/python" - <<'PY'
+TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/python" - <<'PY'  # no TensorFlow banner in the check
 import horovod.tensorflow as hvd
 assert hvd.gloo_built(), "Horovod was built without Gloo"
 import tensorflow as tf, pyspark, petastorm, mlflow, pyarrow

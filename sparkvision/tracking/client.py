@@ -9,7 +9,10 @@ that needs it (logging a model) and restored afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from sparkvision.config import Config
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -235,7 +240,7 @@ class Tracking:
 
         from sparkvision.models.packaging import log_vision_model
 
-        with self._process_uri():
+        with self._process_uri(), _registry_notices():
             # start_run(run_id=...) refuses a run outside the process's active experiment, which a
             # notebook or an earlier job may have set to another one.
             mlflow.set_experiment(experiment_id=self.run(run_id).info.experiment_id)
@@ -308,3 +313,17 @@ class Tracking:
                 MLFLOW_TRACKING_URI.unset()
             else:
                 MLFLOW_TRACKING_URI.set(env_before)
+
+
+@contextmanager
+def _registry_notices() -> Iterator[None]:
+    """MLflow's registry prints ("Registered model ... already exists", "Created version ...")
+    to stderr; the caller reports the version itself, so they are logged at DEBUG instead."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            if line.strip():
+                log.debug("mlflow: %s", line)
