@@ -403,6 +403,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected an integer, found {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads ``1e-4`` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected a number, found {value!r}")
         return float(value)

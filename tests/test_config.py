@@ -212,3 +212,9 @@ def test_unquoted_boolean_for_a_string_key_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "expected"), [('"no"', "no"), ("'a b'", "a b"), ('"x\\ty"', "x\ty")])
 def test_quoted_string_override_is_unquoted(text: str, expected: str) -> None:
     assert load_config("base", [f"train.alias={text}"]).train.alias == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1e-4", 1e-4), ("3E-2", 0.03), ("2", 2.0), ("0.5", 0.5)])
+def test_float_keys_take_exponents_yaml_reads_as_text(text: str, expected: float) -> None:
+    # YAML 1.1 reads "1e-4" (no dot) as a string; a learning rate is written that way.
+    assert load_config("base", [f"train.learning_rate={text}"]).train.learning_rate == expected

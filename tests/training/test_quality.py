@@ -185,10 +185,11 @@ def test_fabric_model_flags_defective_images(spark, in_process, mlflow_server: s
         "train.model": "fabric_ae", "train.epochs": "5", "train.steps_per_epoch": "30", "train.batch_size": "16",
         "train.learning_rate": "0.001", "train.latent_dim": "32"})  # fmt: skip
     m = result["metrics"]
-    # This split holds 12 source images, too few for a stable image AUROC (it swung from 0.65
-    # to 1.0 between runs); its ~190 tiles are enough. Chance is 0.5; an untrained autoencoder
-    # scores about 0.6 (holes and stains shift any reconstruction's error). The image-level
-    # figures are asserted in-process (tests/models/test_fabric_ae.py) and at full size in
-    # benchmarks/quality.py.
+    # Holes and stains raise any reconstruction's error, so image- and tile-level figures do not
+    # tell a trained model from an untrained one on this material (measured, same settings with
+    # learning rate 1e-9: image AUROC 1.0, tile AUROC 0.917). Where the defect is does: untrained
+    # pixel AUROC 0.791 and AUPRO 0.754, trained 0.969 and 0.945.
+    assert m["test_pixel_auroc"] >= 0.90, m
+    assert m["test_aupro"] >= 0.85, m
     assert m["test_tile_auroc"] >= 0.75, m
     assert m["test_mean_score_defect"] > m["test_mean_score_good"], m
