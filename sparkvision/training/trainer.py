@@ -5,6 +5,7 @@ the model from rank 0's best checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -88,7 +89,7 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
         FileNotFoundError: When no dataset version with ``manifest.json`` is there.
         ValueError: When the task rejects the dataset or a split has fewer row groups than workers.
     """
-    from sparkvision.data import publish
+    from sparkvision.data import images, publish
     from sparkvision.models import get_task
 
     current = publish.resolve(data_dir)  # pin the version the job reads
@@ -99,6 +100,13 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
     tcfg = cfg.train
     task = get_task(tcfg.model)
     meta = task.prepare_meta(manifest, tcfg)
+    # Scoring validates new images by the rules the training data was ingested with; not by
+    # ``expected_size`` (new images need not come from the camera of the data set), and with a
+    # minimum side no larger than the stored images, so the ingested tables themselves score.
+    rules = images.Rules.of(manifest.get("config", {}))
+    stored = int(manifest.get("image_size") or rules.min_side)
+    rules = dataclasses.replace(rules, expected_size=(), min_side=min(rules.min_side, stored))
+    meta = {**meta, "image_rules": rules.as_dict()}
     train = data.inspect_split(folder, "train")
     data.check_shardable(train, tcfg.workers)
     targets = [c for c in task.columns_for(meta["table"]) if c != "image"]  # small columns only
