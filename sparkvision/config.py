@@ -131,6 +131,7 @@ class TrainConfig:
     registered_model_prefix: str = "sparkvision"
     alias: str = "candidate"
     experiment: str = "sparkvision"
+    heartbeat_timeout_s: float = field(default=600.0, metadata=_range(1.0, None))
     pictures: bool = True
     gpus_per_worker: int = field(default=0, metadata=_range(0, 1))
     mixed_precision: Literal[False, "mixed_float16"] = False

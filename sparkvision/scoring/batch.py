@@ -25,7 +25,6 @@ Inputs and outputs may be local paths or filesystem URLs (``sparkvision.storage`
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
@@ -33,7 +32,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 import zipfile
@@ -43,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparkvision import storage
+from sparkvision import storage, tempdirs
 from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
 from sparkvision.data.images import IMAGE_EXTENSIONS, LISTING_REASONS
@@ -103,14 +101,13 @@ _DOWNLOADS: Path | None = None
 
 
 def _download_root() -> Path:
-    """A per-process folder for downloaded models, removed at exit.
+    """A folder for downloaded models in the process's temporary folder (``tempdirs``), removed at exit.
 
     Archives must outlive the job: Spark serves them to executors that start later.
     """
     global _DOWNLOADS
-    if _DOWNLOADS is None:
-        _DOWNLOADS = Path(tempfile.mkdtemp(prefix="sparkvision-models-"))
-        atexit.register(shutil.rmtree, _DOWNLOADS, True)
+    if _DOWNLOADS is None or not _DOWNLOADS.is_dir():
+        _DOWNLOADS = tempdirs.mkdtemp("sparkvision-models-")
     return _DOWNLOADS
 
 
