@@ -321,6 +321,24 @@ def report(cfg: Config, *, run: str, out: str = "", tracking_uri: str = "") -> i
     return 0
 
 
+def runs(cfg: Config, *, action: str, experiment: str = "", tracking_uri: str = "") -> int:
+    """Mark training runs of killed drivers KILLED and remove dead processes' temporary folders."""
+    tracking = preflight.tracking_server(cfg, tracking_uri)
+    from sparkvision import tempdirs
+    from sparkvision.tracking import liveness
+
+    name = experiment or cfg.train.experiment
+    swept = liveness.clean_runs(tracking, [name], cfg.train.heartbeat_timeout_s)
+    for s in swept:
+        epoch = "-" if s.last_epoch is None else str(s.last_epoch)
+        print(f"{s.run_id}  {s.action:7}  last epoch {epoch:>4}  heartbeat {s.age_s:.0f} s ago  driver {s.driver}")
+    killed = sum(s.action == "killed" for s in swept)
+    removed = tempdirs.sweep()
+    print(f"experiment {name}: {len(swept)} running run(s), {killed} marked KILLED (heartbeat older than "
+          f"{cfg.train.heartbeat_timeout_s:g} s, driver gone); {len(removed)} temporary folder(s) removed")  # fmt: skip
+    return 0
+
+
 def pipeline(*, file: str, only: Sequence[str] = (), env: str | None = None, overrides: Sequence[str] = ()) -> int:
     """Run a declarative pipeline; its steps call the commands of this table."""
     from sparkvision.pipeline import run_pipeline
@@ -403,6 +421,11 @@ COMMANDS: dict[str, Command] = {
         Command("report", "write a self-contained HTML report of a run and log it to MLflow", report, (
             Arg("run", "MLflow run id", required=True),
             Arg("out", "HTML file to write (default <paths.runs>/reports/<run>.html)", default=""),
+            Arg("tracking_uri", "MLflow server (default: as training)", default=""),
+        )),
+        Command("runs", "mark training runs whose driver was killed as KILLED (stale heartbeat, driver gone)", runs, (
+            _action("clean"),
+            Arg("experiment", "MLflow experiment (default train.experiment)", default=""),
             Arg("tracking_uri", "MLflow server (default: as training)", default=""),
         )),
         Command("pipeline", "run a declarative pipeline from pipelines/", pipeline, (

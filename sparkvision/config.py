@@ -71,6 +71,7 @@ class IngestConfig:
     expected_size: Sequence[int] = ()
     allowed_modes: Sequence[str] = ("RGB", "L", "RGBA", "P")
     min_side: int = field(default=16, metadata=_range(1, None))
+    exclude: Sequence[str] = ()
     tile_size: int = field(default=128, metadata=_range(8, 4096))
     tile_stride: int = field(default=128, metadata=_range(1, 4096))
     tile_resize: int = field(default=0, metadata=_range(0, 4096))
@@ -130,6 +131,7 @@ class TrainConfig:
     registered_model_prefix: str = "sparkvision"
     alias: str = "candidate"
     experiment: str = "sparkvision"
+    heartbeat_timeout_s: float = field(default=600.0, metadata=_range(1.0, None))
     pictures: bool = True
     gpus_per_worker: int = field(default=0, metadata=_range(0, 1))
     mixed_precision: Literal[False, "mixed_float16"] = False

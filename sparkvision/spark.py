@@ -78,7 +78,8 @@ def get_spark(cfg: SparkConfig, master: str | None = None, gpus: int = 0) -> Spa
     for key, value in console_conf(cfg.conf, level).items():
         builder = builder.config(key, value)
     gpu_master = submit.get("spark.master") or master or cfg.master
-    for key, value in gpu_conf(gpus, cfg.gpu_discovery_script, gpu_master).items():
+    extra = {**gpu_conf(gpus, cfg.gpu_discovery_script, gpu_master), **loopback_conf(gpu_master)}
+    for key, value in extra.items():
         if key not in cfg.conf and key not in submit:
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -90,6 +91,18 @@ def get_spark(cfg: SparkConfig, master: str | None = None, gpus: int = 0) -> Spa
 def is_local(master: str) -> bool:
     """Whether ``master`` runs everything in the driver's JVM (``local``, ``local[N]``; not ``local-cluster``)."""
     return master == "local" or master.startswith("local[")
+
+
+def loopback_conf(master: str) -> dict[str, str]:
+    """``spark.driver.bindAddress``/``spark.driver.host`` = 127.0.0.1 for ``local*`` masters.
+
+    Everything runs on this machine there, so nothing needs to reach the driver's ports from
+    outside (Spark would otherwise listen on the external interface). ``SPARK_LOCAL_IP`` or the
+    user's own settings (``spark.conf``, spark-submit ``--conf``) win.
+    """
+    if not master.startswith("local") or os.environ.get("SPARK_LOCAL_IP"):
+        return {}
+    return {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"}
 
 
 def gpu_conf(gpus: int, discovery_script: str, master: str) -> dict[str, str]:

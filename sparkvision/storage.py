@@ -186,6 +186,23 @@ class Location:
             loc.path[len(base) :] for loc, kind in self._list(recursive=recursive) if kind == pafs.FileType.File
         )
 
+    def broken_links(self) -> list[str]:
+        """Symbolic links below this folder whose target does not exist, as sorted relative POSIX paths.
+
+        ``pyarrow.fs`` (and Spark's file scan) leave them out of every listing; only local
+        filesystems have them, so elsewhere this is always empty.
+        """
+        if not self.is_local:
+            return []
+        base = self.path.rstrip("/")
+        found = []
+        for folder, dirs, names in os.walk(base):
+            for name in [*names, *dirs]:
+                full = os.path.join(folder, name)
+                if os.path.islink(full) and not os.path.exists(full):
+                    found.append(os.path.relpath(full, base).replace(os.sep, "/"))
+        return sorted(found)
+
     def _list(self, recursive: bool) -> Iterator[tuple[Location, Any]]:
         import pyarrow.fs as pafs
 

@@ -85,3 +85,29 @@ def test_the_vae_trains_under_mixed_float16_on_cpu_with_a_float32_loss(cfg: Conf
     assert loss.dtype == r_loss.dtype == kl_loss.dtype == tf.float32
     assert np.all(np.isfinite(losses)) and np.isfinite(float(loss))
     assert np.mean(losses[-4:]) < np.mean(losses[:4])  # it learns
+
+
+@pytest.mark.parametrize(
+    ("master", "env", "expected"),
+    [
+        ("local[2]", None, {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"}),
+        ("local-cluster[2,1,1024]", None, {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"}),
+        ("local[2]", "10.0.0.5", {}),
+        ("spark://master:7077", None, {}),
+    ],
+)
+def test_local_masters_bind_the_driver_to_loopback(
+    monkeypatch: pytest.MonkeyPatch, master: str, env: str | None, expected: dict[str, str]
+) -> None:
+    from sparkvision.spark import loopback_conf
+
+    if env is None:
+        monkeypatch.delenv("SPARK_LOCAL_IP", raising=False)
+    else:
+        monkeypatch.setenv("SPARK_LOCAL_IP", env)
+    assert loopback_conf(master) == expected
+
+
+def test_the_test_session_listens_on_loopback(spark) -> None:
+    conf = spark.sparkContext.getConf()
+    assert conf.get("spark.driver.bindAddress") == "127.0.0.1" and conf.get("spark.driver.host") == "127.0.0.1"

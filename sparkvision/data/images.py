@@ -30,6 +30,10 @@ MISSING_ANNOTATION = "missing_annotation"
 MALFORMED_ANNOTATION = "malformed_annotation"
 MISSING_IMAGE = "missing_image"
 DUPLICATE_CONTENT = "duplicate_content"
+UNSUPPORTED_EXTENSION = "unsupported_extension"
+HIDDEN_FILE = "hidden_file"
+BROKEN_LINK = "broken_link"
+TOO_LARGE = "too_large"
 REASONS = (
     ZERO_BYTES,
     NOT_AN_IMAGE,
@@ -41,7 +45,48 @@ REASONS = (
     MALFORMED_ANNOTATION,
     MISSING_IMAGE,
     DUPLICATE_CONTENT,
+    UNSUPPORTED_EXTENSION,
+    HIDDEN_FILE,
+    BROKEN_LINK,
+    TOO_LARGE,
 )
+LISTING_REASONS = (UNSUPPORTED_EXTENSION, HIDDEN_FILE, BROKEN_LINK)
+"""Reasons decided from the file listing alone (the file's bytes are never read)."""
+
+MAX_PIXELS = 89_478_485
+"""Largest accepted ``width x height``: PIL's warning limit (PIL itself refuses only images twice
+as large). Larger images are refused as ``too_large`` before their pixels are decoded
+(decompression bombs)."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What an image must be to be used, shared by ingest (``IngestConfig``) and scoring (the model's meta).
+
+    Attributes:
+        allowed_modes: PIL modes accepted as decoded (others: ``unexpected_mode``).
+        min_side: Smallest acceptable width and height (``unexpected_size``).
+        expected_size: ``(width, height)`` every image must have; empty: any.
+    """
+
+    allowed_modes: tuple[str, ...] = ("RGB", "L", "RGBA", "P")
+    min_side: int = 16
+    expected_size: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, values: object) -> Rules:
+        """Rules from anything with ``allowed_modes``/``min_side``/``expected_size`` (a config or a dict)."""
+        get = values.get if isinstance(values, dict) else lambda k, d: getattr(values, k, d)
+        return cls(
+            tuple(get("allowed_modes", cls.allowed_modes)),
+            int(get("min_side", cls.min_side)),
+            tuple(int(v) for v in get("expected_size", ()) or ()),
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form (stored in a model's meta as ``image_rules``)."""
+        return {"allowed_modes": list(self.allowed_modes), "min_side": self.min_side,
+                "expected_size": list(self.expected_size)}  # fmt: skip
 
 
 class ImageError(ValueError):
@@ -94,17 +139,23 @@ def decode_image(
         The fully loaded image (not yet converted to RGB).
 
     Raises:
-        ImageError: With reason zero_bytes, not_an_image, truncated, unreadable,
+        ImageError: With reason zero_bytes, not_an_image, truncated, unreadable, too_large,
             unexpected_mode or unexpected_size.
     """
     if not data:
         raise ImageError(ZERO_BYTES, "file is empty (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(TOO_LARGE, f"refused before decoding: {exc}") from None
     except UnidentifiedImageError:
         raise ImageError(NOT_AN_IMAGE, f"not a recognised image format (starts with {data[:8]!r})") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a quarantine reason
         raise ImageError(_failure_reason(exc), f"cannot read the image header: {exc}") from None
+    if img.width * img.height > MAX_PIXELS:
+        raise ImageError(
+            TOO_LARGE, f"{img.width}x{img.height} is more than {MAX_PIXELS} pixels (a decompression bomb?)"
+        )
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
@@ -129,9 +180,22 @@ def _failure_reason(exc: BaseException) -> str:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB view of any mode; transparency is composited on white, not dropped to black."""
+    """RGB view of any mode; transparency is composited on white, not dropped to black.
+
+    16-bit and 32-bit grey (``I;16*``, ``I``) are scaled from 0..65535 to 0..255, not clipped
+    (PIL's own conversion clips every value above 255 to white); float (``F``) images are
+    taken as 0..1 when their maximum is at most 1, else as 0..255.
+    """
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0
+        grey = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -197,12 +261,17 @@ def decode_array(data: bytes) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def prepare_image(data: bytes, size: int, crop: CropMode = "center_square") -> np.ndarray:
+def prepare_image(data: bytes, size: int, crop: CropMode = "center_square", rules: Rules | None = None) -> np.ndarray:
     """Bytes of any common image → ``float32`` RGB array ``(size, size, 3)`` in ``[0, 1]``.
 
-    The exact preprocessing of training data: EXIF rotation, RGB conversion, crop, resize.
-    Raises ImageError for an unusable input.
+    The exact preprocessing and validation of training data: the ingest ``rules`` (modes,
+    minimum side; default ``Rules()``, ingest's defaults), EXIF rotation, RGB conversion, crop,
+    resize. Scoring never predicts on an image ingest would have refused.
+
+    Raises:
+        ImageError: An unusable input, with the reason ingest would have quarantined it for.
     """
-    img = to_rgb(decode_image(data, allowed_modes=("RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "I", "F")))
+    r = rules or Rules()
+    img = to_rgb(decode_image(data, r.allowed_modes, r.min_side, r.expected_size))
     img = crop_resize(img, crop_box(img.width, img.height, crop), size)
     return np.asarray(img, dtype=np.float32) / 255.0

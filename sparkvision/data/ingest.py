@@ -162,7 +162,7 @@ def ingest(
 
 
 def _catalog(fmt: str, input_dir: str, cfg: IngestConfig) -> readers.Catalog:
-    split = {"split_fractions": cfg.split_fractions, "split_seed": cfg.split_seed}
+    split = {"split_fractions": cfg.split_fractions, "split_seed": cfg.split_seed, "exclude": tuple(cfg.exclude)}
     if fmt == "celeba":
         return readers.list_celeba(input_dir, cfg.celeba_image_dir, cfg.celeba_landmarks_file,
                                    split_by_identity=cfg.split_by_identity, **split)  # fmt: skip
@@ -250,6 +250,15 @@ def bare_path(path: str) -> str:
     return re.sub(_AUTHORITY, "", path)
 
 
+def relative_key(path: Any, root: Location) -> Any:
+    """A Spark column: the file URL column ``path`` relative to ``root`` (``path`` itself when outside it)."""
+    from pyspark.sql import functions as F
+
+    prefix = bare_path(root.url).rstrip("/") + "/"
+    bare = F.regexp_replace(path, _AUTHORITY, "")
+    return F.when(bare.startswith(prefix), F.substring(bare, len(prefix) + 1, 1 << 30)).otherwise(F.col(path))
+
+
 def _read_binary(spark: SparkSession, root: Location, dirs: list[str], glob: str) -> DataFrame:
     """``key`` (path relative to ``root``), ``source_path`` and ``content`` of every matching file.
 
@@ -257,13 +266,11 @@ def _read_binary(spark: SparkSession, root: Location, dirs: list[str], glob: str
     """
     from pyspark.sql import functions as F
 
-    prefix = bare_path(root.url).rstrip("/") + "/"
     paths = [root.join(d).spark for d in dirs]
     df = (
         spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", glob).load(paths)
     )
-    bare = F.regexp_replace("path", _AUTHORITY, "")
-    key = F.when(bare.startswith(prefix), F.substring(bare, len(prefix) + 1, 1 << 30)).otherwise(F.col("path"))
+    key = relative_key("path", root)
     return df.select(key.alias("key"), F.regexp_replace("path", "^file:", "").alias("source_path"), "content")
 
 
@@ -273,6 +280,8 @@ def _process(spark: SparkSession, fmt: str, catalog: readers.Catalog, cfg: Inges
 
     table = FORMAT_TABLE[fmt]
     files = _read_binary(spark, catalog.root, catalog.read_dirs, catalog.glob)
+    if catalog.excluded:  # Spark's glob still matches them: left out here, counted in the manifest
+        files = files.where(~F.col("key").isin(list(catalog.excluded)))
     joined = files.join(F.broadcast(_catalog_frame(spark, catalog, table)), "key", "left")
     mask_links = [(e.key, m) for e in catalog.entries.values() for m in e.masks]
     if mask_links and catalog.mask_dirs:
@@ -281,9 +290,10 @@ def _process(spark: SparkSession, fmt: str, catalog: readers.Catalog, cfg: Inges
         link_schema = T.StructType([T.StructField("key", T.StringType(), False),
                                     T.StructField("mask_key", T.StringType(), False)])  # fmt: skip
         links = spark.createDataFrame(mask_links, schema=link_schema)
-        mask_files = _read_binary(spark, catalog.root, catalog.mask_dirs, catalog.mask_glob).select(
-            F.col("key").alias("mask_key"), F.col("content").alias("mask_content")
-        )
+        mask_files = _read_binary(spark, catalog.root, catalog.mask_dirs, catalog.mask_glob)
+        if catalog.excluded:
+            mask_files = mask_files.where(~F.col("key").isin(list(catalog.excluded)))
+        mask_files = mask_files.select(F.col("key").alias("mask_key"), F.col("content").alias("mask_content"))
         masks = (
             links.join(mask_files, "mask_key")
             .groupBy("key")
@@ -356,7 +366,7 @@ def _finish(
 
     source_images = len({r["source_path"] for r in kept})
     quarantined = sum(quarantine_rows.values())
-    input_files = len(facts) + len(empty) + len(catalog.orphans)
+    input_files = len(facts) + len(empty) + len(catalog.skipped) + len(catalog.orphans)
     if input_files != source_images + quarantined:
         raise IngestError(f"{catalog.root}: {input_files} inputs but {source_images} in the output and "
                           f"{quarantined} quarantined; an input was lost")  # fmt: skip
@@ -366,6 +376,9 @@ def _finish(
         "input_dir": str(catalog.root),
         "input_files": input_files,
         "image_files": len(facts) + len(empty),
+        "skipped_files": len(catalog.skipped),
+        "excluded_files": len(catalog.excluded),
+        "files_on_disk": len(facts) + len(empty) + len(catalog.skipped) + len(catalog.excluded),
         "annotations_without_image": len(catalog.orphans),
         "source_images": source_images,
         "output_rows": len(kept),
@@ -559,6 +572,7 @@ def _write_quarantine(
     zero = images.content_hash(b"")
     extra += [(p, zero, images.ZERO_BYTES, f"{p}: file is empty (0 bytes)", "read") for p in empty]
     extra += [(o.source, None, images.MISSING_IMAGE, f"{o.source}: {o.message}", "annotate") for o in catalog.orphans]
+    extra += [(str(catalog.root.join(k.key)), None, k.reason, k.message, "list") for k in catalog.skipped]
     counts.update(row[2] for row in extra)
     if extra:
         q = q.unionByName(spark.createDataFrame(extra, schema=schema))

@@ -17,6 +17,7 @@ width) marks only that image ``malformed_annotation``.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import math
@@ -91,6 +92,8 @@ class Catalog:
         glob: The file-name glob Spark filters image files with.
         entries: One entry per expected image file, by key.
         orphans: Annotation items with no image file.
+        skipped: Files under ``read_dirs``/``mask_dirs`` not read as images (quarantined).
+        excluded: Keys of files left out by ``ingest.exclude`` (counted, not quarantined).
         info: Extra facts for the manifest (class names, categories).
     """
 
@@ -102,6 +105,8 @@ class Catalog:
     mask_dirs: list[str] = field(default_factory=list)
     mask_glob: str = "*.[pP][nN][gG]"
     info: dict[str, object] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -121,33 +126,91 @@ def visible(name: str) -> bool:
     return not name.startswith((".", "_"))
 
 
-def list_files(root: Location, extensions: Sequence[str]) -> list[str]:
-    """Image files under ``root`` (recursively) as sorted POSIX paths relative to ``root``.
+@dataclass(frozen=True)
+class Skipped:
+    """A regular file (or dangling link) on disk that is not read as an image: quarantined.
 
-    Mirrors what ``spark.read.format("binaryFile")`` with ``recursiveFileLookup`` and
-    ``glob_for(extensions)`` lists: hidden files and folders are skipped (and logged). Listed
-    through ``storage`` (one recursive listing call), so ``root`` may be a URL.
+    Attributes:
+        key: Path relative to the data set root (POSIX separators).
+        reason: ``hidden_file``, ``unsupported_extension`` or ``broken_link``.
+        message: What was expected and what was found.
     """
-    exts = {e.lower() for e in extensions}
-    found: list[str] = []
-    hidden_dirs: set[str] = set()
-    hidden = 0
-    for rel in root.files(recursive=True):
-        *dirs, name = rel.split("/")
-        bad = next((i for i, d in enumerate(dirs) if not visible(d)), None)
-        if bad is not None:
-            hidden_dirs.add("/".join(dirs[: bad + 1]))
-            continue
-        if name.rsplit(".", 1)[-1].lower() not in exts or "." not in name:
-            continue
-        if not visible(name):
-            hidden += 1
-            continue
-        found.append(rel)
-    hidden += len(hidden_dirs)
-    if hidden:
-        log.warning("%s: skipped %d hidden files/folders (names starting with '.' or '_')", root, hidden)
-    return sorted(found)
+
+    key: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Survey:
+    """Every file under the folders a layout reads, sorted into used, skipped and excluded.
+
+    Spark's file scan (and Hadoop's) never lists names starting with ``.`` or ``_``, and dangling
+    symbolic links; the driver's listing through ``storage`` sees them all, so each becomes a
+    ``Skipped`` entry instead of vanishing.
+
+    Attributes:
+        exclude: Glob patterns (``fnmatch``; ``*`` also crosses ``/``) matched against the path
+            relative to the data set root and against the file name: matching files are
+            left out on purpose and only counted (``excluded``).
+        skipped: Files that are not used, with their reason.
+        excluded: Keys of the excluded files.
+    """
+
+    exclude: tuple[str, ...] = ()
+    skipped: list[Skipped] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+    def is_excluded(self, key: str) -> bool:
+        """Whether ``key`` (relative to the data set root) matches an ``exclude`` pattern."""
+        name = key.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(key, p) or fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+    def files(self, root: Location, prefix: str, extensions: Sequence[str]) -> list[str]:
+        """Image files under ``root`` (recursively) as sorted POSIX paths relative to ``root``.
+
+        Exactly what ``spark.read.format("binaryFile")`` with ``recursiveFileLookup`` and
+        ``glob_for(extensions)`` reads, minus excluded files. Every other regular file and
+        dangling link under ``root`` is recorded in ``skipped`` (keys ``prefix/rel``).
+        """
+        exts = {e.lower() for e in extensions}
+        pre = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        found: list[str] = []
+        wanted = "/".join(sorted(exts))
+        for rel in root.broken_links():
+            if not self.is_excluded(pre + rel):
+                self.skipped.append(Skipped(pre + rel, images.BROKEN_LINK,
+                                            f"{root.join(rel)}: symbolic link to a file that does not exist"))  # fmt: skip
+            else:
+                self.excluded.append(pre + rel)
+        for rel in root.files(recursive=True):
+            key = pre + rel
+            if self.is_excluded(key):
+                self.excluded.append(key)
+                continue
+            parts = rel.split("/")
+            hidden = next((p for p in parts if not visible(p)), None)
+            name = parts[-1]
+            ext = name.rsplit(".", 1)[-1].lower() if "." in name.lstrip("._") else ""
+            if hidden is not None:
+                what = "file" if hidden == name else "folder"
+                self.skipped.append(Skipped(key, images.HIDDEN_FILE, f"{root.join(rel)}: {what} name {hidden!r} starts "
+                                            "with '.' or '_' (Spark never reads it); add it to ingest.exclude "
+                                            "to leave it out on purpose"))  # fmt: skip
+            elif ext not in exts:
+                self.skipped.append(Skipped(key, images.UNSUPPORTED_EXTENSION, f"{root.join(rel)}: expected an "
+                                            f"extension in {wanted}, found {('.' + ext) if ext else 'none'}"))  # fmt: skip
+            else:
+                found.append(rel)
+        if self.skipped:
+            log.info("%s: %d files not read as images (hidden, other extensions, dangling links)", root,
+                     len(self.skipped))  # fmt: skip
+        return sorted(found)
+
+
+def list_files(root: Location, extensions: Sequence[str]) -> list[str]:
+    """Image files under ``root`` that Spark reads (``Survey.files`` without exclusions)."""
+    return Survey().files(root, "", extensions)
 
 
 def _check_fractions(fractions: Sequence[float], splits: Sequence[str]) -> float:
@@ -351,6 +414,7 @@ def list_celeba(
     split_by_identity: bool = False,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
+    exclude: Sequence[str] = (),
 ) -> Catalog:
     """Parse the five CelebA annotation files and list ``root/image_dir``.
 
@@ -361,6 +425,7 @@ def list_celeba(
         split_by_identity: Hash-split by identity instead of ``list_eval_partition.txt``.
         split_fractions: Shares of train/val/test for ``split_by_identity``.
         split_seed: Salt of the identity split.
+        exclude: Glob patterns of files to leave out (``Survey.exclude``).
 
     Returns:
         A catalog whose entry values are ``attributes`` (40 floats 0/1), ``bbox_raw``
@@ -388,7 +453,8 @@ def list_celeba(
         log.info("%s: %d rows", fname, len(rows))
         sources.append((kind, fname, rows))
 
-    files = set(list_files(images_root, images.IMAGE_EXTENSIONS))
+    survey = Survey(tuple(exclude))
+    files = set(survey.files(images_root, image_dir, images.IMAGE_EXTENSIONS))
     annotated: dict[str, str] = {}
     for _, fname, rows in sources:
         for name, row in rows.items():
@@ -442,8 +508,9 @@ def list_celeba(
             ),
         )
     return Catalog(
-        root=base, read_dirs=[image_dir], glob=glob_for(images.IMAGE_EXTENSIONS), entries=entries, orphans=orphans
-    )
+        root=base, read_dirs=[image_dir], glob=glob_for(images.IMAGE_EXTENSIONS), entries=entries, orphans=orphans,
+        skipped=survey.skipped, excluded=survey.excluded,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- fabric (MVTec AD, AITEX)
@@ -471,6 +538,7 @@ def list_mvtec(
     root: str | os.PathLike[str] | Location,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
+    exclude: Sequence[str] = (),
 ) -> Catalog:
     """List an MVTec AD category folder, or a root holding several category folders.
 
@@ -482,6 +550,7 @@ def list_mvtec(
         root: A category folder (``train/``, ``test/``, ``ground_truth/``) or a folder of them.
         split_fractions: Shares of train/val/test.
         split_seed: Salt of the hash split.
+        exclude: Glob patterns of files to leave out (``Survey.exclude``).
 
     Returns:
         A catalog whose entry values are ``defect_type`` (folder name) and ``split_shares`` (the
@@ -501,6 +570,7 @@ def list_mvtec(
             f"{base}: expected an MVTec AD category (train/, test/, ground_truth/) or a folder of them"
         )
     f_train, f_val, f_test = split_fractions
+    survey = Survey(tuple(exclude))
     entries: dict[str, CatalogEntry] = {}
     read_dirs: list[str] = []
     mask_dirs: list[str] = []
@@ -511,7 +581,7 @@ def list_mvtec(
             if not cat.join(role).is_dir():
                 continue
             read_dirs.append(f"{prefix}{role}")
-            for rel in list_files(cat.join(role), ("png",)):
+            for rel in survey.files(cat.join(role), f"{prefix}{role}", ("png",)):
                 defect = rel.split("/", 1)[0] if "/" in rel else "good"
                 key = f"{prefix}{role}/{rel}"
                 shares = [f_train, f_val, 0.0] if role == "train" else [0.0, f_val, f_test]
@@ -522,7 +592,8 @@ def list_mvtec(
                 entries[key] = CatalogEntry(key, key, split, values=values, masks=mask)
         if cat.join("ground_truth").is_dir():
             mask_dirs.append(f"{prefix}ground_truth")
-            masks.extend(f"{prefix}ground_truth/{m}" for m in list_files(cat.join("ground_truth"), ("png",)))
+            found = survey.files(cat.join("ground_truth"), f"{prefix}ground_truth", ("png",))
+            masks.extend(f"{prefix}ground_truth/{m}" for m in found)
 
     def image_of(mask_key: str) -> str:
         head, _, tail = mask_key.rpartition("ground_truth/")
@@ -537,6 +608,8 @@ def list_mvtec(
         orphans=orphans,
         mask_dirs=mask_dirs,
         info={"categories": [n for n, _ in categories if n]},
+        skipped=survey.skipped,
+        excluded=survey.excluded,
     )
 
 
@@ -544,6 +617,7 @@ def list_aitex(
     root: str | os.PathLike[str] | Location,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
+    exclude: Sequence[str] = (),
 ) -> Catalog:
     """List an AITEX fabric folder: ``Defect_images/``, ``NODefect_images/<sub>/``, ``Mask_images/``.
 
@@ -555,6 +629,7 @@ def list_aitex(
         root: The AITEX folder.
         split_fractions: Shares of train/val/test of the hash split by source image.
         split_seed: Salt of the hash split.
+        exclude: Glob patterns of files to leave out (``Survey.exclude``).
 
     Returns:
         A catalog whose entry values are ``defect_type`` and ``split_shares``.
@@ -566,14 +641,16 @@ def list_aitex(
     dirs = [d for d in ("Defect_images", "NODefect_images") if base.join(d).is_dir()]
     if not dirs:
         raise FileNotFoundError(f"{base}: expected an AITEX folder with Defect_images/ and NODefect_images/")
-    masks = list_files(base.join("Mask_images"), ("png",)) if base.join("Mask_images").is_dir() else []
+    survey = Survey(tuple(exclude))
+    has_masks = base.join("Mask_images").is_dir()
+    masks = survey.files(base.join("Mask_images"), "Mask_images", ("png",)) if has_masks else []
     masks_by_stem: dict[str, list[str]] = {}
     for m in masks:
         stem = re.sub(r"_mask\d*$", "", m.rsplit("/", 1)[-1].rsplit(".", 1)[0])
         masks_by_stem.setdefault(stem, []).append(f"Mask_images/{m}")
     entries: dict[str, CatalogEntry] = {}
     for d in dirs:
-        for rel in list_files(base.join(d), ("png",)):
+        for rel in survey.files(base.join(d), d, ("png",)):
             key = f"{d}/{rel}"
             split = hash_split(key, split_fractions, split_seed)
             stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
@@ -610,6 +687,8 @@ def list_aitex(
         entries=entries,
         orphans=orphans,
         mask_dirs=["Mask_images"] if masks else [],
+        skipped=survey.skipped,
+        excluded=survey.excluded,
     )
 
 
@@ -620,8 +699,9 @@ def list_folder(
     root: str | os.PathLike[str] | Location,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
+    exclude: Sequence[str] = (),
 ) -> Catalog:
-    """List ``root/<class>/**/*.(jpg|jpeg|png|bmp|gif|webp)``; label = index in sorted class names.
+    """List ``root/<class>/**/*.<IMAGE_EXTENSIONS>``; label = index in sorted class names.
 
     The split is stratified by class (``stratified_split``): each class's files are ordered by a
     salted hash of their path (``split_seed``) and that list is cut by ``split_fractions``, so
@@ -634,6 +714,7 @@ def list_folder(
         root: Folder of class folders.
         split_fractions: Shares of train/val/test, applied within each class.
         split_seed: Salt of the per-class hash order.
+        exclude: Glob patterns of files to leave out (``Survey.exclude``).
 
     Returns:
         A catalog whose entry values are ``label`` and ``label_name``; ``info["classes"]``
@@ -649,7 +730,8 @@ def list_folder(
     if not classes:
         raise FileNotFoundError(f"{base}: expected class sub-folders (ROOT/<class>/*.jpg), found none")
     index = {c: i for i, c in enumerate(classes)}
-    files = list_files(base, images.IMAGE_EXTENSIONS)
+    survey = Survey(tuple(exclude))
+    files = survey.files(base, "", images.IMAGE_EXTENSIONS)
     by_class: dict[str, list[str]] = {}
     for rel in files:
         if "/" in rel:
@@ -670,5 +752,6 @@ def list_folder(
         name = rel.split("/", 1)[0]
         entries[rel] = CatalogEntry(rel, rel, split_of[rel], values={"label": index[name], "label_name": name})
     return Catalog(
-        root=base, read_dirs=[""], glob=glob_for(images.IMAGE_EXTENSIONS), entries=entries, info={"classes": classes}
-    )
+        root=base, read_dirs=[""], glob=glob_for(images.IMAGE_EXTENSIONS), entries=entries, info={"classes": classes},
+        skipped=survey.skipped, excluded=survey.excluded,
+    )  # fmt: skip

@@ -4,7 +4,8 @@
 code, so ``mlflow.pyfunc.load_model("models:/NAME@ALIAS").predict(df)`` works anywhere: ``df``
 has an ``image`` column of encoded image bytes (any size or format), each image is prepared
 exactly like the training data (``sparkvision.data.images.prepare_image`` with the model's
-``image_size`` and ``crop``) and the Task's ``predict`` gives the output columns. Rows whose
+``image_size``, ``crop`` and ``image_rules``: the ingest validation of its training data,
+ingest's defaults for a model without them) and the Task's ``predict`` gives the output columns. Rows whose
 image cannot be used get null outputs and an ``error_code``/``error_message`` instead of
 failing the batch.
 
@@ -14,7 +15,6 @@ This module imports MLflow at the top; import it inside functions.
 from __future__ import annotations
 
 import json
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from sparkvision import tempdirs
 from sparkvision.data import schema
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class VisionModel(mlflow.pyfunc.PythonModel):
             found = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
             raise ValueError(f"VisionModel.predict: expected a DataFrame with an 'image' column, found {found}")
         size, crop = int(self.meta["image_size"]), self.meta.get("crop", "center_square")
+        rules = images.Rules.of(self.meta.get("image_rules", {}))
         n = len(model_input)
         codes: list[str | None] = [None] * n
         messages: list[str | None] = [None] * n
@@ -114,7 +116,7 @@ class VisionModel(mlflow.pyfunc.PythonModel):
             try:
                 if value is None or (isinstance(value, float) and np.isnan(value)):
                     raise images.ImageError(images.MISSING_IMAGE, "image is null")
-                prepared.append(images.prepare_image(bytes(value), size, crop))
+                prepared.append(images.prepare_image(bytes(value), size, crop, rules))
                 good.append(i)
             except images.ImageError as exc:
                 codes[i], messages[i] = exc.reason, exc.message
@@ -234,7 +236,7 @@ def log_vision_model(
     except TypeError as exc:
         raise ValueError(f"log_vision_model: meta is not JSON-serialisable: {exc}") from exc
     examples = input_example_images or [_example_png(int(meta["image_size"]))]
-    with tempfile.TemporaryDirectory(prefix="sv-model-") as tmp:
+    with tempdirs.temporary_directory("sv-model-") as tmp:
         model_path = Path(tmp) / "model.keras"
         _inference_copy(model, int(meta["image_size"])).save(model_path)
         meta_path = Path(tmp) / "meta.json"

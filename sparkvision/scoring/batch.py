@@ -25,7 +25,6 @@ Inputs and outputs may be local paths or filesystem URLs (``sparkvision.storage`
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
@@ -33,7 +32,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 import zipfile
@@ -43,12 +41,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparkvision import storage
+from sparkvision import storage, tempdirs
 from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
-from sparkvision.data.images import IMAGE_EXTENSIONS
-from sparkvision.data.readers import glob_for
-from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERRORS
+from sparkvision.data.images import IMAGE_EXTENSIONS, LISTING_REASONS
+from sparkvision.data.readers import Survey, glob_for
+from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERROR_MESSAGE, ERRORS
 from sparkvision.scoring.udf import ScoreBatches
 from sparkvision.spark import session_conf
 
@@ -103,14 +101,13 @@ _DOWNLOADS: Path | None = None
 
 
 def _download_root() -> Path:
-    """A per-process folder for downloaded models, removed at exit.
+    """A folder for downloaded models in the process's temporary folder (``tempdirs``), removed at exit.
 
     Archives must outlive the job: Spark serves them to executors that start later.
     """
     global _DOWNLOADS
-    if _DOWNLOADS is None:
-        _DOWNLOADS = Path(tempfile.mkdtemp(prefix="sparkvision-models-"))
-        atexit.register(shutil.rmtree, _DOWNLOADS, True)
+    if _DOWNLOADS is None or not _DOWNLOADS.is_dir():
+        _DOWNLOADS = tempdirs.mkdtemp("sparkvision-models-")
     return _DOWNLOADS
 
 
@@ -178,8 +175,50 @@ def is_dataset(path: str | os.PathLike[str]) -> bool:
     return dataset_version(path) is not None
 
 
+_GLOB = re.compile(r"[*?\[{]")
+
+
+def input_root(input: str) -> storage.Location:
+    """The folder ``id`` values are relative to: ``input`` itself, or the folder above a glob's first pattern."""
+    match = _GLOB.search(input)
+    if match is None:
+        where = storage.location(input)
+        return where.parent if where.is_file() else where
+    head = input[: match.start()]
+    return storage.location(head.rsplit("/", 1)[0] if "/" in head else ".")
+
+
+def unusable_files(input: str) -> list[tuple[str, str, str, str]]:
+    """``(source_path, id, reason, message)`` of every file under a folder or glob input that Spark does not read.
+
+    Hidden and underscore-prefixed names, other extensions and dangling links
+    (``readers.Survey``): scoring gives each an error row, as ingest quarantines it. For a glob,
+    only the files the glob matches. Empty for an ingested dataset.
+    """
+    import fnmatch
+
+    if dataset_version(input) is not None:
+        return []
+    root = input_root(input)
+    if not root.is_dir():
+        return []
+    survey = Survey()
+    survey.files(root, "", IMAGE_EXTENSIONS)
+    pattern = storage.location(input).path if _GLOB.search(input) else None
+    rows = []
+    for item in survey.skipped:
+        path = str(root.join(item.key))
+        if pattern is None or fnmatch.fnmatchcase(root.join(item.key).path, pattern):
+            rows.append((path, item.key, item.reason, item.message))
+    return rows
+
+
 def read_input(spark: SparkSession, input: str) -> DataFrame:
     """Rows to score: ``image`` (bytes), ``source_path``, ``content_hash``, ``id`` (+ dataset columns).
+
+    ``id`` is the file's path relative to the input folder (for a glob: the folder above its first
+    pattern), unique across sub-folders; a dataset keeps its own ``id``. Files Spark does not read
+    are in ``unusable_files``.
 
     Args:
         spark: The session.
@@ -193,6 +232,8 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
         FileNotFoundError: ``input`` does not exist (and is not a glob).
     """
     from pyspark.sql import functions as F
+
+    from sparkvision.data.ingest import relative_key
 
     version = dataset_version(input)
     if version is not None:
@@ -210,14 +251,15 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
         F.col("content").alias("image"),
         F.regexp_replace("path", "^file:(//)?", "").alias("source_path"),
         F.sha2(F.col("content"), 256).alias("content_hash"),
-        F.element_at(F.split("path", "/"), -1).alias("id"),
+        relative_key("path", input_root(input)).alias("id"),
     )
     # Spark's file scan drops zero-byte files; they are inputs too and get a zero_bytes error row.
     local = [re.sub("^file:(//)?", "", p) for p in raw.inputFiles() if p.startswith("file:")]
     empty = [p for p in local if _size(p) == 0]
     if empty:
         blank = hashlib.sha256(b"").hexdigest()
-        extra = [(b"", p, blank, p.rsplit("/", 1)[-1]) for p in empty]
+        base = input_root(input).path.rstrip("/") + "/"
+        extra = [(b"", p, blank, p[len(base) :] if p.startswith(base) else p) for p in empty]
         rows = rows.unionByName(spark.createDataFrame(extra, rows.schema))
     return rows
 
@@ -281,6 +323,23 @@ def _with_lineage(df: DataFrame, model: ResolvedModel, scored_at: datetime) -> D
         .withColumn("model_uri", F.lit(model.pinned_uri))
         .withColumn("scored_at", F.lit(scored_at).cast("timestamp"))
     )
+
+
+def _listing_rows(
+    spark: SparkSession, like: DataFrame, unusable: list[tuple[str, str, str, str]], model: ResolvedModel,
+    scored_at: datetime,
+) -> DataFrame:  # fmt: skip
+    """Error rows (columns of ``like``) for the files Spark does not read: null outputs and content hash."""
+    from pyspark.sql import types as T
+
+    schema = T.StructType([T.StructField(f.name, f.dataType, True) for f in like.schema.fields])
+    fixed = {"model_name": model.name, "model_version": model.version, "model_run_id": model.run_id,
+             "model_uri": model.pinned_uri, "scored_at": scored_at}  # fmt: skip
+    records = []
+    for path, key, reason, message in unusable:
+        values = {**fixed, "source_path": path, "id": key, ERROR_CODE: reason, ERROR_MESSAGE: message}
+        records.append(tuple(values.get(name) for name in schema.fieldNames()))
+    return spark.createDataFrame(records, schema)
 
 
 def _published_rows(spark: SparkSession, base: pub.Current | None) -> DataFrame | None:
@@ -363,6 +422,13 @@ def _score_into(
 
     output = str(version.output)
     old = _published_rows(spark, version.base) if incremental else None
+    unusable = unusable_files(input)
+    listed_before = 0
+    if old is not None and unusable:  # a file never read is known by its path (it has no content hash)
+        unread = old.where(F.col("content_hash").isNull() & F.col(ERROR_CODE).isin(list(LISTING_REASONS)))
+        seen = {r["source_path"] for r in unread.select("source_path").collect()}
+        listed_before = sum(u[0] in seen for u in unusable)
+        unusable = [u for u in unusable if u[0] not in seen]
     keep = ["source_path", "content_hash", "id"]
     columns = keep + [c for c, _ in model.outputs] + list(LINEAGE) + list(ERROR_COLUMNS)
     if old is not None and set(old.columns) != set(columns):
@@ -380,8 +446,13 @@ def _score_into(
         try:
             by_code = {r[ERROR_CODE]: r["count"] for r in scored.groupBy(ERROR_CODE).count().collect()}
             processed = sum(by_code.values())
-            skipped = inputs.count() - processed if old is not None else 0
+            skipped = inputs.count() - processed + listed_before if old is not None else 0
             result = scored if old is None else old.select(*columns).unionByName(scored)
+            if unusable:
+                result = result.unionByName(_listing_rows(spark, scored, unusable, model, scored_at))
+                for _, _, reason, _ in unusable:
+                    by_code[reason] = by_code.get(reason, 0) + 1
+                processed += len(unusable)
             rows = processed + (old.count() if old is not None else 0)
             write_sorted(result, version.url, rows)
         finally:

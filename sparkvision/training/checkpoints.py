@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import posixpath
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sparkvision import tempdirs
 
 if TYPE_CHECKING:
     import fsspec
@@ -148,7 +149,7 @@ class Store:
         """
         run_dir = f"runs/{state.run_id}"
         folder = f"{run_dir}/epoch-{state.epoch:04d}"
-        with tempfile.TemporaryDirectory(prefix="sv-ckpt-") as tmp:
+        with tempdirs.temporary_directory("sv-ckpt-") as tmp:
             checkpoint.write(str(Path(tmp) / "ckpt"))
             self.remove(folder)
             self.upload(tmp, folder)

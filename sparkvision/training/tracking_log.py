@@ -110,7 +110,7 @@ class EpochLogger:
         self.run_id = run_id
 
     def log(self, epoch: int, logs: Mapping[str, Any]) -> None:
-        """Log every finite numeric entry of ``logs`` at ``step=epoch``."""
+        """Log every finite numeric entry of ``logs`` at ``step=epoch`` and refresh the run's heartbeat."""
         metrics = {}
         for key, value in logs.items():
             try:
@@ -121,6 +121,9 @@ class EpochLogger:
                 metrics[key] = number
         if metrics:
             self.tracking.log_metrics(self.run_id, metrics, step=int(epoch))
+        from sparkvision.tracking import liveness
+
+        liveness.beat(self.tracking, self.run_id, epoch)
 
 
 def plot_curves(history: Mapping[str, list[tuple[int, float]]], out_dir: Path) -> list[Path]:

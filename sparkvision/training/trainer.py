@@ -5,16 +5,16 @@ the model from rank 0's best checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparkvision import storage
+from sparkvision import storage, tempdirs
 from sparkvision.config import Config
 from sparkvision.training import data
 from sparkvision.training.checkpoints import Store
@@ -88,7 +88,7 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
         FileNotFoundError: When no dataset version with ``manifest.json`` is there.
         ValueError: When the task rejects the dataset or a split has fewer row groups than workers.
     """
-    from sparkvision.data import publish
+    from sparkvision.data import images, publish
     from sparkvision.models import get_task
 
     current = publish.resolve(data_dir)  # pin the version the job reads
@@ -99,6 +99,13 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
     tcfg = cfg.train
     task = get_task(tcfg.model)
     meta = task.prepare_meta(manifest, tcfg)
+    # Scoring validates new images by the rules the training data was ingested with; not by
+    # ``expected_size`` (new images need not come from the camera of the data set), and with a
+    # minimum side no larger than the stored images, so the ingested tables themselves score.
+    rules = images.Rules.of(manifest.get("config", {}))
+    stored = int(manifest.get("image_size") or rules.min_side)
+    rules = dataclasses.replace(rules, expected_size=(), min_side=min(rules.min_side, stored))
+    meta = {**meta, "image_rules": rules.as_dict()}
     train = data.inspect_split(folder, "train")
     data.check_shardable(train, tcfg.workers)
     targets = [c for c in task.columns_for(meta["table"]) if c != "image"]  # small columns only
@@ -158,7 +165,7 @@ def train(
             cannot run ``train.workers`` workers, or ``planned`` is of another dataset.
     """
 
-    from sparkvision.tracking import Tracking
+    from sparkvision.tracking import Tracking, liveness
     from sparkvision.tracking.server import warn_if_unreachable
     from sparkvision.training import tracking_log
     from sparkvision.training.backend import SparkHorovodBackend
@@ -173,20 +180,22 @@ def train(
     if isinstance(backend, SparkHorovodBackend):  # rank 0 logs through tracking.uri from an executor
         warn_if_unreachable(tracking.uri, spark.sparkContext.master)
     experiment = cfg.train.experiment
+    sweep_killed_runs(tracking, cfg)
     state = p.store.latest() if resume else None
     if resume and state is None:
         raise FileNotFoundError(f"resume requested but there is no checkpoint: {p.store.url('state.json')} is missing")
 
-    with tempfile.TemporaryDirectory(prefix="sv-train-") as tmp:
+    with tempdirs.temporary_directory("sv-train-") as tmp:
         work = Path(tmp)
         if state is not None:
             run_id = state.run_id
-            tracking.set_tags(run_id, {"sparkvision.resumed_from_epoch": str(state.epoch)})
+            tracking.set_tags(run_id, {"sparkvision.resumed_from_epoch": str(state.epoch), **liveness.driver_tags()})
             tracking.reopen_run(run_id)
             # Parameters are immutable: the configuration of each resumed segment is an artifact.
             tracking.log_text(run_id, cfg.to_yaml(), f"resumed/config-from-epoch-{state.epoch + 1}.yaml")
         else:
-            run_id = tracking.create_run(experiment, f"{p.registered_name}-train", {"mlflow.source.type": "JOB"})
+            run_id = tracking.create_run(experiment, f"{p.registered_name}-train",
+                                         {"mlflow.source.type": "JOB", **liveness.driver_tags()})  # fmt: skip
             params = tracking_log.train_params(cfg, p.effective_lr, p.steps_per_epoch, p.validation_steps)
             tracking_log.log_inputs(tracking, run_id, cfg, p.manifest, p.data_dir, params, work, version=p.version)
         log.info("training %s on %s: run %s, %d worker(s), %d steps/epoch", cfg.train.model, p.data_dir, run_id,
@@ -202,6 +211,7 @@ def train(
                 raise RuntimeError(f"training run {run_id} wrote no checkpoint to {p.store.url()}")
             log.info("workers of run %s took %.1f s (%s)", run_id, time.perf_counter() - started,
                      type(backend).__name__)  # fmt: skip
+            liveness.beat(tracking, run_id)
             started = time.perf_counter()
             outcome = _finish(cfg, p, tracking, run_id, rank0, work)
             log.info("evaluation, pictures and registration of run %s took %.1f s", run_id,
@@ -214,6 +224,17 @@ def train(
             raise
         tracking.finish_run(run_id)
     return {"run_id": run_id, "experiment": experiment, **outcome}
+
+
+def sweep_killed_runs(tracking: Tracking, cfg: Config) -> list[Any]:
+    """``liveness.clean_runs`` on the training experiment; a failure is logged, never raised."""
+    from sparkvision.tracking import liveness
+
+    try:
+        return liveness.clean_runs(tracking, [cfg.train.experiment], cfg.train.heartbeat_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping of other runs must not stop this one
+        log.warning("could not check %s for runs of killed drivers: %s", cfg.train.experiment, exc)
+        return []
 
 
 def _checked_plan(planned: Plan, data_dir: str | os.PathLike[str]) -> Plan:
@@ -243,7 +264,7 @@ def load_checkpoint(cfg: Config, meta: dict[str, Any], store: Store, checkpoint:
 
     model = get_task(cfg.train.model).build(cfg.train, meta).model
     folder, prefix = checkpoint.rsplit("/", 1)
-    with tempfile.TemporaryDirectory(prefix="sv-load-") as tmp:
+    with tempdirs.temporary_directory("sv-load-") as tmp:
         local = store.download(folder, tmp)
         status = tf.train.Checkpoint(model=model).read(str(local / prefix))
         status.expect_partial().assert_existing_objects_matched()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sparkvision import tempdirs
 from sparkvision.config import TrainConfig
 from sparkvision.training.data import SplitInfo
 
@@ -132,7 +132,7 @@ def _restore(job: WorkerJob, store: Store, model: Any, checkpoint: Any, rank: in
     if state is None:
         raise FileNotFoundError(f"resume requested but {store.url('state.json')} does not exist")
     model.optimizer.build(model.trainable_variables)
-    with tempfile.TemporaryDirectory(prefix=f"sv-restore-{rank}-") as tmp:
+    with tempdirs.temporary_directory(f"sv-restore-{rank}-") as tmp:
         store.restore(checkpoint, state, tmp)
     return state.epoch + 1, PlateauState.from_dict(state.callbacks.get("plateau", {}))
 

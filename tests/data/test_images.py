@@ -98,3 +98,34 @@ def test_png_roundtrip_is_lossless_and_deterministic() -> None:
     assert a == b
     np.testing.assert_array_equal(images.decode_array(a), np.asarray(img))
     assert images.content_hash(a) == images.content_hash(b) != images.content_hash(a + b"x")
+
+
+@pytest.mark.parametrize(("value", "grey"), [(0, 0), (32768, 128), (65535, 255)])
+def test_sixteen_bit_grey_is_scaled_not_clipped(value: int, grey: int) -> None:
+    data = _encode(Image.fromarray(np.full((20, 20), value, dtype=np.uint16)), "PNG")
+    img = images.decode_image(data, allowed_modes=("I;16", "I"))
+    assert np.asarray(images.to_rgb(img)).max() == grey  # PIL's own convert() gives 255 for all but 0
+    rules = images.Rules(allowed_modes=("I;16", "I"), min_side=16)
+    assert images.prepare_image(data, 16, rules=rules).max() == pytest.approx(grey / 255)
+
+
+@pytest.mark.parametrize(
+    ("rules", "data", "reason"),
+    [
+        (images.Rules(), _encode(_gradient(8, 8), "PNG"), images.UNEXPECTED_SIZE),
+        (images.Rules(), _encode(_gradient().convert("CMYK"), "JPEG"), images.UNEXPECTED_MODE),
+        (images.Rules(), _encode(_gradient().convert("LA"), "PNG"), images.UNEXPECTED_MODE),
+        (images.Rules(min_side=50), _encode(_gradient(60, 40), "PNG"), images.UNEXPECTED_SIZE),
+    ],
+    ids=["tiny", "cmyk", "grey-alpha", "rules-min-side"],
+)
+def test_prepare_image_refuses_what_ingest_refuses(rules: images.Rules, data: bytes, reason: str) -> None:
+    with pytest.raises(images.ImageError) as info:
+        images.prepare_image(data, 16, rules=rules)
+    assert info.value.reason == reason
+
+
+def test_rules_of_a_config_and_of_a_dict_agree(cfg) -> None:
+    rules = images.Rules.of(cfg.ingest)
+    assert rules == images.Rules.of(rules.as_dict())
+    assert rules.allowed_modes == tuple(cfg.ingest.allowed_modes) and rules.min_side == cfg.ingest.min_side

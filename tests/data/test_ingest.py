@@ -322,7 +322,8 @@ def test_every_image_extension_is_ingested(spark, cfg: Config, every_format_dir:
     m = ingest(spark, "folder", str(every_format_dir), str(tmp_path / "out"), cfg.ingest, workers=WORKERS)
     expected = sorted(p.relative_to(every_format_dir).as_posix() for p in every_format_dir.glob("*/*")
                       if p.suffix != ".txt")  # fmt: skip
-    assert (m["input_files"], m["output_rows"], m["quarantined"]) == (len(expected), len(expected), 0)
+    assert (m["input_files"], m["output_rows"]) == (len(expected) + 1, len(expected))
+    assert m["quarantine_by_reason"] == {images.UNSUPPORTED_EXTENSION: 1}  # cat/notes.txt
     rows = {r["id"]: r for r in _rows(tmp_path / "out")}
     assert sorted(rows) == expected
     assert {"cat/05.tif", "cat/06.tiff", "dog/05.TIF"} <= rows.keys()

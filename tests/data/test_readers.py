@@ -251,3 +251,28 @@ def test_folder_split_is_stratified_per_class_and_independent_of_listing_order(t
     assert readers.stratified_split(reversed(keys), (0.8, 0.1, 0.1), 5) == {k: catalog.entries[k].split for k in keys}
     other = readers.list_folder(tmp_path, split_fractions=(0.8, 0.1, 0.1), split_seed=6)
     assert {k: e.split for k, e in other.entries.items()} != {k: e.split for k, e in catalog.entries.items()}
+
+
+@pytest.mark.parametrize(
+    ("exclude", "excluded"),
+    [((), []), (("*.txt",), ["c/sub/notes.txt"]), (("c/sub/*",), ["c/sub/notes.txt", "c/sub/x.png"]),
+     (("_*",), ["c/_u.png"])],
+    ids=["none", "by-name", "by-folder", "underscore"],
+)  # fmt: skip
+def test_survey_accounts_for_every_file(tmp_path: Path, exclude: tuple[str, ...], excluded: list[str]) -> None:
+    from sparkvision import storage
+
+    for rel in ("c/a.png", "c/sub/x.png", "c/sub/notes.txt", "c/.h.png", "c/_u.png", "c/.git/x.png", "c/noext"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "c" / "dead.png").symlink_to(tmp_path / "nowhere.png")
+    survey = readers.Survey(exclude)
+    used = survey.files(storage.location(tmp_path / "c"), "c", images.IMAGE_EXTENSIONS)
+    reasons = {s.key: s.reason for s in survey.skipped}
+    assert sorted(survey.excluded) == excluded
+    assert len(used) + len(reasons) + len(survey.excluded) == 8  # every file and link on disk
+    expected = {"c/sub/notes.txt": images.UNSUPPORTED_EXTENSION, "c/noext": images.UNSUPPORTED_EXTENSION,
+                "c/.h.png": images.HIDDEN_FILE, "c/_u.png": images.HIDDEN_FILE, "c/.git/x.png": images.HIDDEN_FILE,
+                "c/dead.png": images.BROKEN_LINK}  # fmt: skip
+    assert reasons == {k: v for k, v in expected.items() if k not in excluded}
+    assert sorted(used) == [u for u in ("a.png", "sub/x.png") if f"c/{u}" not in excluded]

@@ -22,6 +22,10 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
 
 
+def all_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
 def read_output(out: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
@@ -51,8 +55,9 @@ def scored(spark, cfg: Config, tracking, attributes_model: dict[str, str], new_i
 
 def test_one_row_per_input_with_lineage(scored: dict, attributes_model: dict[str, str], new_images: Path) -> None:
     frame, summary = scored["frame"], scored["summary"]
-    files = image_files(new_images)
+    files = all_files(new_images)  # notes.txt too: an unsupported_extension row
     assert sorted(frame["source_path"]) == sorted(str(p.absolute()) for p in files)
+    assert sorted(frame["id"]) == sorted(p.relative_to(new_images).as_posix() for p in files)
     assert frame["source_path"].is_unique
     assert set(LINEAGE + OUTPUTS["attributes"] + ["error_code", "error_message"]) <= set(frame.columns)
     assert (frame["model_name"] == attributes_model["name"]).all()
@@ -62,12 +67,13 @@ def test_one_row_per_input_with_lineage(scored: dict, attributes_model: dict[str
     assert frame["scored_at"].nunique() == 1
     import hashlib
 
-    for p in files:
+    for p in image_files(new_images):
         row = frame[frame["source_path"] == str(p.absolute())].iloc[0]
         assert row["content_hash"] == hashlib.sha256(p.read_bytes()).hexdigest()
-    # deterministic order: by content hash, then path
-    assert list(frame["content_hash"]) == sorted(frame["content_hash"])
-    assert summary["inputs"] == len(files) and summary["scored"] == len(files) - 2 and summary["failed"] == 2
+    # deterministic order: by content hash (none for files never read: first), then path
+    hashes = list(frame["content_hash"].fillna(""))
+    assert hashes == sorted(hashes)
+    assert summary["inputs"] == len(files) and summary["scored"] == len(files) - 3 and summary["failed"] == 3
     assert (
         json.loads((Path(publish.current(scored["out"]).location.path) / "_summary.json").read_text())[
             "failed_by_reason"
@@ -84,9 +90,10 @@ def test_one_row_per_input_with_lineage(scored: dict, attributes_model: dict[str
 
 def test_corrupt_files_get_error_rows_and_others_are_scored(scored: dict) -> None:
     frame = scored["frame"]
-    bad = frame[frame["source_path"].str.endswith(("broken.jpg", "empty.png"))].set_index("id")
-    assert len(bad) == 2
-    assert bad.loc["empty.png", "error_code"] == "zero_bytes"
+    bad = frame[frame["source_path"].str.endswith(("broken.jpg", "empty.png", "notes.txt"))].set_index("id")
+    assert len(bad) == 3
+    assert bad.loc["sub/empty.png", "error_code"] == "zero_bytes"
+    assert bad.loc["notes.txt", "error_code"] == "unsupported_extension"
     assert bad.loc["broken.jpg", "error_code"] in REASONS and bad["error_message"].notna().all()
     assert bad["probabilities"].isna().all() and bad["predicted"].isna().all()
     assert scored["summary"]["failed_by_reason"] == bad["error_code"].value_counts().sort_index().to_dict()
@@ -157,7 +164,7 @@ def test_incremental_scores_only_new_files(
     out = tmp_path / "out"
     first = score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True, tracking=tracking)
     before = read_output(out)
-    assert first["scored"] + first["failed"] == len(before) == len(image_files(folder))
+    assert first["scored"] + first["failed"] == len(before) == len(all_files(folder))
     new = generate_new_images(tmp_path / "more", count=1, seed=99)[0]
     shutil.copy(new, folder / "added.png")
     second = score(

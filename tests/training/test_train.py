@@ -9,6 +9,8 @@ repeats exactly, in-process as on Horovod on Spark.
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,16 @@ def test_in_process_resume_continues_the_run_and_the_optimizer(
     run = _client(mlflow_server).get_run(first["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["workers"] == "1"
     assert float(run.data.params["effective_lr"]) == pytest.approx(train_cfg.train.learning_rate)
+    # the heartbeat: this process drove both segments, rank 0 beat after each epoch
+    assert json.loads(run.data.tags["sparkvision.driver"])["pid"] == os.getpid()
+    assert run.data.tags["sparkvision.last_epoch"] == "2"
+    # scoring will validate new images as this dataset was ingested
+    rules = planned.meta["image_rules"]
+    assert rules == {
+        "allowed_modes": list(one.ingest.allowed_modes),
+        "min_side": one.ingest.min_side,
+        "expected_size": [],
+    }
 
 
 def test_one_worker_runs_repeat_exactly_in_process_as_on_spark(
