@@ -179,6 +179,50 @@ def test_incremental_scores_only_new_files(
     pd.testing.assert_frame_equal(old, before.reset_index(drop=True))
 
 
+def test_two_concurrent_incremental_scorings_one_commits_the_other_is_refused(
+    spark, cfg: Config, tracking, attributes_model, new_images, tmp_path: Path
+) -> None:
+    """Two ``score --incremental`` runs on one output: the first to commit wins, the other is
+    refused in one line naming the committed version, and no scored row is lost."""
+    import threading
+
+    from sparkvision.data.generators.celeba import generate_new_images
+    from sparkvision.data.publish import PublishConflict
+    from sparkvision.scoring import score
+
+    folder = tmp_path / "in"
+    shutil.copytree(new_images, folder)
+    out = tmp_path / "out"
+    score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True, tracking=tracking)
+    before = read_output(out)
+    shutil.copy(generate_new_images(tmp_path / "more", count=1, seed=98)[0], folder / "added.png")
+    outcomes: dict[int, object] = {}
+    start = threading.Barrier(2)
+
+    def writer(i: int) -> None:
+        start.wait()
+        try:
+            outcomes[i] = score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True,
+                                tracking=tracking)  # fmt: skip
+        except PublishConflict as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [o for o in outcomes.values() if isinstance(o, dict)]
+    lost = [o for o in outcomes.values() if isinstance(o, PublishConflict)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    message = str(lost[0])
+    assert "\n" not in message and f"committed version {won[0]['version']}" in message, message
+    after = read_output(out)
+    assert publish.current(out).version == won[0]["version"]
+    assert len(after) == len(before) + 1 and after["source_path"].is_unique
+    assert str((folder / "added.png").absolute()) in set(after["source_path"])
+
+
 def test_every_image_extension_is_listed(spark, every_format_dir: Path) -> None:
     """TIFF and upper-case names too: scoring lists what ingest reads (``IMAGE_EXTENSIONS``)."""
     from sparkvision.scoring.batch import read_input
