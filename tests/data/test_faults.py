@@ -344,3 +344,35 @@ def test_temp_sweep_keeps_live_processes_and_foreign_names(tmp_path: Path) -> No
     assert dead in removed and not dead.exists()
     assert mine.is_dir() and other.is_dir()
     shutil.rmtree(other)
+
+
+def _dead_driver() -> dict:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    from sparkvision import procs
+
+    ticks = procs.start_ticks(child.pid)
+    child.kill()
+    child.wait()
+    return {"host": socket.gethostname(), "pid": child.pid, "ticks": ticks}
+
+
+@pytest.mark.parametrize(
+    ("driver", "age_s", "status"),
+    [("dead", 3600, "KILLED"), ("dead", 0, "RUNNING"), ("this process", 3600, "RUNNING"),
+     ("other host", 3600, "RUNNING")],
+    ids=["stale-and-gone", "fresh-heartbeat", "driver-alive", "driver-elsewhere"],
+)  # fmt: skip
+def test_the_next_train_marks_only_stale_runs_of_gone_drivers(
+    cfg: Config, tracking, driver: str, age_s: float, status: str
+) -> None:
+    """What ``trainer.train`` runs before it starts or resumes a run (``sweep_killed_runs``)."""
+    from sparkvision.tracking import liveness
+    from sparkvision.training.trainer import sweep_killed_runs
+
+    experiment = f"faults-sweep-{uuid.uuid4().hex[:6]}"
+    who = {"dead": _dead_driver, "this process": lambda: json.loads(liveness.driver_tags()[liveness.DRIVER_TAG]),
+           "other host": lambda: {"host": "elsewhere.invalid", "pid": 1}}[driver]()  # fmt: skip
+    run_id = _run_with_driver(tracking, experiment, who, age_s)
+    swept = sweep_killed_runs(tracking, cfg.replace(**{"train.experiment": experiment}))
+    assert [s.run_id for s in swept] == [run_id]
+    assert tracking.run(run_id).info.status == status
