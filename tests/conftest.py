@@ -185,3 +185,35 @@ def register_model(tracking):
         return ref
 
     return register
+
+
+@pytest.fixture(scope="session")
+def race_writers():
+    """``race_writers(job) -> (won, lost)``: ``job(0)`` and ``job(1)`` started together on two threads
+    writing one output; what they returned, and the ``PublishConflict`` each loser raised."""
+    import threading
+
+    from sparkvision.data.publish import PublishConflict
+
+    def race(job):
+        outcomes: dict[int, object] = {}
+        start = threading.Barrier(2)
+
+        def writer(i: int) -> None:
+            start.wait()
+            try:
+                outcomes[i] = job(i)
+            except PublishConflict as exc:
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        won = [o for o in outcomes.values() if not isinstance(o, PublishConflict)]
+        lost = [o for o in outcomes.values() if isinstance(o, PublishConflict)]
+        assert len(won) == 1 and len(lost) == 1, outcomes
+        return won, lost
+
+    return race

@@ -14,7 +14,6 @@ import pytest
 
 from sparkvision.config import Config
 from sparkvision.data import publish
-from sparkvision.data.publish import PublishConflict
 
 
 def _ingest(spark, cfg: Config, source: str, out: str, **ingest_keys: Any) -> dict[str, Any]:
@@ -92,27 +91,12 @@ def test_relative_paths_still_work(spark, cfg: Config, celeba_dir: Path, tmp_pat
 
 
 def test_two_concurrent_ingests_one_wins_the_other_is_refused_nothing_lost(
-    spark, cfg: Config, celeba_dir: Path, tmp_path: Path
+    spark, cfg: Config, celeba_dir: Path, race_writers, tmp_path: Path
 ) -> None:
     out = str(tmp_path / "ds")
-    outcomes: dict[int, Any] = {}
-    start = threading.Barrier(2)
-
-    def writer(i: int) -> None:
-        start.wait()
-        try:
-            outcomes[i] = _ingest(spark, cfg, str(celeba_dir), out, image_size=cfg.ingest.image_size + 8 * i)
-        except PublishConflict as exc:
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    won = [m for m in outcomes.values() if isinstance(m, dict)]
-    lost = [e for e in outcomes.values() if isinstance(e, PublishConflict)]
-    assert len(won) == 1 and len(lost) == 1, outcomes
+    won, lost = race_writers(
+        lambda i: _ingest(spark, cfg, str(celeba_dir), out, image_size=cfg.ingest.image_size + 8 * i)
+    )
     winner = won[0]["run"]["version"]
     message = str(lost[0])
     assert "\n" not in message and f"committed version {winner}" in message and "kept, uncommitted" in message

@@ -180,14 +180,11 @@ def test_incremental_scores_only_new_files(
 
 
 def test_two_concurrent_incremental_scorings_one_commits_the_other_is_refused(
-    spark, cfg: Config, tracking, attributes_model, new_images, tmp_path: Path
+    spark, cfg: Config, tracking, attributes_model, new_images, race_writers, tmp_path: Path
 ) -> None:
     """Two ``score --incremental`` runs on one output: the first to commit wins, the other is
     refused in one line naming the committed version, and no scored row is lost."""
-    import threading
-
     from sparkvision.data.generators.celeba import generate_new_images
-    from sparkvision.data.publish import PublishConflict
     from sparkvision.scoring import score
 
     folder = tmp_path / "in"
@@ -196,25 +193,8 @@ def test_two_concurrent_incremental_scorings_one_commits_the_other_is_refused(
     score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True, tracking=tracking)
     before = read_output(out)
     shutil.copy(generate_new_images(tmp_path / "more", count=1, seed=98)[0], folder / "added.png")
-    outcomes: dict[int, object] = {}
-    start = threading.Barrier(2)
-
-    def writer(i: int) -> None:
-        start.wait()
-        try:
-            outcomes[i] = score(spark, attributes_model["uri"], str(folder), str(out), cfg.score, incremental=True,
-                                tracking=tracking)  # fmt: skip
-        except PublishConflict as exc:
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    won = [o for o in outcomes.values() if isinstance(o, dict)]
-    lost = [o for o in outcomes.values() if isinstance(o, PublishConflict)]
-    assert len(won) == 1 and len(lost) == 1, outcomes
+    won, lost = race_writers(lambda i: score(spark, attributes_model["uri"], str(folder), str(out), cfg.score,
+                                             incremental=True, tracking=tracking))  # fmt: skip
     message = str(lost[0])
     assert "\n" not in message and f"committed version {won[0]['version']}" in message, message
     after = read_output(out)
