@@ -215,11 +215,17 @@ class Location:
     # ------------------------------------------------------------------ reads and writes
 
     def read_bytes(self) -> bytes:
-        """The whole file (small files: annotations, manifests, pointers).
+        """The whole file (annotations, manifests, pointers, images read by ingest tasks).
 
         Raises:
             FileNotFoundError: Nothing is here.
         """
+        if self.is_local:  # one open call: ingest tasks read every image through here
+            try:
+                with open(self.path, "rb") as fh:
+                    return fh.read()
+            except (FileNotFoundError, IsADirectoryError):
+                raise FileNotFoundError(f"{self}: no such file") from None
         if not self.is_file():
             raise FileNotFoundError(f"{self}: no such file")
         with self.fs.open_input_stream(self.path) as fh:

@@ -2,26 +2,32 @@
 
 Steps:
 
-1. The driver lists the data set and parses its annotations (``readers``) into a catalog.
-2. Spark reads the image bytes (``binaryFile``), joins the catalog (a broadcast DataFrame with an
-   explicit schema) and, on executors, decodes, validates, crops, resizes or tiles and encodes
-   every image in one ``mapInPandas`` pass. Every input yields output rows or one quarantine row.
-   The result is persisted once; everything after reads only that.
-3. Duplicate contents are found (same SHA-256: the lexicographically first path is kept).
-4. Rows are spread over a fixed number of files per split (at least ``max(min_row_groups,
-   workers)`` files when a split has that many rows, at most ``rows_per_row_group`` rows each)
-   so that every file, hence every rank's petastorm shard, holds every class in its proportion:
-   each class's rows (``CLASS_COLUMN``; all rows are one class for CelebA), in the order of a
-   salted hash of their id (``readers.order_key`` with ``split_seed``), are dealt round-robin
-   over the files by one running counter, and each file is sorted by that hash. Nothing is
-   ordered by path or label. The same inputs and configuration give the same files' rows and
-   the same checksum.
+1. The driver lists the data set and parses its annotations (``readers``) into a catalog: every
+   image file, its split and class, and what its annotations say is wrong with it.
+2. From the catalog alone the driver plans the output files: each split is spread over a fixed
+   number of files (at least ``max(min_row_groups, workers)`` when it has that many rows, at most
+   ``rows_per_row_group`` rows each) so that every file, hence every rank's petastorm shard, holds
+   every class in its proportion: each class's rows (``CLASS_COLUMN``; all rows are one class for
+   CelebA), in the order of a salted hash of their id (``readers.order_key`` with ``split_seed``),
+   are dealt round-robin over the files by one running counter, and each file is sorted by that
+   hash. Nothing is ordered by path or label.
+3. One pass over the image bytes: one Spark task per planned file reads its images, decodes,
+   validates, crops, resizes or tiles and encodes them, and writes its Parquet file itself
+   (pyarrow, the types Spark writes, whole or not at all). No image bytes are shuffled or
+   cached; each task returns one small fact per input file (path, content hash, quarantine
+   reason, row digests), the only per-input data the driver collects.
+4. Duplicate contents are found from the hashes (same SHA-256: the lexicographically first path is
+   kept). When quarantined or duplicate inputs leave a split's files off the plan the kept rows
+   would give (and always for fabric, whose tiles are known only after decoding), that split is
+   re-dealt from the Parquet just written (``_redeal``: PNG bytes, nothing decoded again). A clean
+   data set is written in the single pass. The same inputs and configuration give the same
+   files' rows and the same checksum.
 5. ``data/split=*/``, ``quarantine/`` and ``manifest.json`` are written into a new version folder
    ``OUT/v-<id>/``, which is then committed by the pointer ``OUT/_latest.json`` (``publish``):
    readers of the previous version keep it, and a concurrent writer is refused, not overwritten.
 
-Input and output may be local paths or filesystem URLs: Spark reads and writes them through its
-Hadoop filesystem, the driver reads annotations and writes the manifest through ``storage``.
+Input and output may be local paths or filesystem URLs: tasks and the driver read and write them
+through ``storage`` (pyarrow filesystems); only a re-deal goes through Spark's Hadoop filesystem.
 """
 
 from __future__ import annotations
@@ -48,20 +54,19 @@ from sparkvision.data.schema import (
     TABLES,
     describe,
 )
-from sparkvision.spark import session_conf
 
 if TYPE_CHECKING:
-    import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql import types as T
 
     from sparkvision.storage import Location
 
 log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = tuple(FORMAT_TABLE)
-WORK_EXTRA = ("split", "q_reason", "q_message", "q_stage", "listed", "row_hash")
-"""Columns of the persisted work table besides the table's own fields (all nullable)."""
+PART_TAG = "sv"
+"""File names are ``part-<n>-sv.snappy.parquet``: fixed, so a retried task rewrites the same file."""
+STAGED_ROWS = "_tiles"
+"""Folder of a version where fabric tiles are written by the single pass before ``_redeal``."""
 CLASS_COLUMN: dict[str, str | None] = {"celeba": None, "fabric": "label", "folder": "label"}
 """Per table, the class column whose values every file holds in proportion (None: no class)."""
 
@@ -134,12 +139,7 @@ def ingest(
              len(catalog.entries), len(catalog.orphans))  # fmt: skip
     with publish.begin(output_dir, publish.Retention.of(cfg)) as version:
         parallelism = spark.sparkContext.defaultParallelism
-        with session_conf(spark, _tuning(catalog, parallelism)):
-            work = _process(spark, fmt, catalog, cfg).persist(_storage_level())
-            try:
-                manifest = _finish(spark, fmt, table, catalog, work, version.location, cfg, workers)
-            finally:
-                work.unpersist()
+        manifest = _ingest_into(spark, fmt, table, catalog, version.location, cfg, workers)
         manifest["output"] = str(version.output)
         manifest["run"] = {
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -173,74 +173,6 @@ def _catalog(fmt: str, input_dir: str, cfg: IngestConfig) -> readers.Catalog:
     return readers.list_folder(input_dir, **split)
 
 
-def _storage_level() -> Any:
-    from pyspark import StorageLevel
-
-    return StorageLevel.MEMORY_AND_DISK
-
-
-def _tuning(catalog: readers.Catalog, parallelism: int) -> dict[str, str]:
-    """Session settings for many small files: a few partitions per core, bounded Arrow batches."""
-    n = 200 if catalog.root.is_local else 20  # one metadata call per sampled file
-    sample = sorted(catalog.entries)[:: max(1, len(catalog.entries) // n)][:n]
-    sizes = [size for size in (catalog.root.join(k).size() for k in sample) if size >= 0]
-    avg = max(1, int(sum(sizes) / len(sizes))) if sizes else 64 * 1024
-    return {
-        "spark.sql.files.maxPartitionBytes": str(128 * 1024 * 1024),
-        "spark.sql.files.openCostInBytes": str(max(avg, 4096)),
-        "spark.sql.files.minPartitionNum": str(parallelism * 4),
-        # Arrow batches of ~16 MB of input bytes; cached column batches of bounded size.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(int(min(1024, max(4, 16 * 1024 * 1024 // avg)))),
-        "spark.sql.inMemoryColumnarStorage.batchSize": "256",
-        "spark.sql.inMemoryColumnarStorage.compressed": "false",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-    }
-
-
-def _catalog_schema(table: str) -> T.StructType:
-    from pyspark.sql import types as T
-
-    extra = {
-        "celeba": [
-            T.StructField("attributes", T.ArrayType(T.FloatType(), False), True),
-            T.StructField("bbox_raw", T.ArrayType(T.IntegerType(), False), True),
-            T.StructField("landmarks_raw", T.ArrayType(T.IntegerType(), False), True),
-            T.StructField("identity", T.IntegerType(), True),
-        ],
-        "fabric": [
-            T.StructField("defect_type", T.StringType(), True),
-            T.StructField("split_shares", T.ArrayType(T.DoubleType(), False), True),
-        ],
-        "folder": [T.StructField("label", T.IntegerType(), True), T.StructField("label_name", T.StringType(), True)],
-    }[table]
-    return T.StructType(
-        [
-            T.StructField("key", T.StringType(), False),
-            T.StructField("id", T.StringType(), False),
-            T.StructField("split", T.StringType(), True),
-            T.StructField("cat_reason", T.StringType(), True),
-            T.StructField("cat_message", T.StringType(), True),
-            T.StructField("mask_keys", T.ArrayType(T.StringType(), False), False),
-            *extra,
-        ]
-    )
-
-
-def _catalog_frame(spark: SparkSession, catalog: readers.Catalog, table: str) -> DataFrame:
-    """The catalog as a DataFrame with an explicit schema (built from plain lists)."""
-    import pandas as pd
-
-    schema = _catalog_schema(table)
-    names = schema.fieldNames()
-    records = []
-    for e in catalog.entries.values():
-        base = {"key": e.key, "id": e.id, "split": e.split, "cat_reason": e.reason, "cat_message": e.message,
-                "mask_keys": list(e.masks)}  # fmt: skip
-        records.append([{**base, **e.values}.get(n) for n in names])
-    pdf = pd.DataFrame.from_records(records, columns=names) if records else pd.DataFrame(columns=names)
-    return spark.createDataFrame(pdf, schema=schema)
-
-
 _AUTHORITY = r"^[A-Za-z][A-Za-z0-9+.-]*:(//[^/]*)?"
 """Scheme and authority of a Hadoop path (``file:``, ``hdfs://nn:8020``, ``s3a://bucket``)."""
 
@@ -259,126 +191,65 @@ def relative_key(path: Any, root: Location) -> Any:
     return F.when(bare.startswith(prefix), F.substring(bare, len(prefix) + 1, 1 << 30)).otherwise(F.col(path))
 
 
-def _read_binary(spark: SparkSession, root: Location, dirs: list[str], glob: str) -> DataFrame:
-    """``key`` (path relative to ``root``), ``source_path`` and ``content`` of every matching file.
-
-    ``source_path`` is the local path for local files, else the URL Spark read.
-    """
-    from pyspark.sql import functions as F
-
-    paths = [root.join(d).spark for d in dirs]
-    df = (
-        spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", glob).load(paths)
-    )
-    key = relative_key("path", root)
-    return df.select(key.alias("key"), F.regexp_replace("path", "^file:", "").alias("source_path"), "content")
-
-
-def _process(spark: SparkSession, fmt: str, catalog: readers.Catalog, cfg: IngestConfig) -> DataFrame:
-    """The work table: one mapInPandas pass over the joined files, catalog and masks."""
-    from pyspark.sql import functions as F
-
-    table = FORMAT_TABLE[fmt]
-    files = _read_binary(spark, catalog.root, catalog.read_dirs, catalog.glob)
-    if catalog.excluded:  # Spark's glob still matches them: left out here, counted in the manifest
-        files = files.where(~F.col("key").isin(list(catalog.excluded)))
-    joined = files.join(F.broadcast(_catalog_frame(spark, catalog, table)), "key", "left")
-    mask_links = [(e.key, m) for e in catalog.entries.values() for m in e.masks]
-    if mask_links and catalog.mask_dirs:
-        from pyspark.sql import types as T
-
-        link_schema = T.StructType([T.StructField("key", T.StringType(), False),
-                                    T.StructField("mask_key", T.StringType(), False)])  # fmt: skip
-        links = spark.createDataFrame(mask_links, schema=link_schema)
-        mask_files = _read_binary(spark, catalog.root, catalog.mask_dirs, catalog.mask_glob)
-        if catalog.excluded:
-            mask_files = mask_files.where(~F.col("key").isin(list(catalog.excluded)))
-        mask_files = mask_files.select(F.col("key").alias("mask_key"), F.col("content").alias("mask_content"))
-        masks = (
-            links.join(mask_files, "mask_key")
-            .groupBy("key")
-            .agg(
-                F.collect_list("mask_key").alias("found_mask_keys"), F.collect_list("mask_content").alias("found_masks")
-            )  # fmt: skip
-        )
-        joined = joined.join(F.broadcast(masks), "key", "left")
-    else:
-        joined = joined.withColumn("found_mask_keys", F.lit(None).cast("array<string>")).withColumn(
-            "found_masks", F.lit(None).cast("array<binary>")
-        )
-    processor = _Processor(table=table, cfg=cfg)
-    return joined.mapInPandas(processor, schema=work_schema(table))
-
-
-def work_schema(table: str) -> T.StructType:
-    """Schema of the work table: the table's fields (nullable) plus ``WORK_EXTRA``."""
-    from pyspark.sql import types as T
-
-    fields = [T.StructField(f.name, f.spark_type, True) for f in TABLES[table]]
-    fields += [T.StructField(n, T.BooleanType() if n == "listed" else T.StringType(), True) for n in WORK_EXTRA]
-    return T.StructType(fields)
-
-
-def _finish(
+def _ingest_into(
     spark: SparkSession,
     fmt: str,
     table: str,
     catalog: readers.Catalog,
-    work: DataFrame,
     staging: Location,
     cfg: IngestConfig,
     workers: int,
 ) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
+    """Write ``data/``, ``quarantine/`` of the new version ``staging``; return the manifest (no ``run``)."""
     started = time.time()
-    # One pass over the work table fills the cache and gives the per-input facts.
-    facts = (
-        work.groupBy("source_path", "content_hash", "listed")
-        .agg(F.max(F.col("q_reason")).alias("q_reason"), F.count("*").alias("rows"))
-        .collect()
-    )
-    log.info("processed %d input files (%.1fs)", len(facts), time.time() - started)
-    empty = _unread_empty_files(catalog, facts)
+    data = staging.join("data")
+    planned, groups = _groups(catalog, table, cfg, workers, spark.sparkContext.defaultParallelism)
+    first = data if planned is not None else staging.join(STAGED_ROWS)
+    writer = _GroupWriter(table, cfg, catalog.root, first, frozenset(catalog.excluded))
+    facts = spark.sparkContext.parallelize(groups, len(groups)).mapPartitions(writer).collect() if groups else []
+    log.info("processed %d input files in one pass (%.1fs)", len(facts), time.time() - started)
+    if len(facts) != len(catalog.entries):
+        raise IngestError(f"{catalog.root}: listed {len(catalog.entries)} image files, but {len(facts)} were "
+                          "processed; an input was lost")  # fmt: skip
     losers = _duplicates(facts)
-    label = CLASS_COLUMN[table]
-    fields = ["split", "id", "row_hash", "source_path", *([label] if label else [])]
-    data_rows = work.where(F.col("q_reason").isNull()).select(*fields).collect()
-    kept = [r for r in data_rows if r["source_path"] not in losers]
-    ids = Counter(r["id"] for r in kept)
-    dup_ids = [i for i, n in ids.items() if n > 1]
+    kept = [row for f in facts if f["q_reason"] is None and f["source_path"] not in losers for row in f["rows"]]
+    ids = Counter(row[1] for row in kept)
+    dup_ids = sorted(i for i, n in ids.items() if n > 1)
     if dup_ids:
-        raise IngestError(f"{catalog.root}: row id {sorted(dup_ids)[0]!r} produced {ids[sorted(dup_ids)[0]]} times; "
+        raise IngestError(f"{catalog.root}: row id {dup_ids[0]!r} produced {ids[dup_ids[0]]} times; "
                           "ids must be unique (two inputs with the same relative name?)")  # fmt: skip
-    by_split: dict[str, dict[str, Any]] = {
-        s: {r["id"]: r[label] if label else None for r in kept if r["split"] == s} for s in SPLITS
-    }
+    by_split: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
+    for split, row_id, _, label in kept:
+        by_split[split][row_id] = label
     checksum = hashlib.sha256()
-    for digest in sorted(f"{r['split']}:{r['row_hash']}" for r in kept):
+    for digest in sorted(f"{split}:{row_hash}" for split, _, row_hash, _ in kept):
         checksum.update(digest.encode())
-
-    log.info("collected %d row ids (%.1fs)", len(kept), time.time() - started)
     plan = _file_plan(by_split, cfg, workers)
-    _write_data(spark, work, plan, table, staging.join("data"))
+    redo = [s for s in SPLITS if planned is None or plan.get(s) != planned.get(s)]
+    if redo:  # quarantined or duplicate rows left the planned files unbalanced, or tiles were not plannable
+        _redeal(spark, first, data, {s: plan[s] for s in redo if s in plan}, redo, table)
+        log.info("re-dealt splits %s over their files (%.1fs)", ", ".join(redo), time.time() - started)
+    _check_files(data, plan)
     log.info("wrote %d rows in %d files (%.1fs)", len(kept), sum(map(len, plan.values())), time.time() - started)
-    quarantine_rows = _write_quarantine(spark, work, facts, losers, empty, catalog, staging.join("quarantine"))
+    quarantine_rows = _write_quarantine(facts, losers, catalog, staging.join("quarantine"))
     log.info("wrote %d quarantine rows (%.1fs)", sum(quarantine_rows.values()), time.time() - started)
 
-    source_images = len({r["source_path"] for r in kept})
+    source_images = len({f["source_path"] for f in facts if f["q_reason"] is None and f["source_path"] not in losers
+                         and f["rows"]})  # fmt: skip
     quarantined = sum(quarantine_rows.values())
-    input_files = len(facts) + len(empty) + len(catalog.skipped) + len(catalog.orphans)
+    input_files = len(facts) + len(catalog.skipped) + len(catalog.orphans)
     if input_files != source_images + quarantined:
         raise IngestError(f"{catalog.root}: {input_files} inputs but {source_images} in the output and "
                           f"{quarantined} quarantined; an input was lost")  # fmt: skip
-    manifest: dict[str, Any] = {
+    return {
         "format": fmt,
         "table": table,
         "input_dir": str(catalog.root),
         "input_files": input_files,
-        "image_files": len(facts) + len(empty),
+        "image_files": len(facts),
         "skipped_files": len(catalog.skipped),
         "excluded_files": len(catalog.excluded),
-        "files_on_disk": len(facts) + len(empty) + len(catalog.skipped) + len(catalog.excluded),
+        "files_on_disk": len(facts) + len(catalog.skipped) + len(catalog.excluded),
         "annotations_without_image": len(catalog.orphans),
         "source_images": source_images,
         "output_rows": len(kept),
@@ -397,22 +268,51 @@ def _finish(
         "checksum": checksum.hexdigest(),
         **{k: v for k, v in catalog.info.items() if v},
     }
-    return manifest
 
 
-def _unread_empty_files(catalog: readers.Catalog, facts: list[Any]) -> list[str]:
-    """Listed files Spark did not read: empty files (its file scan skips them), else an error."""
-    read = {bare_path(f["source_path"]) for f in facts if f["listed"]}
-    unread = [catalog.root.join(key) for key in catalog.entries if bare_path(catalog.root.join(key).url) not in read]
-    sizes = {str(loc): loc.size() for loc in unread}
-    lost = [p for p, size in sizes.items() if size != 0]
-    if lost:
-        raise IngestError(f"{catalog.root}: listed {len(catalog.entries)} image files, but Spark did not read "
-                          f"{len(lost)} of them (first: {lost[0]}); were files changed during the ingest?")  # fmt: skip
-    return sorted(sizes)
+def _record(entry: readers.CatalogEntry) -> dict[str, Any]:
+    """What an executor needs of a catalog entry (plain values: pickled into the task)."""
+    return {"key": entry.key, "id": entry.id, "split": entry.split, "cat_reason": entry.reason,
+            "cat_message": entry.message, "mask_keys": list(entry.masks), **entry.values}  # fmt: skip
 
 
-def _duplicates(facts: list[Any]) -> dict[str, str]:
+def _groups(
+    catalog: readers.Catalog, table: str, cfg: IngestConfig, workers: int, parallelism: int
+) -> tuple[dict[str, list[list[str]]] | None, list[dict[str, Any]]]:
+    """The plan of output files decided from the catalog alone, and the task groups that write it.
+
+    CelebA and folder rows are one per image with split and class known from the listing: the
+    plan is ``_file_plan`` of every entry the annotations accept, and group ``(split, file)``
+    reads, decodes and writes exactly that file. Entries quarantined by their annotations are
+    still read (for their content hash and decode errors) by the groups in turn. Fabric rows are
+    tiles whose number and labels are known only after decoding: the plan is None and groups of
+    source images write staging files that ``_redeal`` spreads over the planned files.
+    """
+    entries = [catalog.entries[k] for k in sorted(catalog.entries)]
+    label = CLASS_COLUMN[table]
+    if table == "fabric":
+        count = max(2 * parallelism, math.ceil(len(entries) / 64)) if entries else 0
+        groups = [{"split": None, "file": g, "records": [_record(e) for e in entries[g::count]]} for g in range(count)]
+        return None, [g for g in groups if g["records"]]
+    plannable = [e for e in entries if e.reason is None and e.split is not None]
+    by_id = {e.id: e for e in plannable}
+    by_split: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
+    for e in plannable:
+        by_split[e.split][e.id] = e.values.get(label) if label else None  # type: ignore[index]
+    plan = _file_plan(by_split, cfg, workers) if len(by_id) == len(plannable) else {}  # same id twice: re-deal
+    groups = [{"split": s, "file": f, "records": [_record(by_id[i]) for i in ids]}
+              for s in SPLITS for f, ids in enumerate(plan.get(s, []))]  # fmt: skip
+    if len(by_id) != len(plannable):
+        groups = [{"split": None, "file": None, "records": [_record(e) for e in plannable]}]
+    rest = [e for e in entries if e.reason is not None or e.split is None]
+    if rest and not groups:
+        groups = [{"split": None, "file": None, "records": []} for _ in range(min(len(rest), 2 * parallelism))]
+    for i, e in enumerate(rest):
+        groups[i % len(groups)]["records"].append(_record(e))
+    return plan, groups
+
+
+def _duplicates(facts: list[dict[str, Any]]) -> dict[str, str]:
     """``{path: kept path}`` of inputs whose non-empty bytes equal those of a lexicographically earlier path."""
     groups: dict[str, list[str]] = {}
     for f in facts:
@@ -468,9 +368,37 @@ def _bucket_keys(spark: SparkSession, buckets: int) -> list[int]:
     return [found[p] for p in range(buckets)]
 
 
+def _redeal(
+    spark: SparkSession, source: Location, data: Location, plan: dict[str, list[list[str]]], splits: list[str],
+    table: str,
+) -> None:  # fmt: skip
+    """Rewrite ``data/split=<s>/`` for ``splits`` as the files of ``plan`` from the rows under ``source``.
+
+    The rows are read back from the Parquet the single pass wrote (PNG bytes, nothing decoded
+    again). When ``source`` is ``data`` itself the rows are first checkpointed on the executors
+    and the old files of those splits removed; a staging ``source`` is removed afterwards.
+    """
+    from pyspark.sql import functions as F
+
+    folders = [source.join(f"split={s}") for s in splits if source.join(f"split={s}").is_dir()]
+    rows = None
+    if folders:
+        rows = spark.read.option("basePath", source.spark).parquet(*[f.spark for f in folders])
+        rows = rows.withColumn("split", F.col("split").cast("string"))
+        if source == data:
+            rows = rows.localCheckpoint(eager=True)
+    if source == data:
+        for folder in folders:
+            folder.delete_dir()
+    if rows is not None and plan:
+        _write_data(spark, rows, plan, table, data)
+    if source != data:
+        source.delete_dir()
+
+
 def _write_data(
     spark: SparkSession,
-    work: DataFrame,
+    rows: DataFrame,
     plan: dict[str, list[list[str]]],
     table: str,
     out: Location,
@@ -480,18 +408,12 @@ def _write_data(
     Every id gets its file's partition key (``_bucket``) and its position in the file
     (``_order``); one partition per file is sorted by ``_order`` and both columns are dropped.
     Only ids in ``plan`` are written (duplicates are already left out of it).
-
-    Raises:
-        IngestError: A file's row count differs from the plan.
     """
     import pandas as pd
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     total = sum(len(v) for v in plan.values())
-    if not total:
-        out.mkdirs()
-        return
     keys = iter(_bucket_keys(spark, total))
     ids: list[str] = []
     buckets: list[int] = []
@@ -509,28 +431,38 @@ def _write_data(
     mapping = spark.createDataFrame(frame, schema)
     columns = [f.name for f in TABLES[table]]
     (
-        work.where(F.col("q_reason").isNull())
-        .join(F.broadcast(mapping), "id")
+        rows.join(F.broadcast(mapping), "id")
         .repartition(total, "_bucket")
         .sortWithinPartitions("split", "_order")
         .select(*columns, "split")
-        .write.partitionBy("split")
+        .write.mode("append")
+        .partitionBy("split")
         .parquet(out.spark)
     )
+
+
+def _check_files(data: Location, plan: dict[str, list[list[str]]]) -> None:
+    """Each split folder holds exactly the planned files (in name order) with the planned row counts.
+
+    Raises:
+        IngestError: A file is missing or extra, or its row count differs from the plan.
+    """
     for split in SPLITS:
-        # part-<partition>-...: partition i of a split holds its file i of the plan
-        folder = out.join(f"split={split}")
-        names = [f for f in folder.files(recursive=False) if f.endswith(".parquet")]
+        # part-<n>-...: the n-th file of a split holds its file n of the plan
+        folder = data.join(f"split={split}")
+        names = [f for f in folder.files(recursive=False) if f.endswith(".parquet")] if folder.is_dir() else []
         files = [folder.join(f) for f in sorted(names, key=lambda f: int(f.split("-")[1]))]
         expected = [len(f) for f in plan.get(split, [])]
         found = [_parquet_rows(f) for f in files]
         if len(found) != len(expected):
-            raise IngestError(f"{out}/split={split}: expected {sum(expected)} rows in {len(expected)} files, "
+            raise IngestError(f"{data}/split={split}: expected {sum(expected)} rows in {len(expected)} files, "
                               f"found {sum(found)} rows in {len(found)} files")  # fmt: skip
         wrong = next((i for i, (e, f) in enumerate(zip(expected, found, strict=True)) if e != f), None)
         if wrong is not None:
             raise IngestError(f"{files[wrong]}: expected {expected[wrong]} rows (file {wrong + 1} of split "
                               f"{split}), found {found[wrong]}")  # fmt: skip
+    if not data.is_dir():
+        data.mkdirs()
 
 
 def _parquet_rows(path: Location) -> int:
@@ -540,93 +472,110 @@ def _parquet_rows(path: Location) -> int:
         return int(pq.ParquetFile(fh).metadata.num_rows)
 
 
+def write_parquet(path: Location, rows: list[dict[str, Any]], fields: tuple[Any, ...]) -> None:
+    """Write ``rows`` as one Parquet file (one row group, snappy) with the types Spark would write.
+
+    The file appears whole or not at all (``Location.write_bytes``), so a retried or speculative
+    task that writes the same file again leaves one correct copy, on local disks and object stores.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparkvision.data.schema import arrow_schema
+
+    schema = arrow_schema(fields)
+    table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in fields}, schema=schema)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="snappy", use_compliant_nested_type=True)
+    path.write_bytes(buf.getvalue().to_pybytes())
+
+
 def _write_quarantine(
-    spark: SparkSession,
-    work: DataFrame,
-    facts: list[Any],
-    losers: dict[str, str],
-    empty: list[str],
-    catalog: readers.Catalog,
-    out: Location,
+    facts: list[dict[str, Any]], losers: dict[str, str], catalog: readers.Catalog, out: Location
 ) -> Counter[str]:
     """Write the quarantine table (one file, sorted by path); returns rows per reason."""
-    from pyspark.sql import functions as F
-
-    from sparkvision.data.schema import spark_schema
-
-    schema = spark_schema(QUARANTINE)
-    q = work.where(F.col("q_reason").isNotNull()).select(
-        "source_path", "content_hash", F.col("q_reason").alias(QUARANTINE_REASON),
-        F.col("q_message").alias(QUARANTINE_MESSAGE),
-        F.col("q_stage").alias("stage"),
-    )  # fmt: skip
-    counts = Counter(f["q_reason"] for f in facts if f["q_reason"] is not None and f["source_path"] not in losers)
+    rows = [
+        {"source_path": f["source_path"], "content_hash": f["content_hash"], QUARANTINE_REASON: f["q_reason"],
+         QUARANTINE_MESSAGE: f["q_message"], "stage": f["q_stage"]}
+        for f in facts
+        if f["q_reason"] is not None and f["source_path"] not in losers
+    ]  # fmt: skip
     hashes = {f["source_path"]: f["content_hash"] for f in facts if f["source_path"] in losers}
-    if losers:
-        gone = spark.createDataFrame([(p,) for p in losers], "source_path string")
-        q = q.join(F.broadcast(gone), "source_path", "left_anti")
     extra = [
         (p, hashes[p], images.DUPLICATE_CONTENT, f"{p}: same content (sha256 {hashes[p]}) as {kept}", "dedupe")
         for p, kept in sorted(losers.items())
     ]
-    zero = images.content_hash(b"")
-    extra += [(p, zero, images.ZERO_BYTES, f"{p}: file is empty (0 bytes)", "read") for p in empty]
     extra += [(o.source, None, images.MISSING_IMAGE, f"{o.source}: {o.message}", "annotate") for o in catalog.orphans]
     extra += [(str(catalog.root.join(k.key)), None, k.reason, k.message, "list") for k in catalog.skipped]
-    counts.update(row[2] for row in extra)
-    if extra:
-        q = q.unionByName(spark.createDataFrame(extra, schema=schema))
-    q.repartition(1).sortWithinPartitions("source_path", QUARANTINE_REASON).write.parquet(out.spark)
-    written = sum(_parquet_rows(out.join(f)) for f in out.files(recursive=False) if f.endswith(".parquet"))
-    if written != sum(counts.values()):
-        raise IngestError(f"{out}: expected {sum(counts.values())} quarantine rows written, found {written}")
-    return counts
+    names = ("source_path", "content_hash", QUARANTINE_REASON, QUARANTINE_MESSAGE, "stage")
+    rows += [dict(zip(names, row, strict=True)) for row in extra]
+    rows.sort(key=lambda r: (r["source_path"], r[QUARANTINE_REASON]))
+    write_parquet(out.join(f"part-00000-{PART_TAG}.snappy.parquet"), rows, QUARANTINE)
+    return Counter(r[QUARANTINE_REASON] for r in rows)
 
 
 # --------------------------------------------------------------------------- executor side
 
 
 @dataclasses.dataclass(frozen=True)
-class _Processor:
-    """The ``mapInPandas`` function: pickled to executors, imports its heavy modules there."""
+class _GroupWriter:
+    """The ``mapPartitions`` function of the single pass: one task group in, its facts out.
+
+    For each record of the group it reads the file, decodes, validates, crops, resizes or tiles
+    and encodes it, then writes the group's rows as ``out/split=<s>/part-<file>-sv.snappy.parquet``
+    (in record order, which is plan order). It yields one fact per input file: path, content
+    hash, quarantine reason/message/stage and ``rows`` = ``(split, id, row_hash, class)`` per row.
+    Pickled to executors; imports its heavy modules there.
+    """
 
     table: str
     cfg: IngestConfig
-    flush_bytes: int = 16 * 1024 * 1024
+    root: Location
+    out: Location
+    excluded: frozenset[str] = frozenset()
 
-    def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        columns = work_schema(self.table).fieldNames()
+    def __call__(self, groups: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         handler = {"celeba": self._celeba, "fabric": self._fabric, "folder": self._folder}[self.table]
-        out: list[dict[str, Any]] = []
-        size = 0
-        for batch in batches:
-            for rec in batch.to_dict("records"):
-                for row in self._one(rec, handler):
-                    out.append(row)
-                    size += len(row.get("image") or b"") + len(row.get("mask") or b"")
-                    if size >= self.flush_bytes:
-                        yield _frame(out, columns)
-                        out, size = [], 0
-        if out:
-            yield _frame(out, columns)
+        label = CLASS_COLUMN[self.table]
+        for group in groups:
+            facts = []
+            by_split: dict[str, list[dict[str, Any]]] = {}
+            for rec in group["records"]:
+                fact, rows = self._one(rec, handler)
+                for row in rows:
+                    by_split.setdefault(row["split"], []).append(row)
+                fact["rows"] = [(r["split"], r["id"], r["row_hash"], r[label] if label else None) for r in rows]
+                facts.append(fact)
+            if group["file"] is not None:
+                for split, rows in sorted(by_split.items()):
+                    name = f"part-{group['file']:05d}-{PART_TAG}.snappy.parquet"
+                    write_parquet(self.out.join(f"split={split}", name), rows, TABLES[self.table])
+            yield from facts
 
-    def _one(self, rec: dict[str, Any], handler: Callable[..., list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        data: bytes = rec["content"] if rec["content"] is not None else b""
-        src: str = rec["source_path"]
-        base = {"source_path": src, "content_hash": images.content_hash(data), "listed": rec["id"] is not None}
+    def _one(
+        self, rec: dict[str, Any], handler: Callable[..., list[dict[str, Any]]]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        source = self.root.join(rec["key"])
+        src = str(source)
+        fact: dict[str, Any] = {"source_path": src, "content_hash": None, "q_reason": None, "q_message": None,
+                                "q_stage": None}  # fmt: skip
 
-        def quarantine(reason: str, message: str, stage: str) -> list[dict[str, Any]]:
-            return [{**base, "q_reason": reason, "q_message": message, "q_stage": stage}]
+        def quarantine(reason: str, message: str, stage: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            fact.update(q_reason=reason, q_message=message, q_stage=stage)
+            return fact, []
 
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            return quarantine(images.UNREADABLE, f"{src}: could not read the file ({exc})", "read")
+        fact["content_hash"] = images.content_hash(data)
+        if not data:
+            return quarantine(images.ZERO_BYTES, f"{src}: file is empty (0 bytes)", "read")
         c = self.cfg
         try:
             img = images.decode_image(data, c.allowed_modes, c.min_side, c.expected_size)
         except images.ImageError as exc:
-            return quarantine(
-                exc.reason, f"{src}: {exc.message}", "read" if exc.reason == images.ZERO_BYTES else "decode"
-            )
-        if rec["id"] is None:
-            return quarantine(images.MISSING_ANNOTATION, f"{src}: not listed in the data set layout", "annotate")
+            return quarantine(exc.reason, f"{src}: {exc.message}", "decode")
         if rec["cat_reason"] is not None:
             return quarantine(rec["cat_reason"], rec["cat_message"], "annotate")
         try:
@@ -634,11 +583,11 @@ class _Processor:
         except images.ImageError as exc:
             return quarantine(exc.reason, f"{src}: {exc.message}", "annotate")
         for row in rows:
-            row.update(base, split=rec["split"])
+            row.update(source_path=src, content_hash=fact["content_hash"], split=rec["split"])
             if self.table == "fabric" and not c.split_by_source_image:
                 row["split"] = readers.hash_split(row["id"], list(rec["split_shares"]), c.split_seed)
             row["row_hash"] = _row_digest(row, self.table)
-        return rows
+        return fact, rows
 
     def _common(self, img: Any) -> dict[str, Any]:
         data = images.encode_png(img, self.cfg.png_compress_level)
@@ -712,10 +661,17 @@ class _Processor:
         import numpy as np
 
         expected = list(rec["mask_keys"]) if rec["mask_keys"] is not None else []
-        found = dict(zip(list(rec["found_mask_keys"] or []), list(rec["found_masks"] or []), strict=True))
         mask = np.zeros((size[1], size[0]), dtype=bool)
         if not expected:
             return mask
+        found = {}
+        for key in expected:
+            if key in self.excluded:
+                continue
+            try:
+                found[key] = self.root.join(key).read_bytes()
+            except FileNotFoundError:
+                continue
         present = [k for k in expected if k in found]
         if not present:
             raise images.ImageError(images.MISSING_ANNOTATION, f"defect image needs mask {expected[0]}, not found")
@@ -729,13 +685,6 @@ class _Processor:
                                         f"the image, found {m.width}x{m.height}")  # fmt: skip
             mask |= np.asarray(m.convert("L")) > 127
         return mask
-
-
-def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-    """Rows as object columns: absent values stay None (a NaN would not convert to an Arrow list)."""
-    import pandas as pd
-
-    return pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
 
 
 def _row_digest(row: dict[str, Any], table: str) -> str:

@@ -20,7 +20,7 @@ message for a row that could not be scored (its image, or the model, failed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pyspark.sql import types as T
 
@@ -128,6 +128,31 @@ FORMAT_TABLE = {"celeba": "celeba", "mvtec": "fabric", "aitex": "fabric", "folde
 def spark_schema(fields: tuple[Field, ...]) -> T.StructType:
     """The Spark ``StructType`` of a field tuple."""
     return T.StructType([T.StructField(f.name, f.spark_type, f.nullable) for f in fields])
+
+
+def arrow_schema(fields: tuple[Field, ...]) -> Any:
+    """The ``pyarrow.Schema`` of a field tuple, every column nullable: what Spark itself writes.
+
+    Executors write Parquet with pyarrow (``ingest``), so a file holds exactly the types a Spark
+    write of ``spark_schema(fields)`` would: ``int`` → int32, ``float`` → float32, arrays → lists.
+    """
+    import pyarrow as pa
+
+    return pa.schema([pa.field(f.name, _arrow_type(f.spark_type), nullable=True) for f in fields])
+
+
+def _arrow_type(st: T.DataType) -> Any:
+    import pyarrow as pa
+
+    if isinstance(st, T.ArrayType):
+        return pa.list_(_arrow_type(st.elementType))
+    simple = {T.StringType: pa.string(), T.BinaryType: pa.binary(), T.IntegerType: pa.int32(),
+              T.LongType: pa.int64(), T.FloatType: pa.float32(), T.DoubleType: pa.float64(),
+              T.BooleanType: pa.bool_(), T.TimestampType: pa.timestamp("us", tz="UTC")}  # fmt: skip
+    for kind, arrow in simple.items():
+        if isinstance(st, kind):
+            return arrow
+    raise TypeError(f"no Arrow type for Spark type {st.simpleString()}")
 
 
 def describe(fields: tuple[Field, ...]) -> list[dict[str, object]]:

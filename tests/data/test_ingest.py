@@ -355,13 +355,13 @@ def test_crash_mid_write_keeps_previous_dataset(
     out = tmp_path / "out"
     first = ingest(spark, "folder", str(mixed_folder_dir), str(out), cfg.ingest, workers=WORKERS)
     before = sorted(_rows(out), key=lambda r: r["id"])
-    real_write = ingest_mod._write_data
+    real_write = ingest_mod._write_quarantine
 
     def crash(*args: Any) -> None:
-        real_write(*args)  # staging data fully written ...
+        real_write(*args)  # staging data and quarantine fully written ...
         raise OSError("disk full")  # ... then the job dies before publishing
 
-    monkeypatch.setattr(ingest_mod, "_write_data", crash)
+    monkeypatch.setattr(ingest_mod, "_write_quarantine", crash)
     changed = dataclasses.replace(cfg.ingest, image_size=cfg.ingest.image_size * 2)
     with pytest.raises(OSError, match="disk full"):
         ingest(spark, "folder", str(mixed_folder_dir), str(out), changed, workers=WORKERS)
