@@ -14,6 +14,7 @@ workers), sampled every 0.1 s while ``score`` runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -176,10 +177,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-records-per-batch", type=int, default=256)
     parser.add_argument("--workdir", default="", help="where images and outputs go (default: a temp folder)")
+    parser.add_argument("--env", default="base", help="configuration layer (spark and score sections)")
     parser.add_argument("--tracking-uri", default="", help="MLflow server (default: start one on a free port)")
     args = parser.parse_args()
 
-    from sparkvision.config import MlflowConfig, SparkConfig
+    from sparkvision.config import MlflowConfig, load_config
     from sparkvision.spark import get_spark
     from sparkvision.tracking import Tracking, start_server, stop_server
 
@@ -204,8 +206,9 @@ def main() -> None:
         limit, model, meta, task = local_limit(model_uri, files, args.batch_size)
         print(f"(a) local limit, Keras predict on {len(files)} decoded images in one process: {limit:,.0f} images/s")
 
-        spark = get_spark(SparkConfig(master="local[2]", app_name="bench-score",
-                                      conf={"spark.driver.memory": "2g", "spark.sql.shuffle.partitions": "4"}))  # fmt: skip
+        # the session `sparkvision score` builds: spark.conf with score.spark_conf over it (driver memory)
+        scoring = load_config(args.env).scoring_spark
+        spark = get_spark(dataclasses.replace(scoring, master="local[2]", app_name="bench-score"))
         results = {}
         for n in counts:
             results[n] = run_score(spark, model_uri, folders[n], work / f"scored-{n}", args.batch_size,

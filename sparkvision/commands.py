@@ -263,7 +263,7 @@ def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: 
     from sparkvision.scoring import score as run_score
     from sparkvision.spark import get_spark
 
-    s = run_score(get_spark(cfg.spark, gpus=cfg.score.gpus_per_task), model_uri, source, output, cfg.score,
+    s = run_score(get_spark(cfg.scoring_spark, gpus=cfg.score.gpus_per_task), model_uri, source, output, cfg.score,
                   incremental=incremental or cfg.score.incremental, tracking=tracking,
                   retention=Retention.of(cfg.ingest))  # fmt: skip
     model = s["model"]
@@ -288,7 +288,7 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
         tracking = preflight.model_uri("--model-uri", model_uri, cfg)
         from sparkvision import identification
 
-        g = identification.enroll(get_spark(cfg.spark), model_uri, source, gallery, cfg.faces, tracking=tracking,
+        g = identification.enroll(get_spark(cfg.scoring_spark), model_uri, source, gallery, cfg.faces, tracking=tracking,
                                   retention=Retention.of(cfg.ingest))  # fmt: skip
         print(f"enrolled {g['identities']} identities ({g['images']} images, {g['failed']} failed"
               f"{_reasons(g['failed_by_reason'])}) into {g['gallery']} ({g['version']}); "
@@ -302,7 +302,7 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
     tracking = preflight.tracking_server(cfg)
     from sparkvision import identification
 
-    s = identification.identify(get_spark(cfg.spark), gallery, source, output, cfg.faces, tracking=tracking,
+    s = identification.identify(get_spark(cfg.scoring_spark), gallery, source, output, cfg.faces, tracking=tracking,
                                 retention=Retention.of(cfg.ingest))  # fmt: skip
     rates = "".join(f", {k} {s[k]}" for k in ("top1_accuracy", "rank1_accuracy", "far") if s.get(k) is not None)
     print(f"identified {s['inputs']} image(s) into {s['output']} ({s['version']}): {s['accepted']} accepted, "

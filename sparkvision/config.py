@@ -158,6 +158,7 @@ class ScoreConfig:
     partitions: int = field(default=0, metadata=_range(0, 100000))
     gpus_per_task: int = field(default=0, metadata=_range(0, 1))
     gpu_batch_size: int = field(default=256, metadata=_range(0, 65536))
+    spark_conf: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,11 @@ class Config:
     def digest(self) -> str:
         """Stable SHA-256 of the resolved configuration (excluding ``env``): ``config_digest``."""
         return config_digest(self, exclude=("env",))
+
+    @property
+    def scoring_spark(self) -> SparkConfig:
+        """The ``spark`` section of a scoring session: ``spark.conf`` with ``score.spark_conf`` over it."""
+        return dataclasses.replace(self.spark, conf={**self.spark.conf, **self.score.spark_conf})
 
     def replace(self, **overrides: str) -> Config:
         """A copy with ``section.key=value`` string overrides applied (like ``--set``)."""

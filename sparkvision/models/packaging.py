@@ -15,6 +15,7 @@ This module imports MLflow at the top; import it inside functions.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,35 +101,66 @@ class VisionModel(mlflow.pyfunc.PythonModel):
         Raises:
             ValueError: When there is no ``image`` column.
         """
-        from sparkvision.data import images
-
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
             found = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
             raise ValueError(f"VisionModel.predict: expected a DataFrame with an 'image' column, found {found}")
+        prepared = self.prepare(model_input["image"].tolist())
+        return self.assemble(prepared, self.predict_arrays(prepared.x) if prepared.good else {})
+
+    def prepare(self, values: list[Any]) -> Prepared:
+        """Decode and prepare encoded images exactly like the training data (no TensorFlow involved).
+
+        Scoring calls it on a thread for the next batch while ``predict_arrays`` runs on this one;
+        ``predict`` is ``assemble(prepare(values), predict_arrays(prepared.x))``.
+        """
+        from sparkvision.data import images
+
         size, crop = int(self.meta["image_size"]), self.meta.get("crop", "center_square")
         rules = images.Rules.of(self.meta.get("image_rules", {}))
-        n = len(model_input)
+        n = len(values)
         codes: list[str | None] = [None] * n
         messages: list[str | None] = [None] * n
         good: list[int] = []
-        prepared: list[np.ndarray] = []
-        for i, value in enumerate(model_input["image"].tolist()):
+        arrays: list[np.ndarray] = []
+        for i, value in enumerate(values):
             try:
                 if value is None or (isinstance(value, float) and np.isnan(value)):
                     raise images.ImageError(images.MISSING_IMAGE, "image is null")
-                prepared.append(images.prepare_image(bytes(value), size, crop, rules))
+                arrays.append(images.prepare_image(bytes(value), size, crop, rules))
                 good.append(i)
             except images.ImageError as exc:
                 codes[i], messages[i] = exc.reason, exc.message
             except Exception as exc:  # noqa: BLE001 - one odd value must not fail the batch
                 codes[i], messages[i] = images.UNREADABLE, f"{type(exc).__name__}: {exc}"[:1000]
-        outputs = self.predict_arrays(np.stack(prepared)) if prepared else {}
+        x = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.float32)
+        return Prepared(x, good, codes, messages)
+
+    def assemble(self, prepared: Prepared, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
+        """The output rows of ``prepare``'s images: task outputs where prepared, null and the error elsewhere."""
+        n = len(prepared.codes)
         frame = pd.DataFrame(index=range(n))
         for name, ddl in self.task.output_schema(self.meta):  # type: ignore[union-attr]
-            frame[name] = _column(outputs.get(name), good, n, ddl)
-        frame[schema.ERROR_CODE] = pd.Series(codes, dtype=object)
-        frame[schema.ERROR_MESSAGE] = pd.Series(messages, dtype=object)
+            frame[name] = _column(outputs.get(name), prepared.good, n, ddl)
+        frame[schema.ERROR_CODE] = pd.Series(prepared.codes, dtype=object)
+        frame[schema.ERROR_MESSAGE] = pd.Series(prepared.messages, dtype=object)
         return frame
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch of images as ``VisionModel.prepare`` left them.
+
+    Attributes:
+        x: ``float32 (len(good), S, S, 3)`` images in [0, 1].
+        good: Row positions of ``x``'s images in the batch.
+        codes: Per row, the reason it cannot be scored (None when prepared).
+        messages: Per row, what was expected and what was found (None when prepared).
+    """
+
+    x: np.ndarray
+    good: list[int]
+    codes: list[str | None]
+    messages: list[str | None]
 
 
 def _column(values: np.ndarray | None, rows: list[int], n: int, ddl: str) -> pd.Series:

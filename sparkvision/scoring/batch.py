@@ -299,9 +299,8 @@ def apply_model(df: DataFrame, model: ResolvedModel, cfg: ScoreConfig, keep: Seq
         ``keep`` columns, the model's output columns, ``error_code`` and ``error_message``.
     """
     spark = df.sparkSession
-    partitions = cfg.partitions or 2 * spark.sparkContext.defaultParallelism
-    if df.rdd.getNumPartitions() < partitions:
-        df = df.repartition(partitions)
+    if df.rdd.getNumPartitions() < spark.sparkContext.defaultParallelism:  # idle cores: worth a shuffle
+        df = df.repartition(spark.sparkContext.defaultParallelism)
     types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
     cols = [(c, types[c]) for c in keep] + list(model.outputs) + [(f.name, f.spark_type.simpleString()) for f in ERRORS]
     schema = ", ".join(f"`{c}` {t}" for c, t in cols)

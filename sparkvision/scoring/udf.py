@@ -2,10 +2,12 @@
 
 ``ScoreBatches`` is the function given to ``DataFrame.mapInPandas``. Spark hands it an
 iterator of Arrow batches (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows each, as
-pandas DataFrames); it cuts each into chunks of ``batch_size`` images and calls the
-MLflow pyfunc's ``predict`` on a DataFrame with the ``image`` bytes column, so decoding and
-preprocessing are the model's own. The pyfunc is loaded once per Python worker (Spark
-reuses workers across tasks) and cached in ``_MODELS`` keyed by its local path.
+pandas DataFrames); it cuts each into chunks of ``batch_size`` images. Decoding and
+preprocessing are the model's own (``VisionModel.prepare``): chunk k+1 is decoded on a thread
+while chunk k predicts (Pillow and TensorFlow both release the GIL), and the pyfunc loads on a
+thread while Spark streams in the first rows. A pyfunc without ``prepare`` gets its ``predict``
+called on each chunk. The pyfunc is loaded once per Python worker (Spark reuses workers across
+tasks) and cached in ``_MODELS`` keyed by its local path.
 
 GPUs: a Python worker runs its task, so ``TaskContext.get().resources()`` names the GPU Spark
 assigned (``spark.task.resource.gpu.amount``, ``score.gpus_per_task``). The first task of a
@@ -170,12 +172,38 @@ class ScoreBatches:
         self.gpus = gpus
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from concurrent.futures import ThreadPoolExecutor
+
         on_gpu = bool(use_task_gpus(self.gpus))
         batch_size = self.gpu_batch_size if on_gpu and self.gpu_batch_size else self.batch_size
-        model = load_model(resolve_local_model(self.archive_name, self.driver_path), self.cpus)
-        for frame in batches:
-            for start in range(0, len(frame), batch_size):
-                yield self._score(model, frame.iloc[start : start + batch_size])
+        path = resolve_local_model(self.archive_name, self.driver_path)
+        chunks = (frame.iloc[s : s + batch_size] for frame in batches for s in range(0, len(frame), batch_size))
+        with ThreadPoolExecutor(2, thread_name_prefix="sparkvision-score") as pool:
+            loading = pool.submit(load_model, path, self.cpus)  # while Spark streams in the first rows
+            model = vision = None
+            pending: tuple[pd.DataFrame, Any] | None = None
+            for chunk in chunks:
+                if model is None:
+                    model = loading.result()
+                    vision = _vision_model(model)
+                if vision is None:  # a pyfunc without prepare/assemble: decode and predict in one call
+                    yield self._score(model, chunk)
+                    continue
+                decoding = pool.submit(vision.prepare, chunk["image"].tolist())  # the next batch decodes ...
+                if pending is not None:
+                    yield self._finish(model, vision, *pending)  # ... while this one predicts
+                pending = (chunk, decoding)
+            if pending is not None:
+                yield self._finish(model, vision, *pending)
+
+    def _finish(self, model: Any, vision: Any, chunk: pd.DataFrame, decoding: Any) -> pd.DataFrame:
+        try:
+            prepared = decoding.result()
+            pred = vision.assemble(prepared, vision.predict_arrays(prepared.x) if prepared.good else {})
+        except Exception as exc:  # noqa: BLE001 - isolate the failing rows instead of failing the job
+            log.warning("batch of %d failed (%s); scoring its rows one by one", len(chunk), exc)
+            return self._score(model, chunk)
+        return self._rows(chunk, pred)
 
     def _score(self, model: Any, chunk: pd.DataFrame) -> pd.DataFrame:
         import pandas as pd
@@ -186,6 +214,11 @@ class ScoreBatches:
         except Exception as exc:  # noqa: BLE001 - isolate the failing rows instead of failing the job
             log.warning("batch of %d failed (%s); scoring its rows one by one", len(images), exc)
             pred = pd.concat([self._one(model, images.iloc[[i]]) for i in range(len(images))], ignore_index=True)
+        return self._rows(chunk, pred)
+
+    def _rows(self, chunk: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
+        if len(pred) != len(chunk):
+            raise ValueError(f"model returned {len(pred)} rows for {len(chunk)} images")
         out = chunk[self.keep].reset_index(drop=True)
         for name in [*self.outputs, *ERROR_COLUMNS]:
             out[name] = pred[name].to_numpy() if name in pred.columns else None
@@ -198,6 +231,16 @@ class ScoreBatches:
             return _predict(model, image)
         except Exception as exc:  # noqa: BLE001 - the row carries the error, the job goes on
             return pd.DataFrame({ERROR_CODE: [MODEL_ERROR], ERROR_MESSAGE: [f"{type(exc).__name__}: {exc}"[:1000]]})
+
+
+def _vision_model(model: Any) -> Any:
+    """The pyfunc's ``VisionModel`` when it can prepare a batch apart from predicting it, else None."""
+    try:
+        python_model = model.unwrap_python_model()
+    except Exception:  # noqa: BLE001 - not a custom python model
+        return None
+    ok = all(callable(getattr(python_model, name, None)) for name in ("prepare", "assemble", "predict_arrays"))
+    return python_model if ok else None
 
 
 def _predict(model: Any, images: pd.DataFrame) -> pd.DataFrame:
