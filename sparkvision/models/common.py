@@ -111,10 +111,19 @@ def decode_png(data: tf.Tensor, size: int) -> tf.Tensor:
     return image
 
 
-def row_seed(cfg: TrainConfig) -> tf.Tensor:
-    """A fresh ``int64[2]`` seed for one row, drawn from a generator seeded by ``cfg.seed``."""
+AUGMENT_SEED = "_augment_seed"
+"""Row key of the ``int64[2]`` augmentation seed that ``training.data.training_dataset`` adds to
+each training row (derived from the rank's seed, the row's position in its stream and its id)."""
+
+
+def row_seed(cfg: TrainConfig, row: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
+    """The ``int64[2]`` augmentation seed of one row: ``row[AUGMENT_SEED]``, set by the training
+    pipeline so that its parallel map repeats per seed; without it (a row parsed outside that
+    pipeline) a fresh one from a generator seeded by ``cfg.seed``."""
     import tensorflow as tf
 
+    if row is not None and AUGMENT_SEED in row:
+        return row[AUGMENT_SEED]
     return tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int64, seed=cfg.seed)
 
 
@@ -217,7 +226,7 @@ def row_image(row: dict[str, tf.Tensor], meta: dict[str, Any], cfg: TrainConfig,
     targets do not move with the image; the detector augments its boxes with it)."""
     image = decode_png(row["image"], meta["image_size"])
     if training:
-        image, _, _ = augment_row(image, cfg, meta)
+        image, _, _ = augment_row(image, cfg, meta, seed=row_seed(cfg, row))
     return image
 
 
@@ -236,13 +245,14 @@ def augment_row(
     landmarks: tf.Tensor | None = None,
     *,
     geometric: bool = True,
+    seed: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
     """``augment`` with the strengths of ``cfg.augment_*``, the flip resolved in ``meta``
-    (``augment_flip``) and a per-row seed from ``cfg.seed``."""
+    (``augment_flip``) and the row's seed (``row_seed``; a fresh one when None)."""
     flip = bool(meta.get("augment_flip", resolve_flip(cfg, meta.get("table", "celeba"))))
     return augment(
         image,
-        row_seed(cfg),
+        row_seed(cfg) if seed is None else seed,
         flip=flip and geometric,
         shift=cfg.augment_shift if geometric else 0.0,
         color=cfg.augment_color,

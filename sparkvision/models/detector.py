@@ -106,9 +106,11 @@ class DetectorTask:
         coords = tf.reshape(tf.cast(row[target], tf.float32), (TARGET_SIZES[target],))
         if training:
             if target == "bbox":
-                image, coords, _ = common.augment_row(image, cfg, meta, boxes=coords)
+                image, coords, _ = common.augment_row(image, cfg, meta, boxes=coords, seed=common.row_seed(cfg, row))
             else:
-                image, _, coords = common.augment_row(image, cfg, meta, landmarks=coords)
+                image, _, coords = common.augment_row(
+                    image, cfg, meta, landmarks=coords, seed=common.row_seed(cfg, row)
+                )
         return image, coords
 
     def arrays(self, frame: pd.DataFrame, meta: Meta) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -378,7 +378,7 @@ class FabricAeTask:
     def parse_row(self, row: dict[str, tf.Tensor], meta: Meta, cfg: TrainConfig, training: bool) -> tuple[Any, Any]:
         image = common.decode_png(row["image"], meta["image_size"])
         if training:
-            image = augment_texture(image, common.row_seed(cfg), flip=bool(meta.get("augment_flip", True)),
+            image = augment_texture(image, common.row_seed(cfg, row), flip=bool(meta.get("augment_flip", True)),
                                     shift=cfg.augment_shift, color=cfg.augment_color)  # fmt: skip
         return image, image
 

@@ -143,28 +143,46 @@ def make_classes() -> dict[str, type]:
                 self.model.stop_training = True
 
     class EpochTimer(tf.keras.callbacks.Callback):
-        """Adds ``epoch_time_s`` (whole epoch, with validation) and ``images_per_s`` (training
-        images of all ranks per second of training) to the epoch logs."""
+        """Adds to the epoch logs ``epoch_time_s`` (whole epoch, with validation), ``images_per_s``
+        (training images of all ranks per second of training), ``images_per_s_per_rank`` (this
+        rank's) and, with a ``clock`` (``data.InputClock``), ``input_wait_fraction``: the share of
+        this rank's training-step time spent waiting for its input pipeline (near 0: the model is
+        the bottleneck; near 1: decoding or reading starves it)."""
 
-        def __init__(self, images_per_epoch: int) -> None:
+        def __init__(self, images_per_epoch: int, size: int = 1, clock: Any | None = None) -> None:
             super().__init__()
             self.images_per_epoch = images_per_epoch
+            self.size = max(1, size)
+            self.clock = clock
             self._start = 0.0
             self._train_end: float | None = None
+            self._batch_start = 0.0
+            self._step_s = 0.0
+            self._wait_s = 0.0
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self._start = time.perf_counter()
             self._train_end = None
+            self._step_s = self._wait_s = 0.0
+
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self._batch_start = time.perf_counter()
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             self._train_end = time.perf_counter()  # evaluation after the last batch is not training
+            self._step_s += self._train_end - self._batch_start
+            if self.clock is not None and self.clock.last >= self._batch_start:
+                self._wait_s += self.clock.last - self._batch_start
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs if logs is not None else {}
             end = time.perf_counter()
-            train_time = (self._train_end or end) - self._start
+            train_time = max((self._train_end or end) - self._start, 1e-9)
             logs["epoch_time_s"] = end - self._start
-            logs["images_per_s"] = self.images_per_epoch / max(train_time, 1e-9)
+            logs["images_per_s"] = self.images_per_epoch / train_time
+            logs["images_per_s_per_rank"] = self.images_per_epoch / self.size / train_time
+            if self.clock is not None:
+                logs["input_wait_fraction"] = self._wait_s / self._step_s if self._step_s > 0 else 0.0
 
     class InferenceModeEvaluation(tf.keras.callbacks.Callback):
         """Every rank, first at the end of each epoch: recompute BatchNorm statistics over a
@@ -268,11 +286,12 @@ EPOCH_LINE_KEYS = ("loss", "train_eval_loss", "val_loss", "accuracy", "train_eva
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict[str, Any]) -> str:
-    """``epoch 3/10: loss 0.1234 val_loss 0.2345 ... (12.3 s, 250 img/s)``."""
+    """``epoch 3/10: loss 0.1234 val_loss 0.2345 ... (12.3 s, 250 img/s, input wait 4%)``."""
     parts = [f"{k} {float(logs[k]):.4g}" for k in EPOCH_LINE_KEYS if k in logs]
     timing = ""
     if "epoch_time_s" in logs:
-        timing = f" ({float(logs['epoch_time_s']):.1f} s, {float(logs.get('images_per_s', 0.0)):.0f} img/s)"
+        wait = f", input wait {float(logs['input_wait_fraction']):.0%}" if "input_wait_fraction" in logs else ""
+        timing = f" ({float(logs['epoch_time_s']):.1f} s, {float(logs.get('images_per_s', 0.0)):.0f} img/s{wait})"
     return f"epoch {epoch + 1}/{epochs}: " + " ".join(parts) + timing
 
 
@@ -295,6 +314,7 @@ def callback_list(
     evaluation: Evaluation,
     epochs: int,
     best: float = math.inf,
+    clock: Any | None = None,
 ) -> tuple[list[tf.keras.callbacks.Callback], Any]:
     """All callbacks of a rank, in the order they must run, and the learning-rate controller.
 
@@ -312,6 +332,7 @@ def callback_list(
         evaluation: Datasets of the inference-mode evaluation that opens every epoch end.
         epochs: Epochs of the job (for the printed lines).
         best: Lowest monitored value of earlier epochs of the run (a resume continues it).
+        clock: The training dataset's ``data.InputClock`` (``input_wait_fraction``), or None.
 
     Returns:
         The callbacks for ``fit`` and the ``LearningRateController`` among them (its
@@ -323,7 +344,7 @@ def callback_list(
         *collective.start_callbacks(),
         classes["InferenceModeEvaluation"](evaluation),  # before averaging: its metrics are averaged too
         *collective.metric_callbacks(),
-        classes["EpochTimer"](images_per_epoch),
+        classes["EpochTimer"](images_per_epoch, collective.size, clock),
         controller,
     ]
     if collective.rank == 0:

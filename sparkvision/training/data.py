@@ -11,6 +11,7 @@ rows of a few row groups are in memory at once: the pipeline streams.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,35 +156,80 @@ def rows(
             return {name: tf.cast(value, tf.float32) if value.dtype == tf.float64 else value
                     for name, value in batch._asdict().items()}  # fmt: skip
 
-        batches = make_petastorm_dataset(reader).map(as_dict)
+        # the next row groups are read and converted while this one is parsed
+        batches = make_petastorm_dataset(reader).map(as_dict).prefetch(2)
         yield batches.unbatch()
     finally:
         reader.stop()
         reader.join()
 
 
+class InputClock:
+    """When each training batch left the input pipeline: ``training_dataset``'s last step stamps it.
+
+    That step runs in the consumer's ``GetNext``, inside the training step, so a stamp minus the
+    step's start is how long the step waited for data (``callbacks.EpochTimer``:
+    ``input_wait_fraction``).
+    """
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def _stamp(self) -> float:
+        self.last = time.perf_counter()
+        return self.last
+
+    def mark(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """``ds`` with each element stamped as the consumer takes it."""
+        import tensorflow as tf
+
+        def stamp(*batch: Any) -> Any:
+            with tf.control_dependencies([tf.py_function(self._stamp, [], tf.float64)]):
+                out = tf.nest.map_structure(tf.identity, batch)
+            return out if len(out) > 1 else out[0]
+
+        return ds.map(stamp)
+
+
 def training_dataset(
-    stream: tf.data.Dataset, task: Task, meta: Meta, cfg: TrainConfig, *, seed: int
+    stream: tf.data.Dataset, task: Task, meta: Meta, cfg: TrainConfig, *, seed: int, clock: InputClock | None = None
 ) -> tf.data.Dataset:
     """Rows → filtered, parsed (with augmentation), shuffled, batched ``(x, y)`` batches.
+
+    Each row gets a stateless augmentation seed (``common.AUGMENT_SEED``) from ``seed``, its
+    position in this rank's stream (so every pass over the data augments differently) and a hash
+    of its ``id`` when the stream has one; the parse/augment map then runs in parallel and a run
+    still repeats for a seed.
 
     Args:
         stream: Endless rows from ``rows``.
         task: The model family.
         meta: Its meta (``Task.prepare_meta``).
         cfg: The ``train`` section (batch size, shuffle buffer).
-        seed: Seed of the shuffle buffer (differs per rank).
+        seed: Seed of the augmentation and of the shuffle buffer (differs per rank).
+        clock: Stamps each batch as training takes it (``InputClock``).
     """
     import tensorflow as tf
 
-    ds = stream.filter(task.keep_for_training)
-    # Serial on purpose: augmentation draws its per-row seeds from a stateful generator, and a
-    # parallel map would hand them to rows in a varying order (a run would not repeat). The
-    # prefetch below still overlaps decoding with training.
-    ds = ds.map(lambda row: task.parse_row(row, meta, cfg, True))
+    from sparkvision.models.common import AUGMENT_SEED
+
+    base = tf.constant([seed, 0x5EED], dtype=tf.int64)
+
+    def with_seed(position: tf.Tensor, row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        row_seed = tf.random.experimental.stateless_fold_in(base, position)
+        if "id" in row:
+            row_seed = tf.random.experimental.stateless_fold_in(
+                row_seed, tf.strings.to_hash_bucket_fast(row["id"], 2**62)
+            )
+        return {**row, AUGMENT_SEED: row_seed}
+
+    ds = stream.filter(task.keep_for_training).enumerate().map(with_seed)
+    ds = ds.map(lambda row: task.parse_row(row, meta, cfg, True), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)  # fmt: skip
     if cfg.shuffle_buffer > 0:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return clock.mark(ds) if clock is not None else ds
 
 
 def validation_dataset(

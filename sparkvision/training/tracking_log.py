@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 CURVE_GROUPS: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "val_loss"),
     "throughput": ("images_per_s",),
+    "input_wait": ("input_wait_fraction",),
     "lr": ("lr",),
 }
 """Training-curve pictures: file stem → metrics drawn (each with its ``val_`` twin when logged)."""

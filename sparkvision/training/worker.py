@@ -147,6 +147,7 @@ def _fit(
     import tensorflow as tf
 
     from sparkvision.training import callbacks as cb
+    from sparkvision.training import data
     from sparkvision.training.checkpoints import CheckpointState
 
     tcfg, rank, size = job.tcfg, collective.rank, collective.size
@@ -165,18 +166,22 @@ def _fit(
                                callbacks={"plateau": controller.state.to_dict()}, metrics=metrics)  # fmt: skip
 
     with ExitStack() as stack:
-        train_ds, evaluation = _datasets(stack, collective, job, task, stream_seed)
+        clock = data.InputClock()
+        train_ds, evaluation = _datasets(stack, collective, job, task, stream_seed, clock)
         callbacks, controller = cb.callback_list(collective=collective, schedule=schedule, state=plateau,
                                                  images_per_epoch=job.steps_per_epoch * tcfg.batch_size * size,
                                                  store=store, checkpoint=checkpoint, make_state=make_state,
                                                  tracking_uri=job.tracking_uri, run_id=job.run_id,
-                                                 evaluation=evaluation, epochs=tcfg.epochs, best=best_value)  # fmt: skip
+                                                 evaluation=evaluation, epochs=tcfg.epochs, best=best_value,
+                                                 clock=clock)  # fmt: skip
         fit = model.fit(train_ds, epochs=tcfg.epochs, initial_epoch=initial_epoch,
                         steps_per_epoch=job.steps_per_epoch, callbacks=callbacks, verbose=0)  # fmt: skip
     return {k: [float(v) for v in vs] for k, vs in fit.history.items()}, controller.state
 
 
-def _datasets(stack: ExitStack, collective: Collective, job: WorkerJob, task: Task, stream_seed: int) -> tuple[Any, Any]:  # fmt: skip
+def _datasets(
+    stack: ExitStack, collective: Collective, job: WorkerJob, task: Task, stream_seed: int, clock: Any = None
+) -> tuple[Any, Any]:
     """The rank's training dataset and its per-epoch inference-mode ``Evaluation``; the
     petastorm readers close with ``stack``."""
     import functools
@@ -185,8 +190,9 @@ def _datasets(stack: ExitStack, collective: Collective, job: WorkerJob, task: Ta
     from sparkvision.training import data
 
     tcfg, rank, size = job.tcfg, collective.rank, collective.size
-    train_rows = stack.enter_context(data.rows(job.train, task.columns, rank=rank, size=size, seed=stream_seed))
-    train_ds = data.training_dataset(train_rows, task, job.meta, tcfg, seed=stream_seed)
+    columns = list(dict.fromkeys([*task.columns, "id"]))  # the id seeds each row's augmentation
+    train_rows = stack.enter_context(data.rows(job.train, columns, rank=rank, size=size, seed=stream_seed))
+    train_ds = data.training_dataset(train_rows, task, job.meta, tcfg, seed=stream_seed, clock=clock)
     # A fixed sample of this rank's training rows, without augmentation: BatchNorm
     # statistics are recomputed on it and it is scored in inference mode every epoch.
     calib_rows = stack.enter_context(data.rows(job.train, task.columns, rank=rank, size=size, seed=tcfg.seed))
