@@ -24,10 +24,11 @@ lint: setup
 	$(VENV)/bin/ruff check sparkvision jobs tests benchmarks
 	$(VENV)/bin/ruff format --check sparkvision jobs tests benchmarks
 
-bench: setup
+bench: setup  # every benchmark at two sizes, then one table: runs/bench/summary.md
 	$(PY) benchmarks/ingest.py
-	$(PY) benchmarks/train.py
 	$(PY) benchmarks/score.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/results.py
 
 clean-runs:
 	$(PY) -m sparkvision.cli mlflow stop || true
