@@ -159,7 +159,9 @@ def _promotion_html(decisions: Sequence[Mapping[str, Any]]) -> list[str]:
     return parts
 
 
-def _inspection_html(summaries: Sequence[tuple[str, Mapping[str, Any]]], overlays: Sequence[tuple[str, str]]) -> list[str]:
+def _inspection_html(
+    summaries: Sequence[tuple[str, Mapping[str, Any]]], overlays: Sequence[tuple[str, str]]
+) -> list[str]:
     """Whole-image inspections: their facts, per-defect-type figures and the logged heatmap overlays."""
     if not summaries and not overlays:
         return []

@@ -123,23 +123,35 @@ def stitched_heatmap(model: Any, img: Any, meta: dict[str, Any]) -> tuple[np.nda
     return stitched, len(tiles)
 
 
-def defect_boxes(mask: np.ndarray, limit: int) -> list[list[float]]:
-    """Boxes ``[x0, y0, x1, y1]`` (normalised) of the 8-connected regions of ``mask``, largest first."""
+def defect_boxes(heat: np.ndarray, pixel_threshold: float, threshold: float, limit: int) -> list[list[float]]:
+    """Boxes ``[x0, y0, x1, y1]`` (normalised) of the defects in a stitched map, largest first.
+
+    A defect is an 8-connected region of pixels above ``pixel_threshold`` that holds a pixel above
+    the image ``threshold``: the regions that flag the image, not the one percent of defect-free
+    pixels above the pixel threshold.
+    """
     from scipy import ndimage
 
-    if limit <= 0 or not mask.any():
+    labels, count = ndimage.label(heat > pixel_threshold, structure=np.ones((3, 3), int))
+    if limit <= 0 or count == 0:
         return []
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), int))
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    h, w = mask.shape
+    index = np.arange(1, count + 1)
+    peaks = np.asarray(ndimage.maximum(heat, labels, index))
+    sizes = np.asarray(ndimage.sum(np.ones_like(heat), labels, index))
+    h, w = heat.shape
     slices = ndimage.find_objects(labels)
-    order = np.argsort(-sizes, kind="stable")[:limit]
+    order = [i for i in np.argsort(-sizes, kind="stable") if peaks[i] > threshold][:limit]
     return [[slices[i][1].start / w, slices[i][0].start / h, slices[i][1].stop / w, slices[i][0].stop / h]
             for i in order]  # fmt: skip
 
 
-def overlay_png(img: Any, heat: np.ndarray, vmax: float, boxes: Sequence[Sequence[float]], max_side: int) -> bytes:
-    """The image (at most ``max_side`` px) under its heatmap (colours saturate at ``vmax``), boxes in cyan."""
+def overlay_png(img: Any, heat: np.ndarray, low: float, high: float, boxes: Sequence[Sequence[float]],
+                max_side: int) -> bytes:  # fmt: skip
+    """The image (at most ``max_side`` px) under its heatmap, boxes in cyan.
+
+    Colours start at ``low`` (the pixel threshold: what a defect-free pixel rarely exceeds) and
+    saturate at ``high`` (the image threshold: whatever shows bright would flag the image).
+    """
     from PIL import Image
 
     from sparkvision import pictures
@@ -149,7 +161,7 @@ def overlay_png(img: Any, heat: np.ndarray, vmax: float, boxes: Sequence[Sequenc
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     base = np.asarray(img.resize(size, Image.Resampling.BILINEAR) if size != img.size else img)
     big = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR))
-    out = pictures.overlay(base, np.clip(big, 0.0, None), vmax)
+    out = pictures.overlay(base, np.clip(big - low, 0.0, None), high - low if high > low else None)
     if boxes:
         out = pictures.draw_boxes(out, [(np.asarray(b), (0, 255, 255)) for b in boxes], width=2)
     return encode_png(Image.fromarray(out))
@@ -171,10 +183,11 @@ def inspect_one(model: Any, meta: dict[str, Any], data: bytes, image_id: str, ou
     heat, n_tiles = stitched_heatmap(model, img, meta)
     score = float(heat.max())
     is_defect = score > float(meta["threshold"])
-    boxes = defect_boxes(heat > float(meta["pixel_threshold"]), max_boxes) if is_defect else []
+    low, high = float(meta["pixel_threshold"]), float(meta["threshold"])
+    boxes = defect_boxes(heat, low, high, max_boxes) if is_defect else []
     py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
     path = storage.location(out_url).join(HEATMAPS, heatmap_key(image_id))
-    path.write_bytes(overlay_png(img, heat, float(meta["threshold"]), boxes, max_side))
+    path.write_bytes(overlay_png(img, heat, low, high, boxes, max_side))
     row = {"width": img.width, "height": img.height, "tiles": n_tiles, "anomaly_score": score,
            "threshold": float(meta["threshold"]), "is_defect": is_defect, "defect_boxes": boxes,
            "peak_x": (px + 0.5) / heat.shape[1], "peak_y": (py + 0.5) / heat.shape[0], "heatmap_path": path.url}  # fmt: skip
