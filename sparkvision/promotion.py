@@ -22,7 +22,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparkvision import tempdirs
@@ -278,8 +277,3 @@ def _record(tracking: Tracking, d: Decision) -> None:
     tracking.set_tags(cand["run_id"], {"sparkvision.promotion": "promoted" if d.promoted else "rejected"})
     tracking.log_text(cand["run_id"], json.dumps(asdict(d), indent=2, default=str), d.artifacts[0])
     tracking.log_text(cand["run_id"], comparison_markdown(d), d.artifacts[1])
-
-
-def read_decisions(folder: str | Path) -> list[dict[str, Any]]:
-    """The decisions (JSON) in a downloaded ``promotion/`` folder, oldest first."""
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
