@@ -91,6 +91,9 @@ class Command:
     args: tuple[Arg, ...]
     config: bool = True
     in_pipeline: bool = True
+    ok_codes: tuple[int, ...] = (0,)
+    """Exit codes that are an expected outcome, not a failure: a pipeline step goes on
+    (``promote`` exits 3 when it keeps the champion)."""
 
     def arg(self, name: str) -> Arg:
         return next(a for a in self.args if a.name == name)
@@ -347,6 +350,55 @@ def pipeline(*, file: str, only: Sequence[str] = (), env: str | None = None, ove
     return 0
 
 
+# ------------------------------------------------------------------ promote and inspect (issue 11)
+
+
+KEPT_CHAMPION = 3
+"""``promote``'s exit code when the champion stays (as ``PublishConflict``'s: "nothing new was published")."""
+
+
+def promote(cfg: Config, *, model: str, candidate_alias: str = "candidate", champion_alias: str = "champion",
+            data: str = "") -> int:  # fmt: skip
+    """Evaluate candidate and champion on one pinned test split; move the champion alias when the candidate wins."""
+    if data:
+        data = preflight.dataset("--data", data)
+    tracking = preflight.tracking_server(cfg)
+    from sparkvision.promotion import promote as run_promote
+
+    d = run_promote(tracking, model, cfg.promote, candidate_alias, champion_alias, data)
+    if d.outcome == "already_champion":
+        print(f"{model}: {d.reason}; nothing to do")
+        return 0
+    verdict = (f"promoted {model} version {d.candidate['version']} to @{champion_alias}" if d.promoted
+               else f"kept {model}@{champion_alias}" + (f" = version {d.champion['version']}" if d.champion else
+                                                         " unset") + f" (candidate version {d.candidate['version']})")  # fmt: skip
+    print(f"{verdict}: {d.reason}")
+    if d.artifacts:
+        print(f"  comparison: {d.artifacts[1]} on run {tracking.run_url(d.candidate['run_id'])}")
+    return 0 if d.promoted else KEPT_CHAMPION
+
+
+def inspect(cfg: Config, *, model_uri: str, input: str, output: str) -> int:
+    """Inspect whole fabric images: tile as the model was trained, score tiles in Spark, stitch heatmaps."""
+    source = preflight.images("--input", input)
+    output = preflight.location("--output", output)
+    tracking = preflight.model_uri("--model-uri", model_uri, cfg)
+    from sparkvision.data.publish import Retention
+    from sparkvision.scoring.inspect import inspect as run_inspect
+    from sparkvision.spark import get_spark
+
+    s = run_inspect(get_spark(cfg.spark, gpus=cfg.score.gpus_per_task), model_uri, source, output, cfg.score,
+                    cfg.inspect, tracking=tracking, retention=Retention.of(cfg.ingest))  # fmt: skip
+    print(f"inspected {s['inputs']} image(s) with {s['model']['pinned_uri']}: {s['defective']} defective, "
+          f"{s['good']} good (threshold {s['threshold']:.4g}), {s['failed']} failed{_reasons(s['failed_by_reason'])}; "
+          f"{s['rows']} rows and heatmap overlays in {s['output']} ({s['version']})")  # fmt: skip
+    ev = s.get("evaluation")
+    if ev:
+        for name, m in ev["by_defect_type"].items():
+            print(f"  {name}: {_metrics_line(m)}")
+    return 0
+
+
 def _metrics_line(values: Mapping[str, float], family: int = 5) -> str:
     """``name value, ...``; a family of ``family`` or more ``prefix_*`` metrics (one per attribute) as its mean."""
     prefixes = Counter(k.split("_", 1)[0] for k in values if "_" in k)
@@ -410,6 +462,21 @@ COMMANDS: dict[str, Command] = {
             Arg("input", "folder or glob of images, or an ingested dataset (path or URL)", required=True),
             Arg("output", "output to publish a new version of (path or URL)", required=True),
             Arg("incremental", "score only files not yet in the output", bool, False),
+        )),
+        Command("promote", "move the champion alias to the candidate only when it wins on the pinned test split",
+                promote, (
+            Arg("model", "registered model name (e.g. sparkvision-attributes)", required=True),
+            Arg("candidate_alias", "alias of the version under review", default="candidate"),
+            Arg("champion_alias", "alias moved when the candidate wins", default="champion"),
+            Arg("data", "dataset to evaluate both on (default: the one the candidate was trained on)", default=""),
+        ), ok_codes=(0, KEPT_CHAMPION)),
+        Command("inspect", "whole-image fabric inspection: tile, score in Spark, stitch heatmaps, flag defects",
+                inspect, (
+            Arg("model_uri", "a fabric_ae model: models:/NAME@ALIAS (or models:/NAME/VERSION, a model folder)",
+                required=True),
+            Arg("input", "folder, glob or URL of fabric images of any size (an MVTec category or test folder "
+                "is also evaluated)", required=True),
+            Arg("output", "output to publish a new version of (rows + heatmaps/; path or URL)", required=True),
         )),
         Command("faces", "face identification from embeddings", faces, (
             _action("enroll", "identify"),

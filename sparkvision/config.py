@@ -171,6 +171,26 @@ class FacesConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    """The promotion gate (``sparkvision promote``): which test metric decides, which way, by how much."""
+
+    metric: str = ""
+    direction: Literal["auto", "max", "min"] = "auto"
+    min_improvement: float = field(default=0.0, metadata=_range(0.0, None))
+    floor: float | None = None
+    eval_rows: int = field(default=4096, metadata=_range(1, 1_000_000))
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """Whole-image fabric inspection (``sparkvision inspect``)."""
+
+    overlay_max_side: int = field(default=512, metadata=_range(16, 8192))
+    report_overlays: int = field(default=6, metadata=_range(0, 100))
+    max_boxes: int = field(default=8, metadata=_range(0, 1000))
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """The local Spark standalone cluster started by ``sparkvision cluster up``."""
 
@@ -196,6 +216,8 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
 
     def path(self, key: str) -> Path:
         """Absolute path of ``paths.<key>``, resolved against ``paths.root``."""
@@ -402,6 +424,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{name}: expected {tp}, found {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{name}: expected null, found {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value

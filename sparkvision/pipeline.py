@@ -482,7 +482,7 @@ def _run_step(step: Step) -> str | None:
     try:
         if step.command:
             code = COMMANDS[step.command].run(step.cfg, **step.args)
-            if code != 0:
+            if code not in COMMANDS[step.command].ok_codes:
                 line = " ".join(COMMANDS[step.command].command_line(step.args))
                 return f"`sparkvision {line}` exited with code {code}"
             return None

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 PICTURE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 REPORT_ARTIFACT_DIR = "report"
 SCORING_ARTIFACT_DIR = "scoring"
+PROMOTION_ARTIFACT_DIR = "promotion"
+"""``sparkvision.promotion.ARTIFACT_DIR``: the promotion decisions about this run's model."""
+INSPECTION_ARTIFACT_DIR = "inspection"
+"""``sparkvision.scoring.inspect.ARTIFACT_DIR``: whole-image inspections with this run's model."""
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -136,6 +140,48 @@ def _summary_html(source: str, s: Mapping[str, Any]) -> str:
     return f"<h3>{html.escape(source)}</h3>" + _table(["key", "value"], facts) + extra
 
 
+def _promotion_html(decisions: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The promotion decisions (oldest first), each with its comparison of every shared metric."""
+    if not decisions:
+        return []
+    parts = ["<h2 id='promotion'>Promotion</h2>"]
+    for d in sorted(decisions, key=lambda d: str(d.get("decided_at"))):
+        cand, champ = d.get("candidate") or {}, d.get("champion") or {}
+        ours, theirs = cand.get("metrics") or {}, champ.get("metrics") or {}
+        names = [d["metric"], *sorted(k for k in ours if k != d["metric"])]
+        head = f"<h3>{html.escape(str(d.get('decided_at')))}: {html.escape(str(d.get('outcome')))}</h3>"
+        parts.append(head + f"<p>{html.escape(str(d.get('reason')))} (dataset {html.escape(str(d.get('dataset')))}; "
+                     f"{html.escape(str(d['metric']))}: {html.escape(str(d.get('direction')))} wins, floor "
+                     f"{d.get('floor')}, minimum improvement {d.get('min_improvement')})</p>")  # fmt: skip
+        champion = f"champion v{champ.get('version')}" if champ else "champion (none)"
+        parts.append(_table(["metric", f"candidate v{cand.get('version')}", champion],
+                            [(n, ours.get(n), theirs.get(n)) for n in names]))  # fmt: skip
+    return parts
+
+
+def _inspection_html(
+    summaries: Sequence[tuple[str, Mapping[str, Any]]], overlays: Sequence[tuple[str, str]]
+) -> list[str]:
+    """Whole-image inspections: their facts, per-defect-type figures and the logged heatmap overlays."""
+    if not summaries and not overlays:
+        return []
+    parts = ["<h2 id='inspection'>Inspection</h2>"]
+    for source, s in summaries:
+        keys = ("output", "version", "inputs", "inspected", "defective", "good", "failed", "threshold", "seconds")
+        parts.append(f"<h3>{html.escape(source)}</h3>" + _table(["key", "value"], [(k, s[k]) for k in keys if k in s]))
+        by_type = (s.get("evaluation") or {}).get("by_defect_type") or {}
+        if by_type:
+            cols = ["images", "image_auroc", "pixel_auroc", "aupro"]
+            parts.append(_table(["defect type", *cols], [(t, *(m.get(c) for c in cols)) for t, m in by_type.items()]))
+        folder = source.rsplit("/", 1)[0] + "/"
+        pics = [(p, src) for p, src in overlays if p.startswith(folder)]
+        if pics:
+            parts.append("<div class='grid'>" + "".join(
+                f"<figure><img alt='{html.escape(p)}' src='{src}'><figcaption>{html.escape(Path(p).name)}"
+                "</figcaption></figure>" for p, src in pics) + "</div>")  # fmt: skip
+    return parts
+
+
 def write_report(
     tracking: Tracking,
     run_id: str,
@@ -168,10 +214,20 @@ def write_report(
     artifacts = tracking.list_artifacts(run_id)
     pictures: list[tuple[str, str]] = []
     found: list[tuple[str, Mapping[str, Any]]] = []
+    decisions: list[Mapping[str, Any]] = []
+    inspections: list[tuple[str, Mapping[str, Any]]] = []
+    overlays: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in artifacts:
             suffix = Path(path).suffix.lower()
-            if path.startswith("pictures/") and suffix in PICTURE_TYPES:
+            if path.startswith(f"{PROMOTION_ARTIFACT_DIR}/") and suffix == ".json":
+                decisions.append(json.loads(tracking.download(run_id, path, tmp).read_text()))
+            elif path.startswith(f"{INSPECTION_ARTIFACT_DIR}/") and path.endswith("_summary.json"):
+                inspections.append((path, json.loads(tracking.download(run_id, path, tmp).read_text())))
+            elif path.startswith(f"{INSPECTION_ARTIFACT_DIR}/") and suffix in PICTURE_TYPES:
+                data = tracking.download(run_id, path, tmp).read_bytes()
+                overlays.append((path, _data_uri(data, PICTURE_TYPES[suffix])))
+            elif path.startswith("pictures/") and suffix in PICTURE_TYPES:
                 data = tracking.download(run_id, path, tmp).read_bytes()
                 pictures.append((path, _data_uri(data, PICTURE_TYPES[suffix])))
             elif path.startswith(f"{SCORING_ARTIFACT_DIR}/") and path.endswith("_summary.json"):
@@ -219,6 +275,8 @@ def write_report(
         if versions else "<p>no registered model version comes from this run</p>",
         "<h2>Scoring</h2>",
         "".join(_summary_html(src, s) for src, s in found) if found else "<p>no scoring summaries</p>",
+        *_promotion_html(decisions),
+        *_inspection_html(inspections, overlays),
         "</body></html>",
     ]  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -217,3 +217,33 @@ def race_writers():
         return won, lost
 
     return race
+
+
+@pytest.fixture(scope="session")
+def fabric_models(spark, in_process, tracking, cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two versions of one registered fabric_ae model, trained through ``train`` (in-process) on one
+    ingested MVTec category (128 px images cut into 32 px tiles): ``trained`` (120 steps) and
+    ``untrained`` (one step at a learning rate of 1e-9). Neither keeps the ``candidate`` alias
+    fixed: tests point it where they need. Keys: ``name``, ``raw`` (the category), ``data`` (the
+    dataset), ``trained``/``untrained`` (``train`` results)."""
+    import dataclasses
+    import uuid
+
+    from sparkvision.data.generators.fabric import generate_mvtec
+    from sparkvision.data.ingest import ingest
+    from sparkvision.training import train
+
+    root = tmp_path_factory.mktemp("fabric-models")
+    raw = generate_mvtec(root / "raw", seed=1, train_count=10, test_count=3, image_size=128)
+    data = root / "parquet"
+    ingest(spark, "mvtec", str(raw), str(data), dataclasses.replace(cfg.ingest, tile_size=32, tile_stride=32,
+                                                                   tile_resize=0), workers=1)  # fmt: skip
+    prefix = f"fabric-{uuid.uuid4().hex[:6]}"
+    base = {"train.model": "fabric_ae", "train.workers": "1", "train.image_size": "32", "train.latent_dim": "32",
+            "train.batch_size": "16", "train.registered_model_prefix": prefix, "train.experiment": prefix,
+            "train.pictures": "false", "paths.store": str(root / "store"), "mlflow.tracking_uri": tracking.uri}  # fmt: skip
+    untrained = train(spark, cfg.replace(**base, **{"train.epochs": "1", "train.steps_per_epoch": "1",
+                                                    "train.learning_rate": "1e-9"}), str(data), backend=in_process)  # fmt: skip
+    trained = train(spark, cfg.replace(**base, **{"train.epochs": "4", "train.steps_per_epoch": "30",
+                                                  "train.learning_rate": "0.002"}), str(data), backend=in_process)  # fmt: skip
+    return {"name": f"{prefix}-fabric_ae", "raw": raw, "data": data, "trained": trained, "untrained": untrained}

@@ -53,10 +53,12 @@ def test_job_forwards_to_the_same_command(job: str) -> None:
     source = (ROOT / "jobs" / f"{job}.py").read_text()
     assert "spark-submit" in source.split('"""')[1], "the docstring shows the spark-submit line"
     assert len(source.splitlines()) < 40
-    assert job in COMMANDS
+    assert job not in sys.stdlib_module_names, "jobs/ comes first on sys.path when a job runs"
+    command = re.search(r'main\(\["([a-z]+)"', source).group(1)
+    assert command in COMMANDS and job in (command, f"{command}_images")
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert out.startswith(f"usage: sparkvision {job}")
+    assert out.startswith(f"usage: sparkvision {command}")
 
 
 def test_the_parser_lists_every_command_of_the_table(capsys: pytest.CaptureFixture[str]) -> None:

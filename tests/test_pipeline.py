@@ -321,3 +321,42 @@ def test_only_runs_the_named_steps(tmp_path: Path, tmp_sets: list[str]) -> None:
     assert not (tmp_path / "runs" / "gen").exists()
     with pytest.raises(PipelineError, match=r"unknown step\(s\) 'sho'; did you mean 'show'\?"):
         run_pipeline(path, env="test", overrides=tmp_sets, only=["sho"])
+
+
+def test_nightly_trains_promotes_and_scores_with_the_champion(
+    tmp_path: Path, tmp_sets: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``pipelines/nightly.yaml`` end to end at test sizes, on its own MLflow server (its `mlflow` step)."""
+    from datetime import datetime
+
+    import pyarrow.parquet as pq
+
+    from sparkvision import tracking
+    from sparkvision.data import publish
+    from sparkvision.data.generators.celeba import generate_celeba, generate_new_images
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the session's server is not this pipeline's
+    data = tmp_path / "data"
+    generate_celeba(data / "incoming" / "celeba", count=96, seed=5, images_per_identity=4)
+    date = datetime.now().strftime("%Y-%m-%d")
+    generate_new_images(data / "uploads" / date, count=5, seed=2)
+    sets = [*tmp_sets, f"paths.data={data}", f"paths.store={tmp_path / 'store'}", "train.workers=1",
+            "train.epochs=1", "promote.floor=0"]  # fmt: skip  # floor 0: the first candidate of a tiny run wins
+    try:
+        records = run_pipeline(PROJECT_ROOT / "pipelines" / "nightly.yaml", env="test", overrides=sets)
+        t = tracking.Tracking(tracking.tracking_uri(load_pipeline(PROJECT_ROOT / "pipelines" / "nightly.yaml",
+                                                                  "test", sets).cfg))  # fmt: skip
+        champion = t.alias_ref("sparkvision-attributes", "champion")
+        candidate = t.alias_ref("sparkvision-attributes", "candidate")
+    finally:
+        tracking.stop_server(tmp_path / "mlflow")
+    assert [(r["name"], r["status"]) for r in records] == [
+        (n, "ok") for n in ("mlflow", "ingest", "train", "promote", "score", "report")
+    ]
+    out = capsys.readouterr().out
+    assert "promoted sparkvision-attributes version 1 to @champion: first candidate" in out, out
+    assert champion is not None and candidate is not None and champion.version == candidate.version == "1"
+    rows = pq.read_table(publish.current(data / "scores" / "attributes" / date).location.path).to_pylist()
+    assert len(rows) == 5 and {r["model_uri"] for r in rows} == {"models:/sparkvision-attributes/1"}
+    (report,) = (tmp_path / "runs" / "reports" / f"nightly-{date}").glob("attributes-*.html")
+    assert "<h2 id='promotion'>Promotion</h2>" in report.read_text()

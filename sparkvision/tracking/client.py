@@ -257,6 +257,26 @@ class Tracking:
         """Point ``name@alias`` at ``version`` (the registered model is created when missing)."""
         self.client.set_registered_model_alias(name, alias, version)
 
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Set tags on one registered model version (one call per tag; the registry has no batch)."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        """The tags of one registered model version."""
+        return dict(self.client.get_model_version(name, version).tags or {})
+
+    def alias_ref(self, name: str, alias: str) -> ModelRef | None:
+        """``resolve("models:/NAME@ALIAS")``, or None when the model has no such alias (or does not exist)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.resolve(f"models:/{name}@{alias}")
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+                return None
+            raise
+
     def resolve(self, model_uri: str) -> ModelRef:
         """Pin a model URI: ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` through the registry
         (one call), ``runs:/RUN/PATH`` to its run; anything else (a folder, an artifact URL) as is.

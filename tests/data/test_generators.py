@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from sparkvision.data.generators import face_painter
 from sparkvision.data.generators.celeba import generate_celeba, generate_new_images, new_image_upright
-from sparkvision.data.generators.fabric import MVTEC_DEFECTS, generate_aitex, generate_mvtec
+from sparkvision.data.generators.fabric import MVTEC_DEFECTS, generate_aitex, generate_mvtec, generate_new_fabric
 from sparkvision.data.schema import AITEX_DEFECT_CODES, CELEBA_ATTRIBUTES
 
 CELEBA_COUNT, PER_IDENTITY = 40, 4
@@ -371,3 +371,21 @@ def test_aitex_is_deterministic(tmp_path: Path) -> None:
     a = _digest(generate_aitex(tmp_path / "a", 4, 3, 64))
     assert a == _digest(generate_aitex(tmp_path / "b", 4, 3, 64))
     assert a != _digest(generate_aitex(tmp_path / "c", 5, 3, 64))
+
+
+def test_new_fabric_is_the_category_cloth_at_any_size(tmp_path: Path) -> None:
+    paths = generate_new_fabric(tmp_path / "a", seed=2, count=6, width=120, height=80, image_size=64)
+    again = generate_new_fabric(tmp_path / "b", seed=2, count=6, width=120, height=80, image_size=64)
+    assert [p.name for p in paths] == [f"new-{n:03d}.png" for n in range(6)]
+    assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]
+    assert all(Image.open(p).size == (120, 80) and Image.open(p).mode == "RGB" for p in paths)
+    assert not list((tmp_path / "a").glob("*mask*"))  # unlabelled: no masks, no folders by defect type
+    category = generate_mvtec(tmp_path / "cat", seed=2, train_count=1, test_count=0, image_size=64)
+    # The same material: the mean colour of the new images is the category's within a few levels.
+    good = np.asarray(Image.open(category / "train" / "good" / "000.png"), float).mean(axis=(0, 1))
+    new = np.mean([np.asarray(Image.open(p), float).mean(axis=(0, 1)) for p in paths], axis=0)
+    assert np.abs(good - new).max() < 12, (good, new)
+    other = generate_new_fabric(tmp_path / "c", seed=3, count=1, width=120, height=80, image_size=64)
+    assert other[0].read_bytes() != paths[0].read_bytes()
+    with pytest.raises(ValueError, match="expected sides >= 32"):
+        generate_new_fabric(tmp_path / "d", seed=2, count=1, width=16, height=80)

@@ -430,6 +430,47 @@ def generate_mvtec(out: Path, seed: int, train_count: int, test_count: int, imag
     return out
 
 
+def generate_new_fabric(out: Path, seed: int, count: int, width: int, height: int, image_size: int = 256,
+                        defect_share: float = 0.5) -> list[Path]:  # fmt: skip
+    """New, unlabelled camera images of the fabric of ``generate_mvtec(seed=seed)``, flat in one folder.
+
+    The material and yarn pitch are those of the category ``generate_mvtec`` writes with the same
+    ``seed`` and ``image_size``, so a model trained on it sees its own cloth; the images are
+    ``width`` x ``height`` (any size) and about ``defect_share`` of them carry one defect of a
+    random ``MVTEC_DEFECTS`` type. Nothing says which: no labels, no masks.
+
+    Args:
+        out: Folder to write ``new-000.png``, ... into (created).
+        seed: The category's seed (material); the images differ from the category's own.
+        count: Images to write.
+        width: Image width in pixels (>= 32).
+        height: Image height in pixels (>= 32).
+        image_size: The category's image side: sets the yarn pitch.
+        defect_share: Fraction of images with a defect, in [0, 1].
+
+    Returns:
+        The written files, in order.
+
+    Raises:
+        ValueError: On sides below 32, a negative count or a share outside [0, 1].
+    """
+    if min(width, height, image_size) < 32 or count < 0 or not 0.0 <= defect_share <= 1.0:
+        raise ValueError(f"expected sides >= 32, count >= 0 and defect_share in [0, 1], found width={width}, "
+                         f"height={height}, image_size={image_size}, count={count}, defect_share={defect_share}")  # fmt: skip
+    out = Path(out)
+    mat = sample_material(np.random.default_rng([seed, 0]))
+    paths = []
+    for n in range(count):
+        rng = np.random.default_rng([seed, 4, n])
+        defect = None
+        if rng.random() < defect_share:
+            defect = MVTEC_DEFECT_FUNCS[MVTEC_DEFECTS[int(rng.integers(len(MVTEC_DEFECTS)))]]
+        img, _ = _fabric_image(mat, (height, width), rng, defect, image_size / 256)
+        paths.append(out / f"new-{n:03d}.png")
+        _save_png(paths[-1], img, "RGB")
+    return paths
+
+
 # --------------------------------------------------------------------------- AITEX
 
 
