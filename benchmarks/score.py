@@ -8,7 +8,9 @@ process (the local limit; decoding is not timed) and (b) Horovod's row-wise
 Images are a pool of generated faces (``generate_new_images``: mixed JPEG/PNG/grey/RGBA/EXIF,
 178x218 scaled 0.6-2x) hard-linked under distinct names up to ``--count`` files. Peak memory
 is the sum of the RSS of this driver process and all its descendants (the JVM and the Python
-workers), sampled every 0.1 s while ``score`` runs.
+workers; not the MLflow server), sampled every 0.1 s while ``score`` runs; (a) runs in a child
+process so its decoded images and TensorFlow are not counted. The session is the one
+``sparkvision score`` builds (``score.spark_conf`` over ``spark.conf``).
 """
 
 from __future__ import annotations
@@ -50,33 +52,50 @@ def make_images(folder: Path, count: int, pool: int, seed: int = 0) -> list[Path
 
 
 class PeakRss:
-    """Samples the RSS of this process plus all descendants in a thread; ``peak`` in bytes."""
+    """Samples, every ``interval`` s in a thread, the RSS of this process plus its descendants
+    (the JVM and its Python workers), leaving out ``exclude`` and its descendants (the MLflow
+    server: not part of scoring). ``peak`` in bytes, and ``parts`` at that moment (driver, JVM,
+    Python workers)."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, exclude: int | None = None) -> None:
         import psutil
 
         self.proc = psutil.Process()
         self.interval = interval
+        self.exclude = exclude
         self.peak = 0
-        self.peak_python_workers = 0
+        self.parts: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _skipped(self) -> set[int]:
+        import psutil
+
+        if self.exclude is None:
+            return set()
+        try:
+            server = psutil.Process(self.exclude)
+            return {server.pid, *(c.pid for c in server.children(recursive=True))}
+        except psutil.Error:
+            return set()
 
     def _run(self) -> None:
         import psutil
 
         while not self._stop.is_set():
-            total, workers = self.proc.memory_info().rss, 0
+            skipped = self._skipped()
+            parts = {"driver": self.proc.memory_info().rss, "jvm": 0, "python_workers": 0}
             for child in self.proc.children(recursive=True):
+                if child.pid in skipped:
+                    continue
                 try:
                     rss = child.memory_info().rss
-                    total += rss
-                    if "python" in child.name().lower():
-                        workers += rss
+                    parts["jvm" if "java" in child.name().lower() else "python_workers"] += rss
                 except psutil.Error:
                     continue
-            self.peak = max(self.peak, total)
-            self.peak_python_workers = max(self.peak_python_workers, workers)
+            total = sum(parts.values())
+            if total > self.peak:
+                self.peak, self.parts = total, parts
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRss:
@@ -86,6 +105,24 @@ class PeakRss:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _limit_in_child(uri: str, files: list[Path], batch_size: int, queue: Any) -> None:
+    queue.put(local_limit(uri, files, batch_size)[0])
+
+
+def local_limit_rate(uri: str, files: list[Path], batch_size: int) -> float:
+    """``local_limit`` in a child process, so neither its decoded images nor its TensorFlow are
+    counted in the scoring figures of this process (its RSS, its cores)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_limit_in_child, args=(uri, files, batch_size, queue))
+    child.start()
+    rate = queue.get()
+    child.join()
+    return float(rate)
 
 
 def register_model(task_name: str, image_size: int, tracking: Any) -> str:
@@ -154,15 +191,15 @@ def horovod_peer(spark: Any, model: Any, files: list[Path], meta: dict, task: An
 
 
 def run_score(spark: Any, uri: str, folder: Path, out: Path, batch_size: int, records: int,
-              tracking: Any) -> dict[str, Any]:  # fmt: skip
+              tracking: Any, server_pid: int | None) -> dict[str, Any]:  # fmt: skip
     from sparkvision.config import ScoreConfig
     from sparkvision.scoring import score
 
     cfg = ScoreConfig(batch_size=batch_size, max_records_per_batch=records)
-    with PeakRss() as mem:
+    with PeakRss(exclude=server_pid) as mem:
         summary = score(spark, uri, str(folder), str(out), cfg, tracking=tracking)
     summary["peak_rss_mb"] = mem.peak / 2**20
-    summary["peak_python_workers_rss_mb"] = mem.peak_python_workers / 2**20
+    summary["peak_parts_mb"] = {k: round(v / 2**20) for k, v in mem.parts.items()}
     return summary
 
 
@@ -191,9 +228,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     server_state = None
     uri = args.tracking_uri
+    server_pid = None
     if not uri:
         server_state = work / "mlflow"
-        uri = start_server(MlflowConfig(port=0), server_state).url
+        server = start_server(MlflowConfig(port=0), server_state)
+        uri, server_pid = server.url, server.pid
     os.environ["MLFLOW_TRACKING_URI"] = uri  # for load_vision_model's registry URI below
     tracking = Tracking(uri)
     try:
@@ -205,7 +244,7 @@ def main() -> None:
         print(f"model: {model_uri} ({args.task}, {args.image_size}x{args.image_size}, random weights)")
 
         files = sorted(folders[args.count].iterdir())
-        limit, model, meta, task = local_limit(model_uri, files, args.batch_size)
+        limit = local_limit_rate(model_uri, files, args.batch_size)
         print(f"(a) local limit, Keras predict on {len(files)} decoded images in one process: {limit:,.0f} images/s")
 
         # the session `sparkvision score` builds: spark.conf with score.spark_conf over it (driver memory)
@@ -214,13 +253,16 @@ def main() -> None:
         results = {}
         for n in counts:
             results[n] = run_score(spark, model_uri, folders[n], work / f"scored-{n}", args.batch_size,
-                                   args.max_records_per_batch, tracking)  # fmt: skip
+                                   args.max_records_per_batch, tracking, server_pid)  # fmt: skip
             s = results[n]
             print(f"score {n:>6} images: {s['seconds']:.1f}s, {s['images_per_s']:,.0f} images/s, "
                   f"failed {s['failed']}, peak RSS driver+JVM+workers {s['peak_rss_mb']:,.0f} MB "
-                  f"(python workers {s['peak_python_workers_rss_mb']:,.0f} MB)")  # fmt: skip
+                  f"({', '.join(f'{k} {v:,} MB' for k, v in s['peak_parts_mb'].items())})")  # fmt: skip
         main_run = results[args.count]
 
+        from sparkvision.models.packaging import load_vision_model
+
+        model, meta, task = load_vision_model(model_uri)  # in this process only now, after scoring
         peer_files = files[: args.peer_count]
         peer = horovod_peer(spark, model, peer_files, meta, task)
         print(f"(b) Horovod KerasModel.transform on {len(peer_files)} pre-decoded images: {peer:,.1f} images/s")

@@ -387,7 +387,7 @@ def inspect(cfg: Config, *, model_uri: str, input: str, output: str) -> int:
     from sparkvision.scoring.inspect import inspect as run_inspect
     from sparkvision.spark import get_spark
 
-    s = run_inspect(get_spark(cfg.spark, gpus=cfg.score.gpus_per_task), model_uri, source, output, cfg.score,
+    s = run_inspect(get_spark(cfg.scoring_spark, gpus=cfg.score.gpus_per_task), model_uri, source, output, cfg.score,
                     cfg.inspect, tracking=tracking, retention=Retention.of(cfg.ingest))  # fmt: skip
     print(f"inspected {s['inputs']} image(s) with {s['model']['pinned_uri']}: {s['defective']} defective, "
           f"{s['good']} good (threshold {s['threshold']:.4g}), {s['failed']} failed{_reasons(s['failed_by_reason'])}; "
