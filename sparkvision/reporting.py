@@ -1,7 +1,8 @@
 """Self-contained HTML report of one MLflow run, logged back to the run as ``report/report.html``.
 
 The page needs nothing but itself: CSS is inline and every image (metric curves drawn from the
-metric history, the run's ``pictures/`` artifacts) is embedded as a base64 ``data:`` URI, so it
+metric history, the run's ``pictures/`` and ``latent/`` artifacts: the training-time pictures and
+those of ``sparkvision vae``) is embedded as a base64 ``data:`` URI, so it
 can be mailed, attached to a ticket or opened from the MLflow UI's artifact view.
 
 Sections: run facts, parameters, final metrics, metric curves, pictures, registered model
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 PICTURE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 REPORT_ARTIFACT_DIR = "report"
 SCORING_ARTIFACT_DIR = "scoring"
+PICTURE_DIRS = ("pictures/", "latent/")
+"""Artifact folders whose pictures the report shows (``latent/``: ``sparkvision vae``'s grids)."""
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -171,7 +174,7 @@ def write_report(
     with tempfile.TemporaryDirectory() as tmp:
         for path in artifacts:
             suffix = Path(path).suffix.lower()
-            if path.startswith("pictures/") and suffix in PICTURE_TYPES:
+            if path.startswith(PICTURE_DIRS) and suffix in PICTURE_TYPES:
                 data = tracking.download(run_id, path, tmp).read_bytes()
                 pictures.append((path, _data_uri(data, PICTURE_TYPES[suffix])))
             elif path.startswith(f"{SCORING_ARTIFACT_DIR}/") and path.endswith("_summary.json"):
@@ -213,7 +216,7 @@ def write_report(
         "<h2>Pictures</h2>",
         "<div class='grid'>" + "".join(
             f"<figure><img alt='{html.escape(p)}' src='{src}'><figcaption>{html.escape(p)}</figcaption></figure>"
-            for p, src in pictures) + "</div>" if pictures else "<p>no pictures/ artifacts</p>",
+            for p, src in pictures) + "</div>" if pictures else "<p>no pictures/ or latent/ artifacts</p>",
         "<h2>Registered model versions</h2>",
         _table(["model", "version", "aliases", "status", "created", "source"], versions)
         if versions else "<p>no registered model version comes from this run</p>",
