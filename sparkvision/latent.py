@@ -161,9 +161,11 @@ def compute_vectors(
     Raises:
         LatentError: The model is not a VAE, or the dataset has no ``attributes`` column or no such rows.
     """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from sparkvision.scoring import batch
+    from sparkvision.spark import session_conf
 
     if model.task != "vae":
         raise LatentError(f"{model.uri}: expected a VAE (task vae), found a {model.task} model")
@@ -174,13 +176,18 @@ def compute_vectors(
     if "attributes" not in rows.columns:
         raise LatentError(f"{data}: expected a CelebA table with an 'attributes' column, found {sorted(rows.columns)}")
     rows = rows.where(F.col("split") == split)
-    scored = batch.apply_model(rows, model, cfg, keep=["attributes"])
-    counted = scored.groupBy(F.col(ERROR_CODE).isNull().alias("ok")).count().collect()
-    failed = sum(r["count"] for r in counted if not r["ok"])
-    ok = scored.where(F.col(ERROR_CODE).isNull()).select("mu", "attributes")
     n_attr = len(CELEBA_ATTRIBUTES)
-    parts = ok.mapInPandas(_PartialSums(n_attr),
-                           "n long, total array<double>, positives array<long>, positive_sum array<double>").collect()  # fmt: skip
+    # Persisted (mu and labels only, no image bytes): counted and summed without scoring twice.
+    with session_conf(spark, batch.job_conf(spark, cfg)):
+        scored = batch.apply_model(rows, model, cfg, keep=["attributes"]).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counted = scored.groupBy(F.col(ERROR_CODE).isNull().alias("ok")).count().collect()
+            ok = scored.where(F.col(ERROR_CODE).isNull()).select("mu", "attributes")
+            parts = ok.mapInPandas(_PartialSums(n_attr), "n long, total array<double>, positives array<long>, "
+                                   "positive_sum array<double>").collect()  # fmt: skip
+        finally:
+            scored.unpersist()
+    failed = sum(r["count"] for r in counted if not r["ok"])
     if not parts:
         raise LatentError(f"{data}: expected {split} images the model could read, found none ({failed} failed)")
     n = sum(int(p["n"]) for p in parts)
@@ -430,7 +437,8 @@ def judge_vectors(
     ``rows`` test faces: the check that the vectors do what they say (tests and ``benchmarks/quality.py``).
 
     Returns:
-        ``{"curves": {attribute: [probability per factor]}, "rise": {attribute: last - first}, "counts": ...}``.
+        ``curves`` (``{attribute: [probability per factor]}``), ``rise`` (``{attribute: last - first}``),
+        ``counts`` (of ``compute_vectors``), ``faces`` (test faces judged), ``vectors`` and ``x`` (those faces).
     """
     import mlflow.pyfunc
 
@@ -446,7 +454,7 @@ def judge_vectors(
     x = decode_column(test.limit(rows).toPandas(), int(model.meta["image_size"]))
     curves = judged_rise(model, judge, x, vectors, attributes, np.asarray(factors, np.float32))
     return {"curves": curves, "rise": {n: p[-1] - p[0] for n, p in curves.items()}, "counts": counts,
-            "faces": len(x)}  # fmt: skip
+            "faces": len(x), "vectors": vectors, "x": x}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- pictures
