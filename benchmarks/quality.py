@@ -39,7 +39,11 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
     "classifier": [("hair-colour folder accuracy", "test_accuracy", 0.9, ">="),
                    ("inference-mode train - val accuracy", "train_val_gap", 0.05, "<=")],
     "vae": [("reconstruction MSE / mean-image MSE", "test_recon_mse_ratio", 0.5, "<=")],
+    # The VAE's attribute vectors (``sparkvision vae vectors``), judged by the trained attribute CNN on
+    # test faces moved from -2 to +2 along each: the judged probability must rise by the goal.
+    "latent": [(f"judged P({a}) at +2 minus at -2", f"rise_{a}", 0.2, ">=") for a in ("Smiling", "Eyeglasses", "Male")],
 }  # fmt: skip
+LATENT_FACTORS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
 
 def folder_from_faces(celeba: Path, out: Path) -> Path:
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             datasets: dict[str, Path] = {}
             started = time.perf_counter()
-            if {"vae", "attributes", "detector", "classifier"} & set(families):
+            if {"vae", "attributes", "detector", "classifier", "latent"} & set(families):
                 generate_celeba(root / "celeba", count=args.faces, seed=11)
                 datasets["celeba"] = root / "parquet-celeba"
                 ingest(spark, "celeba", str(root / "celeba"), str(datasets["celeba"]), base.ingest, workers=2)
@@ -111,16 +115,28 @@ def main(argv: list[str] | None = None) -> int:
                 datasets["fabric"] = root / "parquet-fabric"
                 ingest(spark, "mvtec", str(root / "fabric"), str(datasets["fabric"]), base.ingest, workers=2)
             print(f"data generated and ingested in {time.perf_counter() - started:.0f} s", flush=True)
-            for family in families:
+            trained: dict[str, dict[str, Any]] = {}
+            # latent last: it judges the VAE with the attribute CNN, trained first when not asked for
+            order = [f for f in families if f != "latent"]
+            order += [f for f in ("vae", "attributes") if "latent" in families and f not in order] + (
+                ["latent"] if "latent" in families else [])  # fmt: skip
+            for family in order:
                 table = {"fabric_ae": "fabric", "classifier": "folder"}.get(family, "celeba")
-                result = _train_one(spark, base, family, datasets[table], root, server.url, args.epochs,
-                                    args.overrides)  # fmt: skip
+                if family == "latent":
+                    result = _judge_latent(spark, base, trained, datasets["celeba"], server.url, Path(args.out))
+                else:
+                    result = _train_one(spark, base, family, datasets[table], root, server.url, args.epochs,
+                                        args.overrides)  # fmt: skip
+                    trained[family] = result
+                if family not in families:
+                    continue
                 figures = derived(family, result["metrics"])
                 for label, key, goal, direction in GOALS[family]:
                     value = float(figures.get(key, float("nan")))
                     met = value >= goal if direction == ">=" else value <= goal
                     rows.append((family, label, value, goal, f"{direction} {goal:g}: {'met' if met else 'NOT met'}"))
-                print(f"{family}: trained in {result['seconds']:.0f} s, best epoch {result['best_epoch'] + 1}",
+                print(f"{family}: trained in {result['seconds']:.0f} s, best epoch {result['best_epoch'] + 1}"
+                      if family != "latent" else f"latent: judged in {result['seconds']:.0f} s: {result['curves']}",
                       flush=True)  # fmt: skip
         finally:
             spark.stop()
@@ -138,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_one(spark, base: Config, family: str, data_dir: Path, root: Path, uri: str, epochs: int,
                overrides: list[str]) -> dict[str, Any]:  # fmt: skip
+    from sparkvision.data import publish
     from sparkvision.training import train
 
-    manifest = json.loads((data_dir / "manifest.json").read_text())
+    manifest = json.loads((Path(publish.current(data_dir).location.path) / "manifest.json").read_text())
     settings = {"train.model": family, "train.image_size": str(manifest["image_size"]),
                 "train.experiment": f"quality-{uuid.uuid4().hex[:8]}", "paths.store": str(root / "store"),
                 "mlflow.tracking_uri": uri}  # fmt: skip
@@ -152,6 +169,33 @@ def _train_one(spark, base: Config, family: str, data_dir: Path, root: Path, uri
     started = time.perf_counter()
     result = train(spark, base.replace(**settings), str(data_dir), resume=False)
     return {**result, "seconds": time.perf_counter() - started}
+
+
+def _judge_latent(spark, base: Config, trained: dict[str, dict[str, Any]], data_dir: Path, uri: str,
+                  out: Path) -> dict[str, Any]:  # fmt: skip
+    """The VAE's attribute vectors over the train split, judged by the attribute CNN on 64 test faces."""
+    from sparkvision import latent
+    from sparkvision.tracking import Tracking
+
+    started = time.perf_counter()
+    vae, judge = (f"models:/{trained[f]['registered_model']}/{trained[f]['version']}" for f in ("vae", "attributes"))
+    names = [key.removeprefix("rise_") for _, key, *_ in GOALS["latent"]]
+    tracking = Tracking(uri)
+    judged = latent.judge_vectors(spark, tracking, vae, judge, str(data_dir), names, LATENT_FACTORS, base.score,
+                                  rows=64)  # fmt: skip
+    # One morph grid to look at (first test faces along each judged vector), kept beside quality.md.
+    model = latent.load_model(vae, tracking)
+    vectors, x = judged["vectors"], judged["x"][:3]
+    rows = [[face, *latent.morph(model, face, vectors.vector(a), LATENT_FACTORS)[0]] for a in names for face in x]
+    titles = [f"{a}" for a in names for _ in x]
+    path, artifact = latent.save_and_log(rows, out, "morph_judged.png", model, tracking, row_titles=titles,
+                                         col_titles=["input", *(f"{f:+g}" for f in LATENT_FACTORS)])  # fmt: skip
+    print(f"latent: morph grid {path} (run {model.run_id} artifact {artifact})", flush=True)
+    metrics = {f"rise_{a}": r for a, r in judged["rise"].items()}
+    judge_auroc = {a: round(trained["attributes"]["metrics"].get(f"test_auroc_{a}", float("nan")), 3) for a in names}
+    print(f"latent: the judge's test AUROC {judge_auroc}; vectors from {judged['counts']['used']} train images",
+          flush=True)  # fmt: skip
+    return {"metrics": metrics, "curves": judged["curves"], "seconds": time.perf_counter() - started}
 
 
 if __name__ == "__main__":

@@ -26,7 +26,15 @@ DESCRIPTION = "Image datasets on Spark: ingest to Parquet, train with Horovod, t
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors on one line (``sparkvision: error: train: ...``), exit code 2."""
+    """argparse with usage errors on one line (``sparkvision: error: train: ...``), exit code 2.
+
+    A value that starts with a negative number (``--steps -3:3:7``, ``--steps -1,0,2``) is a value,
+    not an unknown option, as ``-3`` alone already is.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d*\.?\d+([:,][-+.\d:,]*)?$")
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix(PROG).strip()

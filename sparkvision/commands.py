@@ -313,6 +313,96 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
     return 0
 
 
+# --------------------------------------------------------------------------- vae (latent space)
+
+
+def vae(cfg: Config, *, action: str, model_uri: str, data: str = "", out: str = "", count: int = 16, seed: int = 0,
+        temperature: str = "1.0", image: str = "", attribute: str = "Smiling", steps: str = "",
+        a: str = "", b: str = "") -> int:  # fmt: skip
+    """Attribute vectors, new faces, a photo morphed along attributes, interpolation: a registered VAE's latent space."""
+    from sparkvision import latent
+
+    tracking = preflight.model_uri("--model-uri", model_uri, cfg)
+    if action == "vectors":
+        data = preflight.dataset("--data", data, "an ingested CelebA dataset")
+    try:
+        inputs = {flag: latent.read_image(value) for flag, value in (("--image", image), ("--a", a), ("--b", b))
+                  if value}  # fmt: skip
+        steps = steps or {"morph": "-3:3:7", "interpolate": "8"}.get(action, "")
+        factors = latent.parse_steps(steps) if action == "morph" else None
+        try:
+            scale = float(temperature)
+        except ValueError:
+            raise UserError(f"--temperature: expected a number (1.0 = the prior), found {temperature!r}") from None
+        weights = latent.parse_attributes(attribute) if action == "morph" else {}
+        missing = {"morph": ["--image"], "interpolate": ["--a", "--b"]}.get(action, [])
+        if any(f not in inputs for f in missing):
+            raise UserError(f"vae {action}: expected {' and '.join(missing)} (an image path or URL), found none")
+        if action == "vectors":
+            from sparkvision.scoring import batch
+            from sparkvision.spark import get_spark
+
+            model = batch.resolve_model(spark := get_spark(cfg.spark, gpus=cfg.score.gpus_per_task), model_uri,
+                                        tracking)  # fmt: skip
+            where = _latent_out(cfg, out, model.name, model.version)
+            vectors, counts = latent.compute_vectors(spark, model, data, cfg.score)
+            path = latent.save_vectors(vectors, where, tracking, model.run_id)
+            usable = int(((vectors.positives > 0) & (vectors.negatives > 0)).sum())
+            print(f"attribute vectors of {model.pinned_uri} over {counts['used']} train images of {counts['dataset']} "
+                  f"({counts['failed']} failed): {usable} of {len(vectors.names)} attributes with images on both "
+                  f"sides")  # fmt: skip
+            top = sorted(zip(vectors.names, vectors.positives, vectors.negatives, strict=True),
+                         key=lambda t: -min(t[1], t[2]))[:3]  # fmt: skip
+            print("  e.g. " + ", ".join(f"{n} {p} with / {q} without" for n, p, q in top))
+            print(f"  table: {path}" + (f"; run {model.run_id} artifact {latent.VECTORS_ARTIFACT}" if model.run_id
+                                        else ""))  # fmt: skip
+            return 0
+        model = latent.load_model(model_uri, tracking)
+        where = _latent_out(cfg, out, model.resolved.name, model.resolved.version)
+        prepared = {flag: model.prepare(raw, flag) for flag, raw in inputs.items()}
+        if action == "generate":
+            if count < 1:
+                raise UserError(f"--count: expected 1 or more faces, found {count}")
+            new = latent.generate(model, count, seed, scale)
+            rows = [list(new[i : i + 8]) for i in range(0, count, 8)]
+            saved = [latent.save_and_log(rows, where, f"generate_seed{seed}_t{scale:g}.png", model,
+                                         tracking, title=f"{count} faces from z ~ N(0, {scale:g}² I), "
+                                         f"seed {seed}")]  # fmt: skip
+        elif action == "morph":
+            vectors = latent.load_vectors(tracking, model.run_id, model_uri)
+            lines = {n: {n: w} for n, w in weights.items()}
+            if len(weights) > 1:
+                lines[",".join(f"{n}={w:+g}" for n, w in weights.items())] = weights
+            grid = [[prepared["--image"], *latent.morph(model, prepared["--image"], latent.direction(vectors, w),
+                                                        factors)[0]] for w in lines.values()]  # fmt: skip
+            titles = [f"{n} ×{w[n]:+g}" if len(w) == 1 else "all" for n, w in lines.items()]
+            name = "morph_" + "_".join(weights) + ".png"
+            saved = [latent.save_and_log(grid, where, name, model, tracking, row_titles=titles,
+                                         col_titles=["input", *(f"{f:+.2g}" for f in factors)],
+                                         title=f"{Path(image).name} moved along {attribute}")]  # fmt: skip
+        else:
+            n = int(steps) if steps.strip().isdigit() else 0
+            if n < 2:
+                raise UserError(f"--steps: expected 2 or more interpolation steps (e.g. --steps 8), found {steps!r}")
+            row = latent.interpolate(model, prepared["--a"], prepared["--b"], n)
+            saved = [latent.save_and_log([[prepared["--a"], *row, prepared["--b"]]], where, "interpolate.png", model,
+                                         tracking, col_titles=["a", *(f"{i / (n - 1):.2f}" for i in range(n)), "b"],
+                                         title=f"{Path(a).name} → {Path(b).name} in z")]  # fmt: skip
+    except latent.LatentError as exc:
+        raise UserError(str(exc)) from exc
+    for path, artifact in saved:
+        run = f"; run {model.run_id} artifact {artifact}" if artifact else ""
+        print(f"vae {action} with {model.resolved.pinned_uri}: {path}{run}")
+    return 0
+
+
+def _latent_out(cfg: Config, out: str, name: str | None, version: str | None) -> str:
+    """``--out``, or ``<paths.runs>/latent/<model name>-v<version>``."""
+    if out:
+        return preflight.local_path("--out", out)
+    return str(cfg.path("runs") / "latent" / (f"{name}-v{version}" if name else "model"))
+
+
 def report(cfg: Config, *, run: str, out: str = "", tracking_uri: str = "") -> int:
     """Write a self-contained HTML report of a run and log it to the run."""
     out = preflight.local_path("--out", out) if out else str(cfg.path("runs") / "reports" / f"{run}.html")
@@ -484,6 +574,22 @@ COMMANDS: dict[str, Command] = {
             Arg("gallery", "gallery folder", required=True),
             Arg("model_uri", "embedding model (enroll; default faces.model_uri)", default=""),
             Arg("output", "identification results (identify)", default=""),
+        )),
+        Command("vae", "a registered VAE's latent space: attribute vectors, new faces, morph a photo, interpolate", vae, (
+            _action("vectors", "generate", "morph", "interpolate"),
+            Arg("model_uri", "the VAE, models:/NAME@ALIAS (or /VERSION, runs:/..., a folder)", required=True),
+            Arg("data", "vectors: ingested CelebA dataset whose train split gives the vectors", default=""),
+            Arg("out", "folder for the pictures and the vectors table (default <paths.runs>/latent/<model>-v<N>)",
+                default=""),
+            Arg("count", "generate: faces", int, 16),
+            Arg("seed", "generate: seed of z", int, 0),
+            Arg("temperature", "generate: scale of z ~ N(0, I)", default="1.0"),
+            Arg("image", "morph: the photo (path or URL)", default=""),
+            Arg("attribute", "morph: NAME or NAME=WEIGHT,... (e.g. Smiling=+2,Eyeglasses=+1)", default="Smiling"),
+            Arg("steps", "morph: factors START:STOP:COUNT or a,b,c (default -3:3:7); interpolate: points (default 8)",
+                default=""),
+            Arg("a", "interpolate: first image (path or URL)", default=""),
+            Arg("b", "interpolate: second image (path or URL)", default=""),
         )),
         Command("report", "write a self-contained HTML report of a run and log it to MLflow", report, (
             Arg("run", "MLflow run id", required=True),

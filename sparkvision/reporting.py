@@ -1,7 +1,8 @@
 """Self-contained HTML report of one MLflow run, logged back to the run as ``report/report.html``.
 
 The page needs nothing but itself: CSS is inline and every image (metric curves drawn from the
-metric history, the run's ``pictures/`` artifacts) is embedded as a base64 ``data:`` URI, so it
+metric history, the run's ``pictures/`` and ``latent/`` artifacts: the training-time pictures and
+those of ``sparkvision vae``) is embedded as a base64 ``data:`` URI, so it
 can be mailed, attached to a ticket or opened from the MLflow UI's artifact view.
 
 Sections: run facts, parameters, final metrics, metric curves, pictures, registered model
@@ -36,6 +37,8 @@ PROMOTION_ARTIFACT_DIR = "promotion"
 """``sparkvision.promotion.ARTIFACT_DIR``: the promotion decisions about this run's model."""
 INSPECTION_ARTIFACT_DIR = "inspection"
 """``sparkvision.scoring.inspect.ARTIFACT_DIR``: whole-image inspections with this run's model."""
+PICTURE_DIRS = ("pictures/", "latent/")
+"""Artifact folders whose pictures the report shows (``latent/``: ``sparkvision vae``'s grids)."""
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -227,7 +230,7 @@ def write_report(
             elif path.startswith(f"{INSPECTION_ARTIFACT_DIR}/") and suffix in PICTURE_TYPES:
                 data = tracking.download(run_id, path, tmp).read_bytes()
                 overlays.append((path, _data_uri(data, PICTURE_TYPES[suffix])))
-            elif path.startswith("pictures/") and suffix in PICTURE_TYPES:
+            elif path.startswith(PICTURE_DIRS) and suffix in PICTURE_TYPES:
                 data = tracking.download(run_id, path, tmp).read_bytes()
                 pictures.append((path, _data_uri(data, PICTURE_TYPES[suffix])))
             elif path.startswith(f"{SCORING_ARTIFACT_DIR}/") and path.endswith("_summary.json"):
@@ -269,7 +272,7 @@ def write_report(
         "<h2>Pictures</h2>",
         "<div class='grid'>" + "".join(
             f"<figure><img alt='{html.escape(p)}' src='{src}'><figcaption>{html.escape(p)}</figcaption></figure>"
-            for p, src in pictures) + "</div>" if pictures else "<p>no pictures/ artifacts</p>",
+            for p, src in pictures) + "</div>" if pictures else "<p>no pictures/ or latent/ artifacts</p>",
         "<h2>Registered model versions</h2>",
         _table(["model", "version", "aliases", "status", "created", "source"], versions)
         if versions else "<p>no registered model version comes from this run</p>",

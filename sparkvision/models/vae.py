@@ -1,5 +1,7 @@
-"""The CelebA variational autoencoder (as in the talks): builders, capabilities (generate new
-faces, attribute vectors, moving a face along one, interpolation) and its ``Task``.
+"""The CelebA variational autoencoder (as in the talks): builders, capabilities (encode, decode,
+generate new faces, interpolation) and its ``Task``. Attribute vectors over a whole train split
+and faces moved along them are ``sparkvision.latent`` (``sparkvision vae``): the training-time
+pictures have only a few evaluation rows, too few for an attribute vector.
 
 At 128x128x3 and z=200 the encoder has 1,732,944 parameters and the decoder 917,123.
 The scoring output ``mu`` is the face embedding used by face identification
@@ -13,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sparkvision.data import schema
 from sparkvision.models import common
 from sparkvision.models.base import ModelSpec
 
@@ -114,41 +115,6 @@ def generate(decoder: tf.keras.Model, n: int, seed: int = 0) -> np.ndarray:
     return decode(decoder, z)
 
 
-def attribute_vector(encoder: tf.keras.Model, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Mean ``mu`` of the images with the attribute (label > 0.5) minus the mean of those without.
-
-    Raises:
-        ValueError: When either group is empty.
-    """
-    has = np.asarray(labels).reshape(-1) > 0.5
-    if has.all() or not has.any():
-        raise ValueError(f"attribute_vector: expected images with and without the attribute, found {int(has.sum())} "
-                         f"of {len(has)} with it")  # fmt: skip
-    mu = encode(encoder, x)
-    return (mu[has].mean(axis=0) - mu[~has].mean(axis=0)).astype(np.float32)
-
-
-def move_along(
-    encoder: tf.keras.Model,
-    decoder: tf.keras.Model,
-    x: np.ndarray,
-    vector: np.ndarray,
-    steps: int = 7,
-    scale: float = 3.0,
-) -> np.ndarray:
-    """Decode ``mu(x) + f * vector / |vector|`` for ``steps`` factors ``f`` in ``[-scale, scale]``.
-
-    Returns:
-        ``(N, steps, H, W, C)`` for ``N`` input images (the "smiling faces" rows).
-    """
-    unit = np.asarray(vector, np.float32) / max(float(np.linalg.norm(vector)), 1e-8)
-    mu = encode(encoder, x)
-    factors = np.linspace(-scale, scale, steps, dtype=np.float32)
-    z = mu[:, None, :] + factors[None, :, None] * unit[None, None, :]
-    images = decode(decoder, z.reshape(-1, mu.shape[1]))
-    return images.reshape(len(mu), steps, *images.shape[1:])
-
-
 def interpolate(
     encoder: tf.keras.Model, decoder: tf.keras.Model, a: np.ndarray, b: np.ndarray, steps: int = 8
 ) -> np.ndarray:
@@ -241,14 +207,6 @@ class VaeTask:
             row = interpolate(model.encoder, model.decoder, x[0], x[1], steps=8)
             paths.append(pictures.save_grid([[x[0], *row, x[1]]], out_dir / "vae_interpolation.png",
                                             title="interpolation between two images in z"))  # fmt: skip
-        smiling = schema.CELEBA_ATTRIBUTES.index("Smiling")
-        labels = y.get("attributes")
-        if labels is not None and len(labels) == len(x) and 0 < (labels[:, smiling] > 0.5).sum() < len(x):
-            vector = attribute_vector(model.encoder, x, labels[:, smiling])
-            moved = move_along(model.encoder, model.decoder, x[: min(4, n)], vector, steps=7)
-            factors = [f"{f:+.1f}" for f in np.linspace(-3.0, 3.0, 7)]
-            paths.append(pictures.save_grid([list(r) for r in moved], out_dir / "vae_smiling.png",
-                                            col_titles=factors, title="moving along the 'Smiling' vector"))  # fmt: skip
         return paths
 
     def predict(self, model: tf.keras.Model, x: np.ndarray, meta: Meta) -> dict[str, np.ndarray]:

@@ -182,24 +182,29 @@ def test_vae_tape_wrapper_is_applied(cfg: Config) -> None:
 
 
 def test_vae_capabilities(cfg: Config) -> None:
+    """The model's own capabilities and ``sparkvision.latent``'s moves on a LatentModel of it."""
+    from sparkvision import latent
     from sparkvision.models import vae
 
     model = vae.build_vae((SIZE, SIZE, 3), 16, 0.0)
     x = np.random.default_rng(0).random((6, SIZE, SIZE, 3)).astype(np.float32)
-    labels = np.array([1, 1, 1, 0, 0, 0])
     mu = vae.encode(model.encoder, x)
-    vector = vae.attribute_vector(model.encoder, x, labels)
-    np.testing.assert_allclose(vector, mu[:3].mean(0) - mu[3:].mean(0), rtol=1e-5, atol=1e-6)
+    vector = mu[:3].mean(0) - mu[3:].mean(0)
     assert vae.generate(model.decoder, 5, seed=3).shape == (5, SIZE, SIZE, 3)
     np.testing.assert_array_equal(vae.generate(model.decoder, 2, seed=3), vae.generate(model.decoder, 2, seed=3))
-    moved = vae.move_along(model.encoder, model.decoder, x[:2], vector, steps=5)
-    assert moved.shape == (2, 5, SIZE, SIZE, 3)
-    assert not np.allclose(moved[:, 0], moved[:, -1])
     row = vae.interpolate(model.encoder, model.decoder, x[0], x[1], steps=4)
     np.testing.assert_allclose(row[0], vae.decode(model.decoder, mu[:1])[0], atol=1e-5)
     np.testing.assert_allclose(row[-1], vae.decode(model.decoder, mu[1:2])[0], atol=1e-5)
-    with pytest.raises(ValueError, match="with and without"):
-        vae.attribute_vector(model.encoder, x, np.ones(6))
+
+    space = latent.LatentModel(model.encoder, model.decoder, {"image_size": SIZE}, resolved=None)
+    moved = latent.morph(space, x[:2], vector, np.linspace(-3, 3, 5))
+    assert moved.shape == (2, 5, SIZE, SIZE, 3)
+    assert not np.allclose(moved[:, 0], moved[:, -1])
+    np.testing.assert_allclose(moved[:, 2], vae.decode(model.decoder, mu[:2]), atol=1e-5)  # factor 0: mu itself
+    np.testing.assert_allclose(latent.generate(space, 2, seed=1, temperature=0.0),
+                               vae.decode(model.decoder, np.zeros((2, 16), np.float32)), atol=1e-6)  # fmt: skip
+    line = latent.interpolate(space, x[0], x[1], 4)
+    np.testing.assert_allclose(line, row, atol=1e-5)
 
 
 @pytest.mark.parametrize(
