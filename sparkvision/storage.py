@@ -239,19 +239,26 @@ class Location:
         """A seekable binary file (for ``pyarrow.parquet.ParquetFile``)."""
         return self.fs.open_input_file(self.path)
 
-    def write_bytes(self, data: bytes) -> None:
+    def write_bytes(self, data: bytes, durable: bool = True) -> None:
         """Write the whole file; readers see the old content or the new one, never a part.
 
         Local files are written beside the target and renamed over it; on HDFS and object
         stores a single ``open_output_stream`` upload becomes visible only when closed.
+
+        Args:
+            data: The whole content.
+            durable: Local files: ``fsync`` before the rename (pointers, manifests). Bulk data
+                files of an uncommitted version pass False, as Spark's own writers do: the
+                version's pointer, written last, is what commits them.
         """
         if self.is_local:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, self.path)
             return
         self.parent.mkdirs()

@@ -487,7 +487,7 @@ def write_parquet(path: Location, rows: list[dict[str, Any]], fields: tuple[Any,
     table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in fields}, schema=schema)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="snappy", use_compliant_nested_type=True)
-    path.write_bytes(buf.getvalue().to_pybytes())
+    path.write_bytes(buf.getvalue().to_pybytes(), durable=False)  # the version's pointer commits it
 
 
 def _write_quarantine(
