@@ -273,13 +273,17 @@ def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: 
     return 0
 
 
-def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str = "", output: str = "") -> int:
-    """Enroll known identities into a gallery, or identify new faces against it."""
+def faces(cfg: Config, *, action: str, input: str, gallery: str = "", model_uri: str = "", output: str = "") -> int:
+    """Enroll known identities into a gallery, identify new faces against it, or evaluate embeddings."""
     from sparkvision.data.publish import Retention
     from sparkvision.spark import get_spark
 
+    if action == "evaluate":
+        return _faces_evaluate(cfg, input, model_uri)
+    if not gallery:
+        raise UserError(f"--gallery: expected the gallery folder to {action}, found none")
     if action == "enroll":
-        source = preflight.dataset("--input", input, "an ingested CelebA dataset")
+        source = _enroll_source(input)
         gallery = preflight.location("--gallery", gallery)
         model_uri = model_uri or cfg.faces.model_uri
         if not model_uri:
@@ -307,6 +311,47 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
     rates = "".join(f", {k} {s[k]}" for k in ("top1_accuracy", "rank1_accuracy", "far") if s.get(k) is not None)
     print(f"identified {s['inputs']} image(s) into {s['output']} ({s['version']}): {s['accepted']} accepted, "
           f"{s['unknown']} unknown, {s['failed']} failed{rates}")  # fmt: skip
+    return 0
+
+
+def _enroll_source(input: str) -> str:
+    """``faces enroll --input``: an ingested CelebA dataset, or a folder of person folders."""
+    from sparkvision.scoring.batch import is_dataset
+
+    path = preflight.existing_dir("--input", input, "an ingested CelebA dataset or a folder of person folders")
+    if is_dataset(path):
+        return preflight.dataset("--input", path, "an ingested CelebA dataset")
+    return path
+
+
+def _faces_evaluate(cfg: Config, input: str, model_uri: str) -> int:
+    """``faces evaluate``: rank-1 and TAR@FAR of each embedding model on held-out identities, side by side."""
+    from sparkvision.spark import get_spark
+
+    source = preflight.dataset("--input", input, "an ingested CelebA dataset")
+    prefix, alias = cfg.train.registered_model_prefix, cfg.train.alias
+    uris = [u.strip() for u in model_uri.split(",") if u.strip()] or [
+        f"models:/{prefix}-face_embed@{alias}", f"models:/{prefix}-vae@{alias}"]  # fmt: skip
+    tracking = None
+    for uri in uris:
+        tracking = preflight.model_uri("--model-uri", uri, cfg)
+    from sparkvision import identification
+
+    r = identification.evaluate(get_spark(cfg.spark), uris, source, cfg.faces, tracking=tracking)
+    p = r["protocol"]
+    first = r["models"][0]
+    print(f"face identification on held-out identities of {r['input']}: {first['identities']:.0f} enrolled "
+          f"({p['enrolled_split']} split, {p['gallery_images']} image(s) each), {first['probes']:.0f} probes, "
+          f"{first['impostors']:.0f} impostor images of never-enrolled identities ({p['impostor_split']} split)")  # fmt: skip
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"  {'model':<44} {'embedding':<10} {'rank-1':>7} {'TAR':>7} {'@FAR':>7} {'threshold':>9}")
+    for m in r["models"]:
+        print(f"  {m['model']['pinned_uri']:<44} {m['embedding']:<10} {fmt(m['rank1']):>7} {fmt(m['tar']):>7} "
+              f"{fmt(m['far']):>7} {fmt(m['threshold']):>9}")  # fmt: skip
+    print(f"  (TAR at a target FAR of {p['target_far']}; chance rank-1 {fmt(first['chance_rank1'])})")
     return 0
 
 
@@ -412,10 +457,12 @@ COMMANDS: dict[str, Command] = {
             Arg("incremental", "score only files not yet in the output", bool, False),
         )),
         Command("faces", "face identification from embeddings", faces, (
-            _action("enroll", "identify"),
-            Arg("input", "ingested CelebA dataset folder (enroll) or images/dataset (identify)", required=True),
-            Arg("gallery", "gallery folder", required=True),
-            Arg("model_uri", "embedding model (enroll; default faces.model_uri)", default=""),
+            _action("enroll", "identify", "evaluate"),
+            Arg("input", "ingested CelebA dataset (enroll, evaluate), a folder of person folders (enroll) or "
+                "images/dataset (identify)", required=True),
+            Arg("gallery", "gallery folder (enroll, identify)", default=""),
+            Arg("model_uri", "embedding model (enroll; default faces.model_uri); evaluate: comma-separated "
+                "models (default the face_embed and vae candidates)", default=""),
             Arg("output", "identification results (identify)", default=""),
         )),
         Command("report", "write a self-contained HTML report of a run and log it to MLflow", report, (
