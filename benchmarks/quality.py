@@ -39,7 +39,11 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
     "classifier": [("hair-colour folder accuracy", "test_accuracy", 0.9, ">="),
                    ("inference-mode train - val accuracy", "train_val_gap", 0.05, "<=")],
     "vae": [("reconstruction MSE / mean-image MSE", "test_recon_mse_ratio", 0.5, "<=")],
+    "face_embed": [("held-out identities rank-1", "faces_rank1", 0.95, ">="),
+                   ("held-out identities TAR @ FAR 0.01", "faces_tar", 0.9, ">=")],
 }  # fmt: skip
+FACES_OF = {"face_embed": "embedding", "vae": "mu"}
+"""``faces evaluate`` figures (rank-1, TAR@FAR) of each trained embedding model, printed side by side."""
 
 
 def folder_from_faces(celeba: Path, out: Path) -> Path:
@@ -73,6 +77,7 @@ def derived(family: str, metrics: dict[str, float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faces", type=int, default=3000)
+    parser.add_argument("--images-per-identity", type=int, default=8, help="generated images of each identity")
     parser.add_argument("--epochs", type=int, default=0, help="0: train.epochs of conf/base")
     parser.add_argument("--families", default="all", help=f"comma list of {sorted(GOALS)} or all")
     parser.add_argument("--out", default="runs/bench")
@@ -96,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             datasets: dict[str, Path] = {}
             started = time.perf_counter()
-            if {"vae", "attributes", "detector", "classifier"} & set(families):
-                generate_celeba(root / "celeba", count=args.faces, seed=11)
+            if {"vae", "attributes", "detector", "classifier", "face_embed"} & set(families):
+                generate_celeba(root / "celeba", count=args.faces, seed=11,
+                                images_per_identity=args.images_per_identity)  # fmt: skip
                 datasets["celeba"] = root / "parquet-celeba"
                 ingest(spark, "celeba", str(root / "celeba"), str(datasets["celeba"]), base.ingest, workers=2)
             if "classifier" in families:
@@ -111,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
                 datasets["fabric"] = root / "parquet-fabric"
                 ingest(spark, "mvtec", str(root / "fabric"), str(datasets["fabric"]), base.ingest, workers=2)
             print(f"data generated and ingested in {time.perf_counter() - started:.0f} s", flush=True)
+            embedders: dict[str, str] = {}
             for family in families:
                 table = {"fabric_ae": "fabric", "classifier": "folder"}.get(family, "celeba")
                 result = _train_one(spark, base, family, datasets[table], root, server.url, args.epochs,
                                     args.overrides)  # fmt: skip
+                if family in FACES_OF:
+                    embedders[family] = result["model_uri"]
                 figures = derived(family, result["metrics"])
                 for label, key, goal, direction in GOALS[family]:
                     value = float(figures.get(key, float("nan")))
@@ -122,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append((family, label, value, goal, f"{direction} {goal:g}: {'met' if met else 'NOT met'}"))
                 print(f"{family}: trained in {result['seconds']:.0f} s, best epoch {result['best_epoch'] + 1}",
                       flush=True)  # fmt: skip
+            if "face_embed" in embedders:
+                rows = _faces_rows(spark, base, datasets["celeba"], server.url, embedders, rows)
         finally:
             spark.stop()
             tracking.stop_server(root / "mlflow")
@@ -134,6 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     (out / "quality.md").write_text(text + "\n")
     print(f"wrote {out / 'quality.md'}")
     return 0
+
+
+def _faces_rows(spark, base: Config, data_dir: Path, uri: str, embedders: dict[str, str],
+                rows: list[tuple[str, str, float, float, str]]) -> list[tuple[str, str, float, float, str]]:  # fmt: skip
+    """``faces evaluate`` on the held-out identities: the face_embed goals replaced by its figures,
+    and the VAE's ``mu`` figures beside them (no goal)."""
+    from sparkvision.identification import evaluate
+    from sparkvision.tracking import Tracking
+
+    result = evaluate(spark, list(embedders.values()), str(data_dir), base.faces, tracking=Tracking(uri))
+    out = [r for r in rows if r[0] != "face_embed"]
+    for family, m in zip(embedders, result["models"], strict=True):
+        print(f"faces evaluate {family} ({m['embedding']}): rank-1 {m['rank1']}, TAR {m['tar']} at FAR {m['far']} "
+              f"({m['identities']:.0f} enrolled identities, {m['probes']:.0f} probes, {m['impostors']:.0f} impostors)")  # fmt: skip
+        for label, key, goal, direction in GOALS["face_embed"]:
+            value = float(m[key.removeprefix("faces_")] if m[key.removeprefix("faces_")] is not None else "nan")
+            if family == "face_embed":
+                met = value >= goal if direction == ">=" else value <= goal
+                out.append((family, label, value, goal, f"{direction} {goal:g}: {'met' if met else 'NOT met'}"))
+            else:
+                out.append((f"{family} ({m['embedding']})", label, value, goal, "for comparison"))
+    return out
 
 
 def _train_one(spark, base: Config, family: str, data_dir: Path, root: Path, uri: str, epochs: int,

@@ -273,7 +273,8 @@ def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: 
     return 0
 
 
-def faces(cfg: Config, *, action: str, input: str, gallery: str = "", model_uri: str = "", output: str = "") -> int:
+def faces(cfg: Config, *, action: str, input: str, gallery: str = "", model_uri: str = "", output: str = "",
+          split: Sequence[str] = (), images_per_identity: int = 0) -> int:  # fmt: skip
     """Enroll known identities into a gallery, identify new faces against it, or evaluate embeddings."""
     from sparkvision.data.publish import Retention
     from sparkvision.spark import get_spark
@@ -293,7 +294,8 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str = "", model_uri:
         from sparkvision import identification
 
         g = identification.enroll(get_spark(cfg.spark), model_uri, source, gallery, cfg.faces, tracking=tracking,
-                                  retention=Retention.of(cfg.ingest))  # fmt: skip
+                                  retention=Retention.of(cfg.ingest), splits=tuple(split or ("train",)),
+                                  images_per_identity=images_per_identity)  # fmt: skip
         print(f"enrolled {g['identities']} identities ({g['images']} images, {g['failed']} failed"
               f"{_reasons(g['failed_by_reason'])}) into {g['gallery']} ({g['version']}); "
               f"threshold {g['threshold']:.4f} ({g['threshold_source']})")  # fmt: skip
@@ -307,7 +309,7 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str = "", model_uri:
     from sparkvision import identification
 
     s = identification.identify(get_spark(cfg.spark), gallery, source, output, cfg.faces, tracking=tracking,
-                                retention=Retention.of(cfg.ingest))  # fmt: skip
+                                retention=Retention.of(cfg.ingest), splits=tuple(split or ()))  # fmt: skip
     rates = "".join(f", {k} {s[k]}" for k in ("top1_accuracy", "rank1_accuracy", "far") if s.get(k) is not None)
     print(f"identified {s['inputs']} image(s) into {s['output']} ({s['version']}): {s['accepted']} accepted, "
           f"{s['unknown']} unknown, {s['failed']} failed{rates}")  # fmt: skip
@@ -464,6 +466,9 @@ COMMANDS: dict[str, Command] = {
             Arg("model_uri", "embedding model (enroll; default faces.model_uri); evaluate: comma-separated "
                 "models (default the face_embed and vae candidates)", default=""),
             Arg("output", "identification results (identify)", default=""),
+            Arg("split", "dataset splits to enroll (default train) or identify (default all); repeatable", list, ()),
+            Arg("images_per_identity", "enroll: the first N images of each identity (by id), the rest are probes; "
+                "0: all", int, 0),
         )),
         Command("report", "write a self-contained HTML report of a run and log it to MLflow", report, (
             Arg("run", "MLflow run id", required=True),
