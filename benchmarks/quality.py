@@ -171,9 +171,10 @@ def _faces_rows(spark, base: Config, data_dir: Path, uri: str, embedders: dict[s
 
 def _train_one(spark, base: Config, family: str, data_dir: Path, root: Path, uri: str, epochs: int,
                overrides: list[str]) -> dict[str, Any]:  # fmt: skip
+    from sparkvision.data import publish
     from sparkvision.training import train
 
-    manifest = json.loads((data_dir / "manifest.json").read_text())
+    manifest = json.loads(publish.current(data_dir).location.join("manifest.json").read_text())
     settings = {"train.model": family, "train.image_size": str(manifest["image_size"]),
                 "train.experiment": f"quality-{uuid.uuid4().hex[:8]}", "paths.store": str(root / "store"),
                 "mlflow.tracking_uri": uri}  # fmt: skip

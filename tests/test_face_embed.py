@@ -42,7 +42,8 @@ def identities_parquet(spark, cfg: Config, tmp_path_factory: pytest.TempPathFact
 def _frame(dataset: Path, split: str) -> Any:
     import pyarrow.parquet as pq
 
-    return pq.read_table(f"{publish.current(dataset).location.path}/data/split={split}").to_pandas().sort_values("id")
+    frame = pq.read_table(f"{publish.current(dataset).location.path}/data/split={split}").to_pandas()
+    return frame.assign(split=split).sort_values("id")
 
 
 @pytest.fixture(scope="module")
