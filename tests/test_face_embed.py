@@ -185,3 +185,17 @@ def test_scoring_output_is_a_unit_embedding(trained: dict[str, Any], identities_
     assert emb.shape == (4, trained["meta"]["embedding_dim"])
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert json.loads(json.dumps(trained["meta"]))["task"] == "face_embed"
+
+
+def test_faces_evaluate_command_prints_the_table(cfg: Config, mlflow_server: str, trained: dict[str, Any],
+                                                 vae_uri: str, identities_parquet: Path, capsys) -> None:  # fmt: skip
+    from sparkvision import commands
+
+    run_cfg = cfg.replace(**{"mlflow.tracking_uri": mlflow_server})
+    uris = f"{trained['model_uri']},{vae_uri}"
+    assert commands.faces(run_cfg, action="evaluate", input=str(identities_parquet), model_uri=uris) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "10 enrolled (test split, 2 image(s) each), 60 probes, 80 impostor images" in lines[0]
+    assert lines[1].split() == ["model", "embedding", "rank-1", "TAR", "@FAR", "threshold"]
+    assert lines[2].split()[1] == "embedding" and lines[3].split()[1] == "mu"
+    assert "TAR at a target FAR of 0.01" in lines[4]
