@@ -188,14 +188,16 @@ def test_scoring_output_is_a_unit_embedding(trained: dict[str, Any], identities_
 
 
 def test_faces_evaluate_command_prints_the_table(cfg: Config, mlflow_server: str, trained: dict[str, Any],
-                                                 vae_uri: str, identities_parquet: Path, capsys) -> None:  # fmt: skip
+                                                 identities_parquet: Path, capsys) -> None:  # fmt: skip
+    """The command's table (one model here; the side-by-side figures are ``evaluation``'s)."""
     from sparkvision import commands
 
     run_cfg = cfg.replace(**{"mlflow.tracking_uri": mlflow_server})
-    uris = f"{trained['model_uri']},{vae_uri}"
-    assert commands.faces(run_cfg, action="evaluate", input=str(identities_parquet), model_uri=uris) == 0
+    code = commands.faces(run_cfg, action="evaluate", input=str(identities_parquet), model_uri=trained["model_uri"])
     lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(lines) == 4, lines
     assert "10 enrolled (test split, 2 image(s) each), 60 probes, 80 impostor images" in lines[0]
     assert lines[1].split() == ["model", "embedding", "rank-1", "TAR", "@FAR", "threshold"]
-    assert lines[2].split()[1] == "embedding" and lines[3].split()[1] == "mu"
-    assert "TAR at a target FAR of 0.01" in lines[4]
+    row = lines[2].split()
+    assert row[0].startswith("models:/fe-") and row[1] == "embedding" and float(row[2]) >= 0.8
+    assert "TAR at a target FAR of 0.01" in lines[3]
