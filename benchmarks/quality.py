@@ -42,8 +42,12 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
     # The VAE's attribute vectors (``sparkvision vae vectors``), judged by the trained attribute CNN on
     # test faces moved from -2 to +2 along each: the judged probability must rise by the goal.
     "latent": [(f"judged P({a}) at +2 minus at -2", f"rise_{a}", 0.2, ">=") for a in ("Smiling", "Eyeglasses", "Male")],
+    "face_embed": [("held-out identities rank-1", "faces_rank1", 0.95, ">="),
+                   ("held-out identities TAR @ FAR 0.01", "faces_tar", 0.9, ">=")],
 }  # fmt: skip
 LATENT_FACTORS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+FACES_OF = {"face_embed": "embedding", "vae": "mu"}
+"""``faces evaluate`` figures (rank-1, TAR@FAR) of each trained embedding model, printed side by side."""
 
 
 def folder_from_faces(celeba: Path, out: Path) -> Path:
@@ -77,6 +81,7 @@ def derived(family: str, metrics: dict[str, float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faces", type=int, default=3000)
+    parser.add_argument("--images-per-identity", type=int, default=8, help="generated images of each identity")
     parser.add_argument("--epochs", type=int, default=0, help="0: train.epochs of conf/base")
     parser.add_argument("--families", default="all", help=f"comma list of {sorted(GOALS)} or all")
     parser.add_argument("--out", default="runs/bench")
@@ -100,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             datasets: dict[str, Path] = {}
             started = time.perf_counter()
-            if {"vae", "attributes", "detector", "classifier", "latent"} & set(families):
-                generate_celeba(root / "celeba", count=args.faces, seed=11)
+            if {"vae", "attributes", "detector", "classifier", "latent", "face_embed"} & set(families):
+                generate_celeba(root / "celeba", count=args.faces, seed=11,
+                                images_per_identity=args.images_per_identity)  # fmt: skip
                 datasets["celeba"] = root / "parquet-celeba"
                 ingest(spark, "celeba", str(root / "celeba"), str(datasets["celeba"]), base.ingest, workers=2)
             if "classifier" in families:
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 ingest(spark, "mvtec", str(root / "fabric"), str(datasets["fabric"]), base.ingest, workers=2)
             print(f"data generated and ingested in {time.perf_counter() - started:.0f} s", flush=True)
             trained: dict[str, dict[str, Any]] = {}
+            embedders: dict[str, str] = {}
             # latent last: it judges the VAE with the attribute CNN, trained first when not asked for
             order = [f for f in families if f != "latent"]
             order += [f for f in ("vae", "attributes") if "latent" in families and f not in order] + (
@@ -128,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = _train_one(spark, base, family, datasets[table], root, server.url, args.epochs,
                                         args.overrides)  # fmt: skip
                     trained[family] = result
+                    if family in FACES_OF:
+                        embedders[family] = result["model_uri"]
                 if family not in families:
                     continue
                 figures = derived(family, result["metrics"])
@@ -138,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{family}: trained in {result['seconds']:.0f} s, best epoch {result['best_epoch'] + 1}"
                       if family != "latent" else f"latent: judged in {result['seconds']:.0f} s: {result['curves']}",
                       flush=True)  # fmt: skip
+            if "face_embed" in embedders:
+                rows = _faces_rows(spark, base, datasets["celeba"], server.url, embedders, rows)
         finally:
             spark.stop()
             tracking.stop_server(root / "mlflow")
@@ -152,12 +163,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _faces_rows(spark, base: Config, data_dir: Path, uri: str, embedders: dict[str, str],
+                rows: list[tuple[str, str, float, float, str]]) -> list[tuple[str, str, float, float, str]]:  # fmt: skip
+    """``faces evaluate`` on the held-out identities: the face_embed goals replaced by its figures,
+    and the VAE's ``mu`` figures beside them (no goal)."""
+    from sparkvision.identification import evaluate
+    from sparkvision.tracking import Tracking
+
+    result = evaluate(spark, list(embedders.values()), str(data_dir), base.faces, tracking=Tracking(uri))
+    out = [r for r in rows if r[0] != "face_embed"]
+    for family, m in zip(embedders, result["models"], strict=True):
+        print(f"faces evaluate {family} ({m['embedding']}): rank-1 {m['rank1']}, TAR {m['tar']} at FAR {m['far']} "
+              f"({m['identities']:.0f} enrolled identities, {m['probes']:.0f} probes, {m['impostors']:.0f} impostors)")  # fmt: skip
+        for label, key, goal, direction in GOALS["face_embed"]:
+            value = float(m[key.removeprefix("faces_")] if m[key.removeprefix("faces_")] is not None else "nan")
+            if family == "face_embed":
+                met = value >= goal if direction == ">=" else value <= goal
+                out.append((family, label, value, goal, f"{direction} {goal:g}: {'met' if met else 'NOT met'}"))
+            else:
+                out.append((f"{family} ({m['embedding']})", label, value, goal, "for comparison"))
+    return out
+
+
 def _train_one(spark, base: Config, family: str, data_dir: Path, root: Path, uri: str, epochs: int,
                overrides: list[str]) -> dict[str, Any]:  # fmt: skip
     from sparkvision.data import publish
     from sparkvision.training import train
 
-    manifest = json.loads((Path(publish.current(data_dir).location.path) / "manifest.json").read_text())
+    manifest = json.loads(publish.current(data_dir).location.join("manifest.json").read_text())
     settings = {"train.model": family, "train.image_size": str(manifest["image_size"]),
                 "train.experiment": f"quality-{uuid.uuid4().hex[:8]}", "paths.store": str(root / "store"),
                 "mlflow.tracking_uri": uri}  # fmt: skip

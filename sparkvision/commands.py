@@ -276,13 +276,18 @@ def score(cfg: Config, *, model_uri: str, input: str, output: str, incremental: 
     return 0
 
 
-def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str = "", output: str = "") -> int:
-    """Enroll known identities into a gallery, or identify new faces against it."""
+def faces(cfg: Config, *, action: str, input: str, gallery: str = "", model_uri: str = "", output: str = "",
+          split: Sequence[str] = (), images_per_identity: int = 0) -> int:  # fmt: skip
+    """Enroll known identities into a gallery, identify new faces against it, or evaluate embeddings."""
     from sparkvision.data.publish import Retention
     from sparkvision.spark import get_spark
 
+    if action == "evaluate":
+        return _faces_evaluate(cfg, input, model_uri)
+    if not gallery:
+        raise UserError(f"--gallery: expected the gallery folder to {action}, found none")
     if action == "enroll":
-        source = preflight.dataset("--input", input, "an ingested CelebA dataset")
+        source = _enroll_source(input)
         gallery = preflight.location("--gallery", gallery)
         model_uri = model_uri or cfg.faces.model_uri
         if not model_uri:
@@ -292,7 +297,8 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
         from sparkvision import identification
 
         g = identification.enroll(get_spark(cfg.scoring_spark), model_uri, source, gallery, cfg.faces, tracking=tracking,
-                                  retention=Retention.of(cfg.ingest))  # fmt: skip
+                                  retention=Retention.of(cfg.ingest), splits=tuple(split or ("train",)),
+                                  images_per_identity=images_per_identity)  # fmt: skip
         print(f"enrolled {g['identities']} identities ({g['images']} images, {g['failed']} failed"
               f"{_reasons(g['failed_by_reason'])}) into {g['gallery']} ({g['version']}); "
               f"threshold {g['threshold']:.4f} ({g['threshold_source']})")  # fmt: skip
@@ -306,7 +312,7 @@ def faces(cfg: Config, *, action: str, input: str, gallery: str, model_uri: str 
     from sparkvision import identification
 
     s = identification.identify(get_spark(cfg.scoring_spark), gallery, source, output, cfg.faces, tracking=tracking,
-                                retention=Retention.of(cfg.ingest))  # fmt: skip
+                                retention=Retention.of(cfg.ingest), splits=tuple(split or ()))  # fmt: skip
     rates = "".join(f", {k} {s[k]}" for k in ("top1_accuracy", "rank1_accuracy", "far") if s.get(k) is not None)
     print(f"identified {s['inputs']} image(s) into {s['output']} ({s['version']}): {s['accepted']} accepted, "
           f"{s['unknown']} unknown, {s['failed']} failed{rates}")  # fmt: skip
@@ -401,6 +407,47 @@ def _latent_out(cfg: Config, out: str, name: str | None, version: str | None) ->
     if out:
         return preflight.local_path("--out", out)
     return str(cfg.path("runs") / "latent" / (f"{name}-v{version}" if name else "model"))
+
+
+def _enroll_source(input: str) -> str:
+    """``faces enroll --input``: an ingested CelebA dataset, or a folder of person folders."""
+    from sparkvision.scoring.batch import is_dataset
+
+    path = preflight.existing_dir("--input", input, "an ingested CelebA dataset or a folder of person folders")
+    if is_dataset(path):
+        return preflight.dataset("--input", path, "an ingested CelebA dataset")
+    return path
+
+
+def _faces_evaluate(cfg: Config, input: str, model_uri: str) -> int:
+    """``faces evaluate``: rank-1 and TAR@FAR of each embedding model on held-out identities, side by side."""
+    from sparkvision.spark import get_spark
+
+    source = preflight.dataset("--input", input, "an ingested CelebA dataset")
+    prefix, alias = cfg.train.registered_model_prefix, cfg.train.alias
+    uris = [u.strip() for u in model_uri.split(",") if u.strip()] or [
+        f"models:/{prefix}-face_embed@{alias}", f"models:/{prefix}-vae@{alias}"]  # fmt: skip
+    tracking = None
+    for uri in uris:
+        tracking = preflight.model_uri("--model-uri", uri, cfg)
+    from sparkvision import identification
+
+    r = identification.evaluate(get_spark(cfg.spark), uris, source, cfg.faces, tracking=tracking)
+    p = r["protocol"]
+    first = r["models"][0]
+    print(f"face identification on held-out identities of {r['input']}: {first['identities']:.0f} enrolled "
+          f"({p['enrolled_split']} split, {p['gallery_images']} image(s) each), {first['probes']:.0f} probes, "
+          f"{first['impostors']:.0f} impostor images of never-enrolled identities ({p['impostor_split']} split)")  # fmt: skip
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"  {'model':<44} {'embedding':<10} {'rank-1':>7} {'TAR':>7} {'@FAR':>7} {'threshold':>9}")
+    for m in r["models"]:
+        print(f"  {m['model']['pinned_uri']:<44} {m['embedding']:<10} {fmt(m['rank1']):>7} {fmt(m['tar']):>7} "
+              f"{fmt(m['far']):>7} {fmt(m['threshold']):>9}")  # fmt: skip
+    print(f"  (TAR at a target FAR of {p['target_far']}; chance rank-1 {fmt(first['chance_rank1'])})")
+    return 0
 
 
 def report(cfg: Config, *, run: str, out: str = "", tracking_uri: str = "") -> int:
@@ -569,11 +616,16 @@ COMMANDS: dict[str, Command] = {
             Arg("output", "output to publish a new version of (rows + heatmaps/; path or URL)", required=True),
         )),
         Command("faces", "face identification from embeddings", faces, (
-            _action("enroll", "identify"),
-            Arg("input", "ingested CelebA dataset folder (enroll) or images/dataset (identify)", required=True),
-            Arg("gallery", "gallery folder", required=True),
-            Arg("model_uri", "embedding model (enroll; default faces.model_uri)", default=""),
+            _action("enroll", "identify", "evaluate"),
+            Arg("input", "ingested CelebA dataset (enroll, evaluate), a folder of person folders (enroll) or "
+                "images/dataset (identify)", required=True),
+            Arg("gallery", "gallery folder (enroll, identify)", default=""),
+            Arg("model_uri", "embedding model (enroll; default faces.model_uri); evaluate: comma-separated "
+                "models (default the face_embed and vae candidates)", default=""),
             Arg("output", "identification results (identify)", default=""),
+            Arg("split", "dataset splits to enroll (default train) or identify (default all); repeatable", list, ()),
+            Arg("images_per_identity", "enroll: the first N images of each identity (by id), the rest are probes; "
+                "0: all", int, 0),
         )),
         Command("vae", "a registered VAE's latent space: attribute vectors, new faces, morph a photo, interpolate", vae, (
             _action("vectors", "generate", "morph", "interpolate"),

@@ -128,6 +128,9 @@ class TrainConfig:
     class_weights: bool = True
     detector_target: Literal["bbox", "landmarks"] = "bbox"
     anomaly_quantile: float = field(default=0.99, metadata=_range(0.5, 1.0))
+    embedding_dim: int = field(default=128, metadata=_range(2, 4096))
+    face_margin: float = field(default=0.25, metadata=_range(0.0, 1.0))
+    face_scale: float = field(default=30.0, metadata=_range(1.0, 128.0))
     registered_model_prefix: str = "sparkvision"
     alias: str = "candidate"
     experiment: str = "sparkvision"
@@ -168,6 +171,8 @@ class FacesConfig:
     model_uri: str = ""
     threshold: float = field(default=-1.0, metadata=_range(-1.0, 1.0))
     target_far: float = field(default=0.05, metadata=_range(0.0, 1.0))
+    gallery_images: int = field(default=2, metadata=_range(1, 1000))
+    evaluate_far: float = field(default=0.01, metadata=_range(0.0, 1.0))
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,26 @@
 """Face identification: enroll known identities into a gallery, then identify new faces.
 
-Embeddings are the VAE's ``mu``. The VAE is already trained on these faces and needs no
+Embeddings are those of the enrolling model: the ``embedding`` output of ``face_embed`` (a CNN
+trained on identity labels with a large-margin cosine loss, ``sparkvision.models.face_embed``:
+the one to use), or the VAE's ``mu``. The VAE is already trained on these faces and needs no
 labels; its encoder has to squeeze each face into a ``latent_dim`` (200 by default) code
 from which the decoder redraws it, so ``mu`` keeps what varies most between faces: face
 geometry, skin tone, hair colour and shape. Pose and lighting jitter move ``mu`` less than a
 change of person does, which is what identification needs. We L2-normalise ``mu`` and compare
 with cosine similarity (a dot product of unit vectors), which ignores the code's overall
 scale (contrast, brightness) and is bounded in [-1, 1], so one threshold fits all identities.
-It is not a metric-learned face embedding (no triplet/ArcFace loss): expect it to separate
-the generated identities and coarse real ones, not to match a face-recognition network.
+``mu`` is not a metric-learned face embedding: it separates coarse identities only;
+``evaluate`` prints both embeddings' figures on held-out identities side by side.
+
+Enrollment input: an ingested CelebA dataset (``identity`` column), or a folder with one
+sub-folder per person (``ROOT/<person>/*.jpg``; identity = index of the sorted folder names,
+``name`` = the folder name). A folder has no never-enrolled people to choose the threshold on, so
+with ``threshold < 0`` it is chosen leave-one-identity-out: each person's images, matched
+against the other people's centroids only, are the impostor probes.
 
 Gallery layout (published atomically like every output)::
 
-    GALLERY/identities/*.parquet   identity, n_images, centroid (mean of unit embeddings, re-normalised)
+    GALLERY/identities/*.parquet   identity, n_images, centroid (mean of unit embeddings, re-normalised), name
     GALLERY/embeddings/*.parquet   identity, id, split, source_path, content_hash, embedding (unit)
     GALLERY/manifest.json          model (pinned version), threshold and how it was chosen, counts
 
@@ -54,6 +62,22 @@ log = logging.getLogger(__name__)
 UNKNOWN = "unknown"
 EMBEDDING = "mu"
 MANIFEST = "manifest.json"
+EMBEDDINGS = ("embedding", "mu")
+"""Model outputs usable as embeddings, in order of preference (``face_embed``, then the VAE)."""
+
+
+def embedding_column(model: batch.ResolvedModel) -> str:
+    """The output of ``model`` enrollment embeds with (``EMBEDDINGS``).
+
+    Raises:
+        ValueError: The model has none of them.
+    """
+    outputs = dict(model.outputs)
+    for name in EMBEDDINGS:
+        if outputs.get(name) == "array<float>":
+            return name
+    raise ValueError(f"{model.uri}: expected a model with an embedding output {list(EMBEDDINGS)} "
+                     f"(face_embed or the VAE), found {[o for o, _ in model.outputs]}")  # fmt: skip
 
 
 def _require_dataset(input: str, what: str) -> None:
@@ -65,12 +89,16 @@ def _require_dataset(input: str, what: str) -> None:
 
 
 def _embed(df: DataFrame, model: batch.ResolvedModel, cfg: ScoreConfig, keep: Sequence[str]) -> DataFrame:
-    """``keep`` + ``embedding`` (unit-length ``mu``, null on error) + ``error_code``/``error_message``."""
+    """``keep`` + ``embedding`` (the model's embedding output made unit-length, null on error) +
+    ``error_code``/``error_message``."""
     from pyspark.sql import functions as F
 
+    column = embedding_column(model)
     scored = batch.apply_model(df, model, cfg, keep)
-    norm = F.sqrt(F.aggregate(F.transform(EMBEDDING, lambda x: x * x), F.lit(0.0), lambda a, b: a + b))
-    unit = F.transform(EMBEDDING, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
+    if column != "embedding":
+        scored = scored.withColumnRenamed(column, "embedding")
+    norm = F.sqrt(F.aggregate(F.transform("embedding", lambda x: x * x), F.lit(0.0), lambda a, b: a + b))
+    unit = F.transform("embedding", lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
     return scored.select(*keep, unit.alias("embedding"), *ERROR_COLUMNS)
 
 
@@ -81,16 +109,16 @@ def _centroid(frame: pd.DataFrame) -> pd.DataFrame:
     vectors = np.stack(frame["embedding"].to_numpy()).astype(np.float64)
     mean = vectors.mean(axis=0)
     mean /= max(float(np.linalg.norm(mean)), 1e-12)
-    return pd.DataFrame(
-        {"identity": [int(frame["identity"].iloc[0])], "n_images": [len(frame)], "centroid": [mean.astype(np.float32)]}
-    )
+    return pd.DataFrame({"identity": [int(frame["identity"].iloc[0])], "n_images": [len(frame)],
+                         "centroid": [mean.astype(np.float32)], "name": [str(frame["name"].iloc[0])]})  # fmt: skip
 
 
 class MatchBatches:
     """``mapInPandas`` body: embeddings → nearest gallery identity, similarity and the open-set decision.
 
     Args:
-        gallery: Broadcast of ``(identities int array, centroid matrix float32 (n, d))``.
+        gallery: Broadcast of ``(identities int array, centroid matrix float32 (n, d))``, optionally
+            with a third item ``{identity: name}`` (folder galleries) for ``predicted_label``.
         threshold: Similarity below which the face is ``"unknown"``.
         keep: Columns copied to the output.
     """
@@ -101,7 +129,8 @@ class MatchBatches:
         self.keep = list(keep)
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        ids, centroids = self.gallery.value
+        ids, centroids = self.gallery.value[:2]
+        names = self.gallery.value[2] if len(self.gallery.value) > 2 else {}
         for frame in batches:
             out = frame[self.keep].reset_index(drop=True)
             ok = frame["embedding"].notna().to_numpy()
@@ -118,7 +147,8 @@ class MatchBatches:
             out["similarity"] = [float(s) if k else None for s, k in zip(sim, ok, strict=True)]
             out["predicted_identity"] = [int(b) if a else None for b, a in zip(best, accepted, strict=True)]
             out["predicted_label"] = [
-                (str(int(b)) if a else UNKNOWN) if k else None for b, a, k in zip(best, accepted, ok, strict=True)
+                (names.get(int(b), str(int(b))) if a else UNKNOWN) if k else None
+                for b, a, k in zip(best, accepted, ok, strict=True)
             ]
             for name in ERROR_COLUMNS:
                 out[name] = frame[name].to_numpy()
@@ -133,6 +163,16 @@ def _match(df: DataFrame, gallery: Broadcast, threshold: float, keep: Sequence[s
         + [f"{f.name} {f.spark_type.simpleString()}" for f in ERRORS]
     )
     return df.mapInPandas(MatchBatches(gallery, threshold, keep), schema)
+
+
+def _read_names(folder: Location) -> dict[int, str]:
+    """``{identity: name}`` of a gallery's ``identities`` table (empty for galleries without names)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder.path, filesystem=folder.fs).to_pandas()
+    if "name" not in table:
+        return {}
+    return {int(i): str(n) for i, n in zip(table["identity"], table["name"], strict=True)}
 
 
 def _read_centroids(folder: Location) -> tuple[np.ndarray, np.ndarray]:
@@ -157,13 +197,9 @@ def choose_threshold(impostor_similarities: np.ndarray, target_far: float) -> tu
     Raises:
         ValueError: No impostor probes.
     """
-    sims = np.sort(np.asarray(impostor_similarities, np.float64))[::-1]
-    if len(sims) == 0:
-        raise ValueError("cannot choose a threshold: no impostor probes (val images of identities not enrolled)")
-    k = int(np.floor(target_far * len(sims) + 1e-9))  # impostors we may accept
-    threshold = float(np.nextafter(np.float32(sims[k]), np.float32(np.inf))) if k < len(sims) else float(sims[-1])
-    threshold = min(threshold, 1.0)
-    return threshold, float(np.mean(sims >= threshold))
+    from sparkvision.models.metrics import threshold_at_far
+
+    return threshold_at_far(impostor_similarities, target_far)
 
 
 def enroll(
@@ -185,10 +221,11 @@ def enroll(
     Args:
         spark: The session.
         model_uri: The VAE (``models:/NAME@ALIAS``); empty: ``cfg.model_uri``.
-        input: An ingested CelebA dataset folder (``identity`` column).
+        input: An ingested CelebA dataset folder (``identity`` column), or a folder with one
+            sub-folder of images per person.
         gallery: Gallery folder to publish.
         cfg: Threshold (``< 0``: choose on ``threshold_split``) and target false-accept rate.
-        splits: Splits whose rows are enrolled.
+        splits: Splits whose rows are enrolled (dataset input).
         images_per_identity: Enroll only the first N images of each identity (ordered by ``id``),
             leaving the others as probes of known identities for ``identify``; 0: all.
         threshold_split: Split of never-enrolled identities used to choose the threshold.
@@ -206,19 +243,25 @@ def enroll(
     model_uri = model_uri or cfg.model_uri
     if not model_uri:
         raise ValueError("faces enroll: no model given (--model-uri or faces.model_uri)")
-    _require_dataset(input, "faces enroll")
+    people = None if batch.is_dataset(input) else _people(input)
     score_cfg = score_cfg or ScoreConfig()
     model = batch.resolve_model(spark, model_uri, tracking)
-    if EMBEDDING not in dict(model.outputs):
-        raise ValueError(f"{model_uri}: expected a model with a '{EMBEDDING}' output (the VAE), found {model.outputs}")
+    embedding_column(model)
     with pub.begin(gallery, retention) as version:
         with session_conf(spark, batch.job_conf(spark, score_cfg)):
             rows = batch.read_input(spark, input)
+            if people is not None:
+                rows = _person_rows(spark, rows, people)
+                splits = ()
             chosen = _enrollment_rows(rows, input, splits, images_per_identity)
-            counts = _write_gallery(chosen, model, score_cfg, version.location, f"splits {list(splits)} in {input}")
+            what = f"splits {list(splits)} in {input}" if people is None else f"the person folders of {input}"
+            counts = _write_gallery(chosen, model, score_cfg, version.location, what)
             ids, centroids = _read_centroids(version.location.join("identities"))
-            threshold = _gallery_threshold(spark, rows, (ids, centroids), model, score_cfg, cfg, threshold_split,
-                                           input)  # fmt: skip
+            if people is None:
+                threshold = _gallery_threshold(spark, rows, (ids, centroids), model, score_cfg, cfg, threshold_split,
+                                               input)  # fmt: skip
+            else:
+                threshold = _leave_one_out_threshold(version.location, cfg, input)
         manifest = _gallery_manifest(gallery=str(version.output), input=input, model=model, centroids=centroids,
                                      splits=splits, images_per_identity=images_per_identity, counts=counts,
                                      threshold=threshold, seconds=time.perf_counter() - t0)  # fmt: skip
@@ -231,6 +274,59 @@ def enroll(
     return manifest
 
 
+def _people(input: str) -> list[str]:
+    """The person names (sorted sub-folders) of a folder-per-person input, via the folder reader.
+
+    Raises:
+        ValueError: ``input`` is neither an ingested dataset nor a folder of person folders.
+    """
+    from sparkvision.data.readers import list_folder
+
+    try:
+        catalog = list_folder(input)
+    except FileNotFoundError as exc:
+        raise ValueError(f"faces enroll input {input}: expected an ingested CelebA dataset or a folder with one "
+                         f"sub-folder of images per person ({exc})") from None  # fmt: skip
+    return [str(c) for c in catalog.info["classes"]]
+
+
+def _person_rows(spark: SparkSession, rows: DataFrame, people: list[str]) -> DataFrame:
+    """Image rows of a folder-per-person input with ``identity`` (index of the sorted person
+    folder names) and ``name``; images directly in the root (no person) are left out."""
+    from pyspark.sql import functions as F
+
+    names = spark.createDataFrame([(i, n) for i, n in enumerate(people)], "identity int, name string")
+    person = F.split(F.col("id"), "/").getItem(0)
+    return rows.where(F.col("id").contains("/")).withColumn("name", person).join(F.broadcast(names), "name")
+
+
+def _leave_one_out_threshold(staging: Location, cfg: FacesConfig, input: str) -> dict[str, Any]:
+    """The threshold entries of a folder gallery: ``cfg.threshold``, or (negative) the one whose
+    false-accept rate is ``cfg.target_far`` when each person's images are matched against the
+    other people's centroids only (every person in turn plays a never-enrolled one).
+
+    Raises:
+        ValueError: The threshold is to be chosen and the folder has fewer than 2 people.
+    """
+    import pyarrow.parquet as pq
+
+    if cfg.threshold >= 0:
+        return {"threshold": float(cfg.threshold), "threshold_source": "config", "target_far": cfg.target_far,
+                "val_far": None, "val_probes": 0}  # fmt: skip
+    ids, centroids = _read_centroids(staging.join("identities"))
+    if len(ids) < 2:
+        raise ValueError(f"faces enroll: cannot choose the threshold with {len(ids)} person folder(s) in {input}; "
+                         "set faces.threshold")  # fmt: skip
+    where = staging.join("embeddings")
+    table = pq.read_table(where.path, filesystem=where.fs, columns=["identity", "embedding"]).to_pandas()
+    emb = np.stack(table["embedding"].to_numpy()).astype(np.float32)
+    sims = emb @ centroids.T
+    sims[np.arange(len(emb)), np.searchsorted(ids, table["identity"].to_numpy())] = -np.inf
+    threshold, far = choose_threshold(sims.max(axis=1), cfg.target_far)
+    return {"threshold": float(threshold), "threshold_source": "leave_one_identity_out", "target_far": cfg.target_far,
+            "val_far": far, "val_probes": int(len(emb))}  # fmt: skip
+
+
 def _enrollment_rows(rows: DataFrame, input: str, splits: Sequence[str], images_per_identity: int) -> DataFrame:
     """The rows of ``splits`` to enroll: the first ``images_per_identity`` of each identity (0: all)."""
     from pyspark.sql import Window
@@ -238,7 +334,9 @@ def _enrollment_rows(rows: DataFrame, input: str, splits: Sequence[str], images_
 
     if "identity" not in rows.columns:
         raise ValueError(f"faces enroll input {input}: expected an 'identity' column, found {rows.columns}")
-    chosen = rows.where(F.col("split").isin(list(splits)))
+    chosen = rows.where(F.col("split").isin(list(splits))) if splits else rows
+    if "name" not in chosen.columns:
+        chosen = chosen.withColumn("name", F.col("identity").cast("string"))
     if images_per_identity > 0:
         order = Window.partitionBy("identity").orderBy("id", "content_hash")
         chosen = chosen.withColumn("_n", F.row_number().over(order)).where(F.col("_n") <= images_per_identity)
@@ -259,7 +357,9 @@ def _write_gallery(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    keep = ["identity", "id", "split", "source_path", "content_hash"]
+    if "split" not in chosen.columns:
+        chosen = chosen.withColumn("split", F.lit(None).cast("string"))
+    keep = ["identity", "id", "split", "source_path", "content_hash", "name"]
     embedded = _embed(chosen, model, score_cfg, keep).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = {r[ERROR_CODE]: r["count"] for r in embedded.groupBy(ERROR_CODE).count().collect()}
@@ -268,7 +368,7 @@ def _write_gallery(
         good = embedded.where(F.col(ERROR_CODE).isNull()).select(*keep, "embedding")
         good.orderBy("identity", "id").write.mode("overwrite").parquet(staging.join("embeddings").spark)
         centroids = good.groupBy("identity").applyInPandas(
-            _centroid, "identity int, n_images int, centroid array<float>"
+            _centroid, "identity int, n_images int, centroid array<float>, name string"
         )
         centroids.orderBy("identity").coalesce(1).write.mode("overwrite").parquet(staging.join("identities").spark)
     finally:
@@ -336,7 +436,7 @@ def _gallery_manifest(
         "gallery": gallery,
         "input": str(input),
         "model": model.info(),
-        "embedding": EMBEDDING,
+        "embedding": embedding_column(model),
         "embedding_dim": int(centroids.shape[1]) if centroids.size else 0,
         "splits": list(splits),
         "images_per_identity": images_per_identity,
@@ -365,6 +465,7 @@ def load_gallery(gallery: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     manifest["version"] = manifest.get("version") or current.version or current.location.name
     manifest["folder"] = current.url
     ids, centroids = _read_centroids(current.location.join("identities"))
+    manifest["names"] = _read_names(current.location.join("identities"))
     return manifest, ids, centroids
 
 
@@ -433,7 +534,8 @@ def _identify_into(
         if truth:
             rows = rows.withColumnRenamed("identity", "true_identity")
             keep += ["split", "true_identity"]
-        bc = spark.sparkContext.broadcast((ids, centroids))
+        named = {i: n for i, n in manifest.get("names", {}).items() if n != str(i)}
+        bc = spark.sparkContext.broadcast((ids, centroids, named) if named else (ids, centroids))
         enrolled = spark.read.parquet(f"{manifest['folder']}/embeddings").select("content_hash").distinct()
         matched = (
             _match(_embed(rows, model, score_cfg, keep), bc, threshold, keep)
@@ -531,3 +633,79 @@ def _identify_stats(matched: DataFrame, ids: np.ndarray, truth: bool) -> dict[st
             enrolled_self_match=rate("_self", "enrolled_probes"),
         )
     return stats
+
+
+def evaluate(
+    spark: SparkSession,
+    model_uris: Sequence[str],
+    input: str,
+    cfg: FacesConfig,
+    *,
+    enrolled_split: str = "test",
+    impostor_split: str = "val",
+    score_cfg: ScoreConfig | None = None,
+    tracking: Tracking | None = None,
+) -> dict[str, Any]:
+    """Identification figures of each model's embedding on identities held out from training.
+
+    CelebA partitions are identity-disjoint and embedding models train on the train split, so
+    both splits used here hold people no model has seen. ``enrolled_split``'s identities are
+    enrolled from their first ``cfg.gallery_images`` images (ordered by ``id``) and their other
+    images are the genuine probes; ``impostor_split``'s identities are never enrolled. Figures
+    (``metrics.open_set_identification``): ``rank1`` among the enrolled identities, ``tar`` (probes
+    identified correctly and accepted) at the threshold whose false-accept rate on the impostors
+    is ``cfg.evaluate_far``, and the achieved ``far``.
+
+    Args:
+        spark: The session.
+        model_uris: Embedding models (``face_embed``, the VAE, ...); each is evaluated alike.
+        input: An ingested CelebA dataset.
+        cfg: ``gallery_images`` and ``evaluate_far``.
+        enrolled_split: Split whose identities are enrolled.
+        impostor_split: Split of the never-enrolled identities.
+        score_cfg: Batch sizes for the embedding models.
+        tracking: The MLflow server holding the models.
+
+    Returns:
+        ``input``, ``protocol`` and ``models``: per model its ``model`` info, ``embedding`` column
+        and figures (``rank1``, ``tar``, ``far``, ``threshold``, ``identities``, ``probes``,
+        ``impostors``, ``chance_rank1``).
+
+    Raises:
+        ValueError: Not a dataset, no model, or a model without an embedding output.
+    """
+    from pyspark.sql import functions as F
+
+    from sparkvision.models.metrics import open_set_identification
+
+    if not model_uris:
+        raise ValueError("faces evaluate: expected at least one embedding model, found none")
+    _require_dataset(input, "faces evaluate")
+    score_cfg = score_cfg or ScoreConfig()
+    results = []
+    with session_conf(spark, batch.job_conf(spark, score_cfg)):
+        rows = batch.read_input(spark, input).where(F.col("split").isin([enrolled_split, impostor_split]))
+        for uri in model_uris:
+            t0 = time.perf_counter()
+            model = batch.resolve_model(spark, uri, tracking)
+            column = embedding_column(model)
+            embedded = _embed(rows, model, score_cfg, ["id", "identity", "split"]).where(F.col(ERROR_CODE).isNull())
+            frame = embedded.select("id", "identity", "split", "embedding").toPandas().sort_values("id")
+            if frame.empty:
+                raise ValueError(
+                    f"faces evaluate: no usable image of splits {enrolled_split}/{impostor_split} in {input}"
+                )
+            emb = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+            enrolled = (frame["split"] == enrolled_split).to_numpy()
+            figures = open_set_identification(emb, frame["identity"].to_numpy(), enrolled,
+                                              gallery_images=cfg.gallery_images, far=cfg.evaluate_far)  # fmt: skip
+            figures = {k: (None if not np.isfinite(v) else round(float(v), 4)) for k, v in figures.items()}
+            n_ids = figures["identities"] or 0
+            results.append({"model": model.info(), "embedding": column, **figures,
+                            "chance_rank1": round(1 / n_ids, 4) if n_ids else None,
+                            "seconds": round(time.perf_counter() - t0, 3)})  # fmt: skip
+            log.info("%s (%s): rank-1 %s, TAR %s at FAR %s", model.pinned_uri, column, figures["rank1"],
+                     figures["tar"], figures["far"])  # fmt: skip
+    protocol = {"enrolled_split": enrolled_split, "impostor_split": impostor_split,
+                "gallery_images": cfg.gallery_images, "target_far": cfg.evaluate_far}  # fmt: skip
+    return {"input": str(input), "protocol": protocol, "models": results}

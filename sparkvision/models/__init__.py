@@ -11,10 +11,12 @@ from sparkvision.models.attributes import AttributesTask, ClassifierTask
 from sparkvision.models.base import Meta, ModelSpec, Task
 from sparkvision.models.detector import DetectorTask
 from sparkvision.models.fabric_ae import FabricAeTask
+from sparkvision.models.face_embed import FaceEmbedTask
 from sparkvision.models.vae import VaeTask
 
 REGISTRY: dict[str, Task] = {
-    task.name: task for task in (VaeTask(), AttributesTask(), ClassifierTask(), DetectorTask(), FabricAeTask())
+    task.name: task
+    for task in (VaeTask(), AttributesTask(), ClassifierTask(), DetectorTask(), FabricAeTask(), FaceEmbedTask())
 }
 
 

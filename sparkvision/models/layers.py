@@ -1,5 +1,5 @@
-"""Keras building blocks and custom objects: the ``Sampling`` layer, the ``VAE`` model with its
-own ``train_step``, and the Conv+BN+activation block every family uses.
+"""Keras building blocks and custom objects: the ``Sampling`` layer, the ``VAE`` and
+``FaceEmbedder`` models with their own ``train_step``, and the Conv+BN+activation block every family uses.
 
 This module imports TensorFlow at the top: import it inside functions only. Every custom
 class is registered (package ``sparkvision``) and listed in ``custom_objects()`` so saved
@@ -177,9 +177,129 @@ class WeightedBinaryCrossentropy(tf.keras.losses.Loss):
         return {**super().get_config(), "pos_weight": self.pos_weight}
 
 
+@tf.keras.utils.register_keras_serializable(package="sparkvision")
+class FaceEmbedder(tf.keras.Model):
+    """A face embedding network trained with a large-margin cosine softmax (CosFace) over identities.
+
+    ``backbone`` maps an image to a ``dim`` vector; calling the model returns it L2-normalised.
+    Training adds a head of ``n_classes`` unit class centres (the training identities):
+    ``margin_loss`` = cross-entropy of ``scale * (cos(e, c_j) - margin * [j = label])``, which
+    pulls each embedding towards its identity's centre and at least ``margin`` (in cosine)
+    away from every other. Batches are ``(x, y)`` with ``y = [identity number, class index]``
+    (``int32 (N, 2)``; class index -1 for an identity outside the head, such as the held-out
+    identities of the val split).
+
+    ``nca_loss`` needs no class index: for every image with another image of its identity in
+    the batch, ``-log`` of the softmax mass (``scale`` x cosine, itself excluded) that falls on
+    those same-identity images. It measures on never-seen identities what identification
+    needs, so ``test_step`` reports it as ``loss`` (``val_loss`` ranks checkpoints); ``train_step``
+    minimises and reports ``margin_loss`` as ``loss``. Both steps also report both terms.
+
+    ``tape_wrapper`` is applied to the ``tf.GradientTape`` before gradients are taken, as in
+    ``VAE`` (the Horovod trainer sets ``hvd.DistributedGradientTape``).
+    """
+
+    def __init__(
+        self,
+        backbone: tf.keras.Model,
+        n_classes: int,
+        scale: float = 30.0,
+        margin: float = 0.25,
+        tape_wrapper: TapeWrapper | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "face_embed")
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.n_classes = int(n_classes)
+        self.scale = float(scale)
+        self.margin = float(margin)
+        self.tape_wrapper: TapeWrapper = tape_wrapper or _identity_tape
+        dim = int(backbone.outputs[0].shape[-1])
+        self.centres = self.add_weight(name="class_centres", shape=(dim, self.n_classes),
+                                       initializer="glorot_uniform", trainable=True, dtype="float32")  # fmt: skip
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+        self.margin_tracker = tf.keras.metrics.Mean(name="margin_loss")
+        self.nca_tracker = tf.keras.metrics.Mean(name="nca_loss")
+
+    @property
+    def metrics(self) -> list[tf.keras.metrics.Metric]:
+        return [self.loss_tracker, self.margin_tracker, self.nca_tracker]
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        e = tf.cast(self.backbone(inputs, training=training), tf.float32)
+        return tf.math.l2_normalize(e, axis=-1)
+
+    def compute_losses(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(margin_loss, nca_loss)`` of a batch; each 0 when no image of the batch counts."""
+        e = self(x, training=training)
+        y = tf.cast(tf.reshape(y, (-1, 2)), tf.int32)
+        identity, label = y[:, 0], y[:, 1]
+        known = label >= 0
+        cos = tf.matmul(e, tf.math.l2_normalize(self.centres, axis=0))
+        onehot = tf.one_hot(tf.maximum(label, 0), self.n_classes, dtype=tf.float32)
+        logits = self.scale * (cos - self.margin * onehot)
+        ce = tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
+        known_f = tf.cast(known, tf.float32)
+        margin_loss = tf.reduce_sum(ce * known_f) / tf.maximum(tf.reduce_sum(known_f), 1.0)
+        n = tf.shape(e)[0]
+        not_self = 1.0 - tf.eye(n)
+        same = tf.cast(tf.equal(identity[:, None], identity[None, :]), tf.float32) * not_self
+        sims = self.scale * tf.matmul(e, e, transpose_b=True) - 1e9 * tf.eye(n)
+        log_all = tf.reduce_logsumexp(sims, axis=1)
+        log_pos = tf.reduce_logsumexp(sims + tf.math.log(same + 1e-30), axis=1)
+        has_pos = tf.cast(tf.reduce_sum(same, axis=1) > 0, tf.float32)
+        nca = tf.reduce_sum((log_all - log_pos) * has_pos) / tf.maximum(tf.reduce_sum(has_pos), 1.0)
+        return margin_loss, nca
+
+    def _record(self, loss: tf.Tensor, margin_loss: tf.Tensor, nca: tf.Tensor) -> dict[str, tf.Tensor]:
+        self.loss_tracker.update_state(loss)
+        self.margin_tracker.update_state(margin_loss)
+        self.nca_tracker.update_state(nca)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        x, y = data[0], data[1]
+        scaling = hasattr(self.optimizer, "get_scaled_loss")
+        with tf.GradientTape() as tape:
+            margin_loss, nca = self.compute_losses(x, y, training=True)
+            target = self.optimizer.get_scaled_loss(margin_loss) if scaling else margin_loss
+        tape = self.tape_wrapper(tape)
+        grads = tape.gradient(target, self.trainable_weights)
+        if scaling:
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
+        return self._record(margin_loss, margin_loss, nca)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        margin_loss, nca = self.compute_losses(data[0], data[1], training=False)
+        return self._record(nca, margin_loss, nca)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "backbone": tf.keras.saving.serialize_keras_object(self.backbone),
+            "n_classes": self.n_classes,
+            "scale": self.scale,
+            "margin": self.margin,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> FaceEmbedder:
+        config = dict(config)
+        objects = {**custom_objects_dict(), **(custom_objects or {})}
+        config["backbone"] = tf.keras.saving.deserialize_keras_object(config["backbone"], custom_objects=objects)
+        return cls(**config)
+
+
 def custom_objects_dict() -> dict[str, Any]:
     """Every custom Keras class of sparkvision, for ``load_model(..., custom_objects=...)``."""
-    return {"Sampling": Sampling, "VAE": VAE, "WeightedBinaryCrossentropy": WeightedBinaryCrossentropy}
+    return {
+        "Sampling": Sampling,
+        "VAE": VAE,
+        "WeightedBinaryCrossentropy": WeightedBinaryCrossentropy,
+        "FaceEmbedder": FaceEmbedder,
+    }
 
 
 def pooled_conv_stack(input_shape: tuple[int, int, int], filters: Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:

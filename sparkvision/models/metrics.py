@@ -234,3 +234,89 @@ def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) 
         f1 = 2 * precision * recall / (precision + recall)
     f1 = np.where((precision + recall) == 0, 0.0, f1)
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def threshold_at_far(impostor_similarities: np.ndarray, target_far: float) -> tuple[float, float]:
+    """The smallest similarity threshold that accepts at most ``target_far`` of the impostors.
+
+    Args:
+        impostor_similarities: Best gallery similarity of each probe whose identity is not enrolled.
+        target_far: Allowed fraction of those probes at or above the threshold.
+
+    Returns:
+        ``(threshold, achieved false-accept rate)``.
+
+    Raises:
+        ValueError: No impostor similarities.
+    """
+    sims = np.sort(np.asarray(impostor_similarities, np.float64))[::-1]
+    if len(sims) == 0:
+        raise ValueError("cannot choose a threshold: no impostor probes (images of identities not enrolled)")
+    k = int(np.floor(target_far * len(sims) + 1e-9))  # impostors we may accept
+    threshold = float(np.nextafter(np.float32(sims[k]), np.float32(np.inf))) if k < len(sims) else float(sims[-1])
+    threshold = min(threshold, 1.0)
+    return threshold, float(np.mean(sims >= threshold))
+
+
+def open_set_identification(
+    embeddings: np.ndarray,
+    identities: np.ndarray,
+    enrolled: np.ndarray,
+    *,
+    gallery_images: int = 1,
+    far: float = 0.01,
+) -> dict[str, float]:
+    """Identification figures of unit embeddings: enroll, identify the rest, reject impostors.
+
+    Each enrolled identity's first ``gallery_images`` rows (in the given order) make its gallery
+    centroid (mean of unit vectors, re-normalised); its other rows are genuine probes. Rows of
+    identities not enrolled are impostors. A probe is identified as its most similar centroid.
+
+    Args:
+        embeddings: ``(N, d)`` unit vectors.
+        identities: ``(N,)`` identity of each row.
+        enrolled: ``(N,)`` bool, whether the row's identity is enrolled.
+        gallery_images: Gallery rows per enrolled identity.
+        far: False-accept rate the threshold is chosen for on the impostors.
+
+    Returns:
+        ``rank1`` (closed set: best centroid is the probe's own), ``tar`` (genuine probes
+        identified correctly with similarity >= the threshold), ``far`` (impostors accepted at
+        it), ``threshold``, ``identities`` (enrolled), ``probes`` and ``impostors``; rates are
+        ``nan`` without probes or impostors.
+    """
+    e = np.asarray(embeddings, np.float64)
+    ids = np.asarray(identities)
+    enrolled = np.asarray(enrolled, bool)
+    gallery = np.zeros(len(ids), bool)
+    for ident in np.unique(ids[enrolled]):
+        rows = np.flatnonzero(enrolled & (ids == ident))
+        gallery[rows[:gallery_images]] = True
+    names = np.unique(ids[gallery])
+    out = {"rank1": float("nan"), "tar": float("nan"), "far": float("nan"), "threshold": float("nan"),
+           "identities": float(len(names)), "probes": 0.0, "impostors": float((~enrolled).sum())}  # fmt: skip
+    if not len(names):
+        return out
+    centroids = np.stack([e[gallery & (ids == n)].mean(axis=0) for n in names])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    probes = enrolled & ~gallery
+    out["probes"] = float(probes.sum())
+    sims = e @ centroids.T
+    best, best_sim = names[sims.argmax(axis=1)], sims.max(axis=1)
+    correct = best[probes] == ids[probes]
+    if probes.any():
+        out["rank1"] = float(correct.mean())
+    if (~enrolled).any():
+        threshold, achieved = threshold_at_far(best_sim[~enrolled], far)
+        out.update(threshold=threshold, far=achieved)
+        if probes.any():
+            out["tar"] = float(np.mean(correct & (best_sim[probes] >= threshold)))
+    return out
+
+
+def alternate_identities(identities: np.ndarray) -> np.ndarray:
+    """``enrolled`` mask for ``open_set_identification`` within one set: every other identity
+    (in sorted order) enrolled, the rest impostors."""
+    ids = np.asarray(identities)
+    order = {v: i for i, v in enumerate(np.unique(ids))}
+    return np.array([order[v] % 2 == 0 for v in ids], bool)

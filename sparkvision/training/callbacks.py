@@ -282,7 +282,7 @@ class Evaluation:
 
 
 EPOCH_LINE_KEYS = ("loss", "train_eval_loss", "val_loss", "accuracy", "train_eval_accuracy", "val_accuracy",
-                   "r_loss", "kl_loss", "val_r_loss", "val_kl_loss", "lr")  # fmt: skip
+                   "r_loss", "kl_loss", "val_r_loss", "val_kl_loss", "nca_loss", "lr")  # fmt: skip
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict[str, Any]) -> str:

@@ -122,3 +122,22 @@ def test_aupro_undefined_and_bad_input() -> None:
         metrics.aupro([empty], [np.zeros((4, 5))])
     with pytest.raises(ValueError, match="max_fpr in"):
         metrics.aupro([empty], [np.zeros((4, 4))], max_fpr=0.0)
+
+
+def test_open_set_identification_counts_rank1_tar_and_far() -> None:
+    """Identities 0-2 enrolled (first 2 rows each as gallery), 3-4 impostors; unit vectors on axes."""
+    axes = np.eye(6)
+    rows = [(i, axes[i]) for i in range(3) for _ in range(4)]  # genuine: exactly on their axis
+    rows[3] = (2 - 2, axes[1])  # identity 0's last probe looks like identity 1: a rank-1 miss
+    rows += [(3, axes[3]), (3, axes[3]), (4, 0.8 * axes[0] + 0.6 * axes[4])]  # one impostor close to 0
+    ids = np.array([i for i, _ in rows])
+    emb = np.stack([v for _, v in rows])
+    f = metrics.open_set_identification(emb, ids, ids < 3, gallery_images=2, far=0.34)
+    assert f["identities"] == 3 and f["probes"] == 6 and f["impostors"] == 3
+    assert f["rank1"] == pytest.approx(5 / 6)
+    # FAR 0.34 of 3 impostors: one may be accepted (the 0.8 one), the threshold sits just above 0.0
+    assert f["far"] == pytest.approx(1 / 3) and 0.0 < f["threshold"] < 0.8
+    assert f["tar"] == pytest.approx(5 / 6)
+    strict = metrics.open_set_identification(emb, ids, ids < 3, gallery_images=2, far=0.0)
+    assert strict["far"] == 0.0 and 0.8 < strict["threshold"] <= 1.0 and strict["tar"] == pytest.approx(5 / 6)
+    assert metrics.alternate_identities(np.array([7, 3, 7, 5])).tolist() == [True, True, True, False]  # 3, 7 of 3 5 7

@@ -96,6 +96,7 @@ CASES = [
     ("detector", "celeba", {"detector_target": "landmarks"}),
     ("detector", "fabric", {"detector_target": "bbox"}),
     ("fabric_ae", "fabric", {}),
+    ("face_embed", "celeba", {}),
 ]
 
 
@@ -110,6 +111,7 @@ def test_task_trains_evaluates_and_predicts(
     task = get_task(name)
     meta = task.prepare_meta(manifest(table), train_cfg)
     frame = make_frame(table, 48)
+    meta = task.fit_statistics(meta, frame[[c for c in task.columns_for(table) if c != "image"]], train_cfg)
     model = task.build(train_cfg, meta).compile(make_optimizer(train_cfg, 1))
     history = model.fit(dataset(task, frame, meta, train_cfg, table), epochs=12, steps_per_epoch=4, verbose=0)
     losses = history.history["loss"]
@@ -222,7 +224,7 @@ def test_prepare_meta_rejects_with_reason(cfg: Config, name: str, overrides: dic
 
 
 def test_registry_and_nearest_name() -> None:
-    assert sorted(REGISTRY) == ["attributes", "classifier", "detector", "fabric_ae", "vae"]
+    assert sorted(REGISTRY) == ["attributes", "classifier", "detector", "fabric_ae", "face_embed", "vae"]
     assert all(REGISTRY[k].name == k and "image" in REGISTRY[k].columns for k in REGISTRY)
     with pytest.raises(KeyError, match="did you mean 'fabric_ae'"):
         get_task("fabric-ae")
