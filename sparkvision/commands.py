@@ -348,7 +348,7 @@ def vae(cfg: Config, *, action: str, model_uri: str, data: str = "", out: str = 
             from sparkvision.scoring import batch
             from sparkvision.spark import get_spark
 
-            model = batch.resolve_model(spark := get_spark(cfg.spark, gpus=cfg.score.gpus_per_task), model_uri,
+            model = batch.resolve_model(spark := get_spark(cfg.scoring_spark, gpus=cfg.score.gpus_per_task), model_uri,
                                         tracking)  # fmt: skip
             where = _latent_out(cfg, out, model.name, model.version)
             vectors, counts = latent.compute_vectors(spark, model, data, cfg.score)
@@ -432,7 +432,7 @@ def _faces_evaluate(cfg: Config, input: str, model_uri: str) -> int:
         tracking = preflight.model_uri("--model-uri", uri, cfg)
     from sparkvision import identification
 
-    r = identification.evaluate(get_spark(cfg.spark), uris, source, cfg.faces, tracking=tracking)
+    r = identification.evaluate(get_spark(cfg.scoring_spark), uris, source, cfg.faces, tracking=tracking)
     p = r["protocol"]
     first = r["models"][0]
     print(f"face identification on held-out identities of {r['input']}: {first['identities']:.0f} enrolled "
