@@ -111,18 +111,27 @@ def _limit_in_child(uri: str, files: list[Path], batch_size: int, queue: Any) ->
     queue.put(local_limit(uri, files, batch_size)[0])
 
 
-def local_limit_rate(uri: str, files: list[Path], batch_size: int) -> float:
-    """``local_limit`` in a child process, so neither its decoded images nor its TensorFlow are
-    counted in the scoring figures of this process (its RSS, its cores)."""
+def _register_in_child(task_name: str, image_size: int, uri: str, queue: Any) -> None:
+    from sparkvision.tracking import Tracking
+
+    queue.put(register_model(task_name, image_size, Tracking(uri)))
+
+
+def in_child(target: Any, *args: Any) -> Any:
+    """``target(*args, queue)`` in a spawned child process; what it put on the queue.
+
+    Building the model and (a) run there, so this process, like the driver of ``sparkvision
+    score``, never imports TensorFlow: its RSS and cores are the scoring job's alone.
+    """
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_limit_in_child, args=(uri, files, batch_size, queue))
+    child = ctx.Process(target=target, args=(*args, queue))
     child.start()
-    rate = queue.get()
+    value = queue.get()
     child.join()
-    return float(rate)
+    return value
 
 
 def register_model(task_name: str, image_size: int, tracking: Any) -> str:
@@ -240,11 +249,11 @@ def main() -> None:
         counts = sorted({args.count, *(int(c) for c in args.memory_counts.split(",") if c)})
         folders = {n: make_images(work / "images", n, args.pool)[0].parent for n in counts}
         print(f"images ready in {time.perf_counter() - t0:.0f}s: {counts} (pool of {args.pool} distinct faces)")
-        model_uri = register_model(args.task, args.image_size, tracking)
+        model_uri = in_child(_register_in_child, args.task, args.image_size, uri)
         print(f"model: {model_uri} ({args.task}, {args.image_size}x{args.image_size}, random weights)")
 
         files = sorted(folders[args.count].iterdir())
-        limit = local_limit_rate(model_uri, files, args.batch_size)
+        limit = float(in_child(_limit_in_child, model_uri, files, args.batch_size))
         print(f"(a) local limit, Keras predict on {len(files)} decoded images in one process: {limit:,.0f} images/s")
 
         # the session `sparkvision score` builds: spark.conf with score.spark_conf over it (driver memory)
