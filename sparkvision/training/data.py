@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,18 +138,21 @@ def rows(
     from petastorm import make_batch_reader
     from petastorm.tf_utils import make_petastorm_dataset
 
-    reader = make_batch_reader(
-        info.url,
-        schema_fields=list(columns),
-        cur_shard=rank,
-        shard_count=size,
-        num_epochs=None,
-        shuffle_row_groups=True,
-        seed=seed,
-        reader_pool_type="thread",
-        workers_count=READER_THREADS,
-        results_queue_size=4,
-    )
+    with warnings.catch_warnings():
+        # "id" would have matched "identity" as a regex in petastorm < 0.12: names match whole now
+        warnings.filterwarnings("ignore", message="schema_fields behavior has changed", category=UserWarning)
+        reader = make_batch_reader(
+            info.url,
+            schema_fields=list(columns),
+            cur_shard=rank,
+            shard_count=size,
+            num_epochs=None,
+            shuffle_row_groups=True,
+            seed=seed,
+            reader_pool_type="thread",
+            workers_count=READER_THREADS,
+            results_queue_size=4,
+        )
     try:
 
         def as_dict(batch: Any) -> dict[str, tf.Tensor]:
@@ -157,7 +161,9 @@ def rows(
                     for name, value in batch._asdict().items()}  # fmt: skip
 
         # the next row groups are read and converted while this one is parsed
-        batches = make_petastorm_dataset(reader).map(as_dict).prefetch(2)
+        with warnings.catch_warnings():  # string columns (``id``) arrive as bytes, which is what we hash
+            warnings.filterwarnings("ignore", message="Tensorflow will convert all unicode", category=UnicodeWarning)
+            batches = make_petastorm_dataset(reader).map(as_dict).prefetch(2)
         yield batches.unbatch()
     finally:
         reader.stop()
