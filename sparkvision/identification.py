@@ -185,18 +185,7 @@ def _read_centroids(folder: Location) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_threshold(impostor_similarities: np.ndarray, target_far: float) -> tuple[float, float]:
-    """The smallest threshold whose false-accept rate on impostor probes is at most ``target_far``.
-
-    Args:
-        impostor_similarities: Best gallery similarity of each probe whose identity is not enrolled.
-        target_far: Allowed fraction of those probes accepted as an enrolled identity.
-
-    Returns:
-        ``(threshold, achieved false-accept rate)``.
-
-    Raises:
-        ValueError: No impostor probes.
-    """
+    """``(threshold, achieved false-accept rate)`` at ``target_far``: ``metrics.threshold_at_far``."""
     from sparkvision.models.metrics import threshold_at_far
 
     return threshold_at_far(impostor_similarities, target_far)
