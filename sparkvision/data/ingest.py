@@ -230,6 +230,8 @@ def _ingest_into(
         _redeal(spark, first, data, {s: plan[s] for s in redo if s in plan}, redo, table)
         log.info("re-dealt splits %s over their files (%.1fs)", ", ".join(redo), time.time() - started)
     _check_files(data, plan)
+    if not data.is_dir():  # nothing usable: an empty data folder, as readers expect one
+        data.mkdirs()
     log.info("wrote %d rows in %d files (%.1fs)", len(kept), sum(map(len, plan.values())), time.time() - started)
     quarantine_rows = _write_quarantine(facts, losers, catalog, staging.join("quarantine"))
     log.info("wrote %d quarantine rows (%.1fs)", sum(quarantine_rows.values()), time.time() - started)
@@ -296,14 +298,16 @@ def _groups(
         return None, [g for g in groups if g["records"]]
     plannable = [e for e in entries if e.reason is None and e.split is not None]
     by_id = {e.id: e for e in plannable}
+    if len(by_id) != len(plannable):  # readers give each entry its key (or its path below one folder) as id
+        ids = Counter(e.id for e in plannable)
+        twice = sorted(i for i, n in ids.items() if n > 1)[0]
+        raise IngestError(f"{catalog.root}: row id {twice!r} is listed {ids[twice]} times; ids must be unique")
     by_split: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
     for e in plannable:
         by_split[e.split][e.id] = e.values.get(label) if label else None  # type: ignore[index]
-    plan = _file_plan(by_split, cfg, workers) if len(by_id) == len(plannable) else {}  # same id twice: re-deal
+    plan = _file_plan(by_split, cfg, workers)
     groups = [{"split": s, "file": f, "records": [_record(by_id[i]) for i in ids]}
               for s in SPLITS for f, ids in enumerate(plan.get(s, []))]  # fmt: skip
-    if len(by_id) != len(plannable):
-        groups = [{"split": None, "file": None, "records": [_record(e) for e in plannable]}]
     rest = [e for e in entries if e.reason is not None or e.split is None]
     if rest and not groups:
         groups = [{"split": None, "file": None, "records": []} for _ in range(min(len(rest), 2 * parallelism))]
@@ -461,8 +465,6 @@ def _check_files(data: Location, plan: dict[str, list[list[str]]]) -> None:
         if wrong is not None:
             raise IngestError(f"{files[wrong]}: expected {expected[wrong]} rows (file {wrong + 1} of split "
                               f"{split}), found {found[wrong]}")  # fmt: skip
-    if not data.is_dir():
-        data.mkdirs()
 
 
 def _parquet_rows(path: Location) -> int:
