@@ -202,19 +202,28 @@ class ScoreBatches:
             pred = vision.assemble(prepared, vision.predict_arrays(prepared.x) if prepared.good else {})
         except Exception as exc:  # noqa: BLE001 - isolate the failing rows instead of failing the job
             log.warning("batch of %d failed (%s); scoring its rows one by one", len(chunk), exc)
-            return self._score(model, chunk)
+            return self._rows(chunk, self._one_by_one(model, self._images(chunk)))
         return self._rows(chunk, pred)
 
     def _score(self, model: Any, chunk: pd.DataFrame) -> pd.DataFrame:
-        import pandas as pd
-
-        images = pd.DataFrame({"image": chunk["image"].to_numpy()})
+        images = self._images(chunk)
         try:
             pred = _predict(model, images)
         except Exception as exc:  # noqa: BLE001 - isolate the failing rows instead of failing the job
             log.warning("batch of %d failed (%s); scoring its rows one by one", len(images), exc)
-            pred = pd.concat([self._one(model, images.iloc[[i]]) for i in range(len(images))], ignore_index=True)
+            pred = self._one_by_one(model, images)
         return self._rows(chunk, pred)
+
+    @staticmethod
+    def _images(chunk: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame({"image": chunk["image"].to_numpy()})
+
+    def _one_by_one(self, model: Any, images: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.concat([self._one(model, images.iloc[[i]]) for i in range(len(images))], ignore_index=True)
 
     def _rows(self, chunk: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
         if len(pred) != len(chunk):
