@@ -108,7 +108,7 @@ class PeakRss:
 
 
 def _limit_in_child(uri: str, files: list[Path], batch_size: int, queue: Any) -> None:
-    queue.put(local_limit(uri, files, batch_size)[0])
+    queue.put(local_limit(uri, files, batch_size))
 
 
 def _register_in_child(task_name: str, image_size: int, uri: str, queue: Any) -> None:
@@ -150,7 +150,7 @@ def register_model(task_name: str, image_size: int, tracking: Any) -> str:
     return ref.uri
 
 
-def local_limit(uri: str, files: list[Path], batch_size: int) -> tuple[float, Any, dict, Any]:
+def local_limit(uri: str, files: list[Path], batch_size: int) -> float:
     """(a) images/s of ``keras_model.predict`` on the images decoded in memory (decode not timed)."""
     from sparkvision.data.images import prepare_image
     from sparkvision.models.packaging import load_vision_model
@@ -167,7 +167,7 @@ def local_limit(uri: str, files: list[Path], batch_size: int) -> tuple[float, An
     predict_s = time.perf_counter() - t0
     print(f"    one process: decode+resize {len(files) / decode_s:,.0f} images/s, predict {len(files) / predict_s:,.0f} "
           f"images/s, both {len(files) / (decode_s + predict_s):,.0f} images/s")  # fmt: skip
-    return len(files) / predict_s, model, meta, task
+    return len(files) / predict_s
 
 
 def horovod_peer(spark: Any, model: Any, files: list[Path], meta: dict, task: Any) -> float:
