@@ -64,6 +64,23 @@ def test_files_per_split(rows: int, min_row_groups: int, per_file: int, expected
     assert files_per_split(rows, cfg, workers=WORKERS) == expected
 
 
+def test_task_bins_deal_every_group_once_into_balanced_repeatable_tasks() -> None:
+    # 5,000 CelebA images: 8 train files of 501 rows, 16 val/test files of 62.
+    groups = [{"file": f, "records": [None] * n} for f, n in enumerate([501] * 8 + [62] * 16)]
+    bins = ingest_mod._task_bins(groups, parallelism=2)
+    assert len(bins) == 4
+    dealt = [i for b in bins for i, _ in b]
+    assert sorted(dealt) == list(range(24))
+    assert all([i for i, _ in b] == sorted(i for i, _ in b) for b in bins)  # plan order inside a task
+    loads = [sum(len(g["records"]) for _, g in b) for b in bins]
+    assert max(loads) - min(loads) <= 62, loads
+    assert bins == ingest_mod._task_bins(groups, parallelism=2)
+    # As many cores as files: every group stays its own task.
+    assert [len(b) for b in ingest_mod._task_bins(groups, parallelism=12)] == [1] * 24
+    assert ingest_mod._task_bins([], parallelism=2) == []
+
+
+
 # --------------------------------------------------------------------------- CelebA
 
 
