@@ -80,7 +80,6 @@ def test_task_bins_deal_every_group_once_into_balanced_repeatable_tasks() -> Non
     assert ingest_mod._task_bins([], parallelism=2) == []
 
 
-
 # --------------------------------------------------------------------------- CelebA
 
 
