@@ -113,7 +113,6 @@ class TrainConfig:
     warmup_epochs: int = field(default=1, metadata=_range(0, 1000))
     seed: int = 42
     shuffle_buffer: int = field(default=1000, metadata=_range(0, 10_000_000))
-    cache_mb: int = field(default=256, metadata=_range(0, None))
     bn_calibration_batches: int = field(default=16, metadata=_range(0, 100_000))
     augment_flip: bool | Literal["auto"] = "auto"
     augment_shift: float = field(default=0.05, metadata=_range(0.0, 0.5))

@@ -46,8 +46,6 @@ class SplitInfo:
     files: tuple[str, ...]
     rows: int
     row_groups: int
-    bytes: int = 0
-    """Uncompressed size of all its row groups (the footers' ``total_byte_size``)."""
 
     @property
     def url(self) -> str:
@@ -72,18 +70,12 @@ def inspect_split(data_dir: str | Path, split: str) -> SplitInfo:
     root = current.location if current is not None else storage.location(data_dir)
     folder = root.join("data", f"split={split}")
     files = tuple(folder.join(f).url for f in folder.files(recursive=False) if f.endswith(".parquet"))
-    rows = groups = size = 0
+    rows = groups = 0
     for file in files:
         meta = _parquet_file(file).metadata
         rows += meta.num_rows
         groups += meta.num_row_groups
-        size += sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
-    return SplitInfo(split=split, path=folder.url, files=files, rows=rows, row_groups=groups, bytes=size)
-
-
-def fits_cache(info: SplitInfo, size: int, cache_mb: int) -> bool:
-    """Whether one of ``size`` ranks' share of ``info`` (as stored) is at most ``cache_mb`` MB (0: never)."""
-    return cache_mb > 0 and info.bytes / max(size, 1) <= cache_mb * 2**20
+    return SplitInfo(split=split, path=folder.url, files=files, rows=rows, row_groups=groups)
 
 
 def _parquet_file(url: str) -> Any:
@@ -125,15 +117,11 @@ def rows(
     rank: int,
     size: int,
     seed: int,
-    cache: bool = False,
 ) -> Iterator[tf.data.Dataset]:
     """An endless stream of this rank's rows of a split, as dicts of tensors keyed by column.
 
     The reader loops over the rank's row groups (``num_epochs=None``) in an order shuffled
-    per pass; it is stopped when the context exits. With ``cache`` (``fits_cache``) it reads
-    the rank's row groups once, in one shuffled order, and the rows as read (PNG bytes, before
-    any parsing) are replayed from memory on every later pass: on a small split the Parquet
-    reading and its Python conversion leave the cores to training after the first epoch.
+    per pass; it is stopped when the context exits.
 
     Args:
         info: The split (from ``inspect_split``).
@@ -158,7 +146,7 @@ def rows(
             schema_fields=list(columns),
             cur_shard=rank,
             shard_count=size,
-            num_epochs=1 if cache else None,
+            num_epochs=None,
             shuffle_row_groups=True,
             seed=seed,
             reader_pool_type="thread",
@@ -176,8 +164,7 @@ def rows(
         with warnings.catch_warnings():  # string columns (``id``) arrive as bytes, which is what we hash
             warnings.filterwarnings("ignore", message="Tensorflow will convert all unicode", category=UnicodeWarning)
             batches = make_petastorm_dataset(reader).map(as_dict).prefetch(2)
-        stream = batches.unbatch()
-        yield stream.cache().repeat() if cache else stream
+        yield batches.unbatch()
     finally:
         reader.stop()
         reader.join()

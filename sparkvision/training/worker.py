@@ -191,9 +191,7 @@ def _datasets(
 
     tcfg, rank, size = job.tcfg, collective.rank, collective.size
     columns = list(dict.fromkeys([*task.columns, "id"]))  # the id seeds each row's augmentation
-    cache = data.fits_cache(job.train, size, tcfg.cache_mb)
-    train_rows = stack.enter_context(data.rows(job.train, columns, rank=rank, size=size, seed=stream_seed,
-                                               cache=cache))  # fmt: skip
+    train_rows = stack.enter_context(data.rows(job.train, columns, rank=rank, size=size, seed=stream_seed))
     train_ds = data.training_dataset(train_rows, task, job.meta, tcfg, seed=stream_seed, clock=clock)
     # A fixed sample of this rank's training rows, without augmentation: BatchNorm
     # statistics are recomputed on it and it is scored in inference mode every epoch.

@@ -4,7 +4,6 @@ shards of a folder data set ingested by Spark (conftest ``folder_parquet``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -93,36 +92,6 @@ def test_rows_stream_png_bytes_and_float_arrays_per_shard(dataset: Path) -> None
         assert len(set(ids)) == 20  # two of the four row groups, each row seen
         seen.append(set(ids))
     assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(40))
-
-
-def test_a_cached_split_is_read_once_and_replayed_from_memory(tmp_path: Path) -> None:
-    """With ``cache`` the rank's shard is read from Parquet once: later passes replay the same rows
-    in the same order after the files are gone, where the streaming reader fails (checked)."""
-    import tensorflow as tf
-
-    write_split(tmp_path, "train", rows=200, rows_per_group=5)  # 20 row groups per rank: more than read ahead
-    info = data.inspect_split(tmp_path, "train")
-    assert info.bytes > 200 * 8  # the footers' uncompressed size: at least the PNG bytes
-    assert data.fits_cache(info, size=2, cache_mb=1) and not data.fits_cache(info, size=2, cache_mb=0)
-    assert not data.fits_cache(dataclasses.replace(info, bytes=3 * 2**20), size=2, cache_mb=1)
-    saved = {f: f.read_bytes() for f in (tmp_path / "data" / "split=train").glob("*.parquet")}
-
-    def passes(cache: bool) -> tuple[list[int], list[int]]:
-        for file, content in saved.items():
-            file.write_bytes(content)
-        with data.rows(info, ("image", "identity"), rank=0, size=2, seed=3, cache=cache) as stream:
-            it = stream.as_numpy_iterator()
-            first: list[int] = []
-            while not first or int(first[-1]) not in first[:-1]:  # up to the first row seen again
-                first.append(int(next(it)["identity"]))
-            for file in saved:
-                file.unlink()
-            return first[:-1], [first[-1]] + [int(next(it)["identity"]) for _ in range(len(first) - 2)]
-
-    first, replay = passes(cache=True)
-    assert 50 <= len(first) <= 150 and replay == first  # the rank's shard: about half the rows
-    with pytest.raises((tf.errors.OpError, OSError, RuntimeError)):
-        passes(cache=False)
 
 
 def test_read_frame_stops_at_the_limit(dataset: Path) -> None:
