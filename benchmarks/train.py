@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-128", type=int, default=6, help="steps per epoch when timing 128x128")
     parser.add_argument("--workers", type=lambda v: [int(w) for w in v.split(",")], default=[1, 2],
                         help="Horovod worker counts of (b), one run each")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for (a) and (b), e.g. train.cache_mb=0 (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
 
     from results import record, row
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                       "train.validation_steps": "1", "train.pictures": "false", "paths.store": str(root / "store"),
                       "train.experiment": "benchmark-train", "train.shuffle_buffer": "256",
                       # (a) fits plain arrays: (b) must do the same work, so no augmentation in either
-                      "train.augment_flip": "false", "train.augment_shift": "0", "train.augment_color": "0"}  # fmt: skip
+                      "train.augment_flip": "false", "train.augment_shift": "0", "train.augment_color": "0",
+                      **dict(item.split("=", 1) for item in args.set)}  # fmt: skip
             cfg_a = base.replace(**common, **{"train.workers": "1"})
             a = plain_keras(cfg_a, small, args.epochs)
             runs = {}
