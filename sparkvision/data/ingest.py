@@ -318,18 +318,28 @@ def _groups(
     return plan, groups
 
 
+TASK_ROWS = 8192
+"""Rows above which the single pass adds tasks beyond ``2 x parallelism`` (``_task_bins``)."""
+
+
 def _task_bins(groups: list[dict[str, Any]], parallelism: int) -> list[list[tuple[int, dict[str, Any]]]]:
-    """The groups, numbered, dealt into at most ``2 x parallelism`` Spark tasks of about equal rows.
+    """The groups, numbered, dealt into Spark tasks of about equal rows: ``2 x parallelism``
+    tasks, or one per ``TASK_ROWS`` rows when that is more, rounded up to whole rounds of
+    ``parallelism`` tasks (5 equal tasks on 2 cores would leave one core a third round), and
+    never more than one per group.
 
     A PySpark task costs about 0.1 s of scheduling and worker round trip on 2 local cores, as much
     as decoding 50 images; one task per planned file (48 at 20,000 images) spent 10% of ingest
-    there. Longest group first onto the least-loaded task (ties to the lowest task), so the
-    deal is the same on every rerun and no core waits at the end for one long task. With more
-    cores than half the files, every group is its own task as before.
+    there. The row bound keeps a big input spread over executors that register after the job
+    starts (``defaultParallelism`` counts only those already there) and keeps a retried task
+    small. Longest group first onto the least-loaded task (ties to the lowest task), so the
+    deal is the same on every rerun and no core waits at the end for one long task.
     """
     if not groups:
         return []
-    count = min(len(groups), 2 * max(parallelism, 1))
+    rows, cores = sum(len(g["records"]) for g in groups), max(parallelism, 1)
+    wanted = max(2 * cores, math.ceil(rows / TASK_ROWS))
+    count = min(len(groups), math.ceil(wanted / cores) * cores)  # whole rounds: no core runs an extra one
     bins: list[list[tuple[int, dict[str, Any]]]] = [[] for _ in range(count)]
     load = [0] * count
     for i in sorted(range(len(groups)), key=lambda i: (-len(groups[i]["records"]), i)):

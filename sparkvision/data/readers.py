@@ -373,7 +373,7 @@ def _parse_table(
                 f"{name}:{number}: expected {n_values + 1} fields (file name + {meaning}), found {len(parts)}"
             )
         try:
-            values = tuple(int(v) for v in parts[1:])
+            values = tuple(map(int, parts[1:]))
         except ValueError:
             bad = next(v for v in parts[1:] if not re.fullmatch(r"[+-]?\d+", v))
             raise AnnotationError(f"{name}:{number}: expected integers ({meaning}), found {bad!r}") from None
@@ -457,8 +457,10 @@ def list_celeba(
     files = set(survey.files(images_root, image_dir, images.IMAGE_EXTENSIONS))
     annotated: dict[str, str] = {}
     for _, fname, rows in sources:
+        where = str(base.join(fname))
         for name, row in rows.items():
-            annotated.setdefault(name, f"{base.join(fname)}:{row.line}")
+            if name not in annotated:
+                annotated[name] = f"{where}:{row.line}"
     entries: dict[str, CatalogEntry] = {}
     orphans = [
         Orphan(where, f"annotated image {image_dir}/{name} does not exist")

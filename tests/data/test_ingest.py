@@ -78,6 +78,11 @@ def test_task_bins_deal_every_group_once_into_balanced_repeatable_tasks() -> Non
     # As many cores as files: every group stays its own task.
     assert [len(b) for b in ingest_mod._task_bins(groups, parallelism=12)] == [1] * 24
     assert ingest_mod._task_bins([], parallelism=2) == []
+    # A big input on few registered cores still gets one task per TASK_ROWS rows (40,080 rows: 5),
+    # in whole rounds of the cores (2 cores: 6).
+    big = [{"file": f, "records": [None] * 501} for f in range(80)]
+    assert len(ingest_mod._task_bins(big, parallelism=1)) == 5
+    assert len(ingest_mod._task_bins(big, parallelism=2)) == 6
 
 
 # --------------------------------------------------------------------------- CelebA
