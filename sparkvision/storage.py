@@ -24,9 +24,11 @@ object stores do not offer; callers that need them say what happens without.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import tempfile
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -270,7 +272,11 @@ class Location:
         self.write_bytes(text.encode("utf-8"))
 
     def create_exclusive(self, data: bytes) -> bool:
-        """Create the file only if nothing is there (local filesystems only).
+        """Create the file with ``data`` only if nothing is there (local filesystems only).
+
+        The file appears whole: ``data`` goes to a private temporary file that is then hard-linked
+        to the name (``link`` fails when the name exists), so no reader ever sees it empty or half
+        written. Where hard links are not supported it falls back to an exclusive create and write.
 
         Returns:
             True when this call created it, False when a file already existed.
@@ -280,7 +286,22 @@ class Location:
         """
         if not self.is_local:
             raise StorageError(f"{self.url}: exclusive create is only available on local filesystems")
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        folder = os.path.dirname(self.path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{os.path.basename(self.path)}.tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            try:
+                os.link(tmp, self.path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here (some network filesystems)
+                pass
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:

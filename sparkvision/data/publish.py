@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 POINTER = "_latest.json"
 LOCK = "_latest.lock"
+LOCK_UNREADABLE_S = 5.0
+"""An unreadable lock file is taken over only once it is this old: younger, it may be a live
+writer's (a filesystem without hard links creates it first and writes it next)."""
 VERSION_FILE = "_version.json"
 WRITER_FILE = "_writer.json"
 VERSION_PREFIX = "v-"
@@ -390,7 +393,7 @@ def pointer_lock(lock: Location, writer: Mapping[str, Any]) -> Iterator[None]:
         if lock.create_exclusive(json.dumps(body).encode()):
             break
         holder = _read_json(lock) or {}
-        if _lock_is_stale(holder):
+        if _lock_is_stale(holder) and (holder or _age_s(lock) > LOCK_UNREADABLE_S):
             log.warning("%s: taking over the lock of %s (gone or expired)", lock, describe_writer(holder))
             with contextlib.suppress(FileNotFoundError):
                 if (_read_json(lock) or {}).get("owner") == holder.get("owner"):
@@ -421,6 +424,14 @@ def _pid_alive(pid: int) -> bool:
 def _writer_gone(writer: Mapping[str, Any]) -> bool:
     """Whether a writer record names a process on this host that no longer runs."""
     return writer.get("host") == socket.gethostname() and not _pid_alive(int(writer.get("pid") or 0) or -1)
+
+
+def _age_s(path: Location) -> float:
+    """Seconds since ``path`` (a local file) was last written; 0 when it is gone."""
+    try:
+        return time.time() - os.stat(path.path).st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _lock_is_stale(holder: Mapping[str, Any]) -> bool:

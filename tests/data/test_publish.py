@@ -139,6 +139,30 @@ def test_stale_lock_of_a_dead_writer_is_taken_over(tmp_path: Path) -> None:
     assert _current_text(out) == "after" and not (out / publish.LOCK).exists()
 
 
+def test_an_unreadable_lock_is_taken_over_only_once_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty lock may be a live writer's between create and write: waited for while young."""
+    out = tmp_path / "dataset"
+    out.mkdir()
+    (out / publish.LOCK).write_text("")
+    monkeypatch.setattr(publish, "LOCK_WAIT_S", 0.3)
+    with pytest.raises(PublishConflict, match="held by"):
+        _write_version(out, "young")
+    old = os.stat(out / publish.LOCK).st_mtime - 2 * publish.LOCK_UNREADABLE_S
+    os.utime(out / publish.LOCK, (old, old))
+    _write_version(out, "after")
+    assert _current_text(out) == "after" and not (out / publish.LOCK).exists()
+
+
+def test_an_exclusive_create_appears_whole_and_once(tmp_path: Path) -> None:
+    from sparkvision import storage
+
+    lock = storage.location(tmp_path / "lock")
+    assert lock.create_exclusive(b'{"owner": "a"}')
+    assert not lock.create_exclusive(b'{"owner": "b"}')
+    assert (tmp_path / "lock").read_bytes() == b'{"owner": "a"}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"]  # no temporary file left
+
+
 def _legacy_layout(tmp_path: Path, text: str) -> Path:
     """What the previous release published: OUT -> .OUT.versions/v-<hex>."""
     out = tmp_path / "dataset"
