@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=lambda v: [int(w) for w in v.split(",")], default=[1, 2],
                         help="Horovod worker counts of (b), one run each")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting for (a) and (b), e.g. train.cache_mb=0 (repeatable)")  # fmt: skip
+                        help="a setting for (a) and (b), e.g. train.shuffle_buffer=0 (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
 
     from results import record, row

@@ -393,7 +393,7 @@ def pointer_lock(lock: Location, writer: Mapping[str, Any]) -> Iterator[None]:
         if lock.create_exclusive(json.dumps(body).encode()):
             break
         holder = _read_json(lock) or {}
-        if _lock_is_stale(holder) and (holder or _age_s(lock) > LOCK_UNREADABLE_S):
+        if _lock_is_stale(holder, lock):
             log.warning("%s: taking over the lock of %s (gone or expired)", lock, describe_writer(holder))
             with contextlib.suppress(FileNotFoundError):
                 if (_read_json(lock) or {}).get("owner") == holder.get("owner"):
@@ -434,9 +434,12 @@ def _age_s(path: Location) -> float:
         return 0.0
 
 
-def _lock_is_stale(holder: Mapping[str, Any]) -> bool:
+def _lock_is_stale(holder: Mapping[str, Any], lock: Location) -> bool:
+    """Whether the lock ``lock`` whose content reads as ``holder`` may be taken over: expired, its
+    writer gone, or unreadable for longer than ``LOCK_UNREADABLE_S`` (a holder that died between
+    create and write; younger, it may still be writing)."""
     if not holder:
-        return True  # unreadable: a holder died between create and write
+        return _age_s(lock) > LOCK_UNREADABLE_S
     return float(holder.get("expires") or 0) < time.time() or _writer_gone(holder)
 
 
