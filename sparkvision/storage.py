@@ -181,12 +181,19 @@ class Location:
 
     def files(self, recursive: bool = True) -> list[str]:
         """Regular files below this folder as sorted POSIX paths relative to it."""
+        return list(self.file_sizes(recursive))
+
+    def file_sizes(self, recursive: bool = True) -> dict[str, int]:
+        """Regular files below this folder, sorted POSIX paths relative to it → size in bytes (one listing)."""
         import pyarrow.fs as pafs
 
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive)
         base = self.path.rstrip("/") + "/"
-        return sorted(
-            loc.path[len(base) :] for loc, kind in self._list(recursive=recursive) if kind == pafs.FileType.File
-        )
+        found = {}
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File:
+                found[info.path[len(base) :] if info.path.startswith(base) else info.base_name] = int(info.size)
+        return dict(sorted(found.items()))
 
     def broken_links(self) -> list[str]:
         """Symbolic links below this folder whose target does not exist, as sorted relative POSIX paths.

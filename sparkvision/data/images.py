@@ -53,6 +53,9 @@ REASONS = (
 LISTING_REASONS = (UNSUPPORTED_EXTENSION, HIDDEN_FILE, BROKEN_LINK)
 """Reasons decided from the file listing alone (the file's bytes are never read)."""
 
+ORIENTATION = 0x0112
+"""The EXIF orientation tag (1: upright)."""
+
 MAX_PIXELS = 89_478_485
 """Largest accepted ``width x height``: PIL's warning limit (PIL itself refuses only images twice
 as large). Larger images are refused as ``too_large`` before their pixels are decoded
@@ -163,7 +166,8 @@ def decode_image(
     if img.mode not in allowed_modes:
         raise ImageError(UNEXPECTED_MODE, f"expected mode in {list(allowed_modes)}, found {img.mode}")
     try:
-        img = ImageOps.exif_transpose(img)
+        if img.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
+            img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
         pass
     w, h = img.size

@@ -36,6 +36,8 @@ import time
 import uuid
 import zipfile
 from collections.abc import Sequence
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +47,7 @@ from sparkvision import storage, tempdirs
 from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
 from sparkvision.data.images import IMAGE_EXTENSIONS, LISTING_REASONS
-from sparkvision.data.readers import Survey, glob_for
+from sparkvision.data.readers import Survey, glob_for, visible
 from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERROR_MESSAGE, ERRORS
 from sparkvision.scoring.udf import ScoreBatches
 from sparkvision.spark import session_conf
@@ -254,14 +256,35 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
         relative_key("path", input_root(input)).alias("id"),
     )
     # Spark's file scan drops zero-byte files; they are inputs too and get a zero_bytes error row.
-    local = [re.sub("^file:(//)?", "", p) for p in raw.inputFiles() if p.startswith("file:")]
-    empty = [p for p in local if _size(p) == 0]
+    empty = empty_files(input, raw)
     if empty:
         blank = hashlib.sha256(b"").hexdigest()
-        base = input_root(input).path.rstrip("/") + "/"
+        base = str(input_root(input)).rstrip("/") + "/"
         extra = [(b"", p, blank, p[len(base) :] if p.startswith(base) else p) for p in empty]
         rows = rows.unionByName(spark.createDataFrame(extra, rows.schema))
     return rows
+
+
+def empty_files(input: str, raw: DataFrame) -> list[str]:
+    """Paths of the zero-byte image files a folder or glob ``input`` holds, which ``raw`` (its ``binaryFile`` scan) drops.
+
+    A folder is listed once through ``storage`` (any filesystem URL), with the rules of Spark's
+    scan: image extensions, no name starting with ``.`` or ``_``. A glob keeps Spark's own
+    matching: the scan's ``inputFiles`` (local files only; its py4j copy costs about 0.14 ms a file).
+    """
+    if _GLOB.search(input):
+        local = [re.sub("^file:(//)?", "", p) for p in raw.inputFiles() if p.startswith("file:")]
+        return [p for p in local if _size(p) == 0]
+    root = input_root(input)
+    exts = {e.lower() for e in IMAGE_EXTENSIONS}
+    return [
+        str(root.join(rel))
+        for rel, size in root.file_sizes().items()
+        if size == 0
+        and all(visible(part) for part in rel.split("/"))
+        and rel.rsplit(".", 1)[-1].lower() in exts
+        and "." in rel.rsplit("/", 1)[-1].lstrip("._")
+    ]
 
 
 def _size(path: str) -> int:
@@ -271,22 +294,35 @@ def _size(path: str) -> int:
         return -1
 
 
+FILE_OPEN_COST = 8 * 2**20
+"""``spark.sql.files.openCostInBytes`` of a scoring job: far more than an image's bytes, so Spark
+packs input partitions by file count (what scoring time follows: one predict per image), not by
+bytes (a partition of large PNGs would hold a fraction of the images of one of small JPEGs)."""
+IMAGES_PER_TASK = 4096
+"""Most files in one input partition: a large input spreads over executors that register after
+the job starts (``defaultParallelism`` counts only those there at the start)."""
+
+
 def job_conf(spark: SparkSession, cfg: ScoreConfig) -> dict[str, str]:
     """SQL settings of a scoring job: Arrow batch size and input partitioning.
 
-    ``binaryFile`` charges every file ``openCostInBytes`` (4 MB by default), which cuts many small
-    images into hundreds of tiny partitions; a small open cost with ``minPartitionNum`` gives
-    about ``partitions`` evenly sized ones (still capped at ``maxPartitionBytes``).
+    Every file costs ``FILE_OPEN_COST`` in Spark's packing, and with ``minPartitionNum`` the
+    input splits into about ``partitions`` (default 2 x parallelism) partitions of equal file
+    count, each of at most ``IMAGES_PER_TASK`` files (``maxPartitionBytes``). Spark packs the
+    largest files first, so the costliest partitions start first.
     """
     partitions = cfg.partitions or 2 * spark.sparkContext.defaultParallelism
     return {
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.max_records_per_batch),
         "spark.sql.files.minPartitionNum": str(partitions),
-        "spark.sql.files.openCostInBytes": "16384",
+        "spark.sql.files.openCostInBytes": str(FILE_OPEN_COST),
+        "spark.sql.files.maxPartitionBytes": str(FILE_OPEN_COST * IMAGES_PER_TASK),
     }
 
 
-def apply_model(df: DataFrame, model: ResolvedModel, cfg: ScoreConfig, keep: Sequence[str]) -> DataFrame:
+def apply_model(
+    df: DataFrame, model: ResolvedModel, cfg: ScoreConfig, keep: Sequence[str], spread: bool = True
+) -> DataFrame:
     """Score every row of ``df`` (needs an ``image`` column) with ``model``.
 
     Args:
@@ -294,12 +330,15 @@ def apply_model(df: DataFrame, model: ResolvedModel, cfg: ScoreConfig, keep: Seq
         model: From ``resolve_model`` (already shipped to the executors).
         cfg: Batch sizes and partitioning.
         keep: Columns of ``df`` copied to the output.
+        spread: Repartition ``df`` when it has fewer partitions than cores (which costs a
+            planning pass, about 1.5 s in a new session). False for a ``binaryFile`` scan under
+            ``job_conf``: it already has a partition per core, or one per file when fewer.
 
     Returns:
         ``keep`` columns, the model's output columns, ``error_code`` and ``error_message``.
     """
     spark = df.sparkSession
-    if df.rdd.getNumPartitions() < spark.sparkContext.defaultParallelism:  # idle cores: worth a shuffle
+    if spread and df.rdd.getNumPartitions() < spark.sparkContext.defaultParallelism:  # idle cores: worth a shuffle
         df = df.repartition(spark.sparkContext.defaultParallelism)
     types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
     cols = [(c, types[c]) for c in keep] + list(model.outputs) + [(f.name, f.spark_type.simpleString()) for f in ERRORS]
@@ -407,21 +446,30 @@ def score(
     if not output or not input:
         raise ValueError(f"score: expected an input and an output folder, found input={input!r} output={output!r}")
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    model = resolve_model(spark, model_uri, tracking)
+    with ThreadPoolExecutor(1, thread_name_prefix="sparkvision-model") as pool:
+        resolving = pool.submit(resolve_model, spark, model_uri, tracking)  # downloads while the input is listed
+        try:
+            unusable, inputs = unusable_files(input), read_input(spark, input)
+        except BaseException:
+            futures.wait([resolving])
+            raise
+        model = resolving.result()
     with pub.begin(output, retention) as version:
-        return _score_into(spark, version, model, input, cfg, incremental, log_to_run, tracking, scored_at, t0)
+        return _score_into(spark, version, model, input, inputs, unusable, cfg, incremental, log_to_run, tracking,
+                           scored_at, t0)  # fmt: skip
 
 
 def _score_into(
-    spark: SparkSession, version: pub.Publication, model: ResolvedModel, input: str, cfg: ScoreConfig,
-    incremental: bool, log_to_run: bool, tracking: Tracking | None, scored_at: datetime, t0: float,
+    spark: SparkSession, version: pub.Publication, model: ResolvedModel, input: str, inputs: DataFrame,
+    unusable: list[tuple[str, str, str, str]], cfg: ScoreConfig, incremental: bool, log_to_run: bool,
+    tracking: Tracking | None, scored_at: datetime, t0: float,
 ) -> dict[str, Any]:  # fmt: skip
+    """``score`` after its input is listed (``inputs``: ``read_input``; ``unusable``: ``unusable_files``)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     output = str(version.output)
     old = _published_rows(spark, version.base) if incremental else None
-    unusable = unusable_files(input)
     listed_before = 0
     if old is not None and unusable:  # a file never read is known by its path (it has no content hash)
         unread = old.where(F.col("content_hash").isNull() & F.col(ERROR_CODE).isin(list(LISTING_REASONS)))
@@ -435,12 +483,13 @@ def _score_into(
             f"incremental scoring into {output}: the published rows have columns {sorted(old.columns)}, "
             f"model {model.pinned_uri} writes {sorted(columns)}; score into a new output instead"
         )
-    with session_conf(spark, job_conf(spark, cfg)):
-        inputs = read_input(spark, input)
+    with session_conf(spark, job_conf(spark, cfg)):  # read at planning time: input partitions, Arrow batches
         todo = inputs
         if old is not None:
             todo = inputs.join(F.broadcast(old.select("content_hash").distinct()), "content_hash", "left_anti")
-        scored = _with_lineage(apply_model(todo, model, cfg, keep), model, scored_at).select(*columns)
+        files = dataset_version(input) is None
+        scored = _with_lineage(apply_model(todo, model, cfg, keep, spread=not files), model, scored_at)
+        scored = scored.select(*columns)
         scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             by_code = {r[ERROR_CODE]: r["count"] for r in scored.groupBy(ERROR_CODE).count().collect()}

@@ -211,3 +211,28 @@ def test_every_image_extension_is_listed(spark, every_format_dir: Path) -> None:
     expected = [str(p.absolute()) for p in every_format_dir.glob("*/*") if p.suffix != ".txt"]
     assert sorted(listed) == sorted(expected)
     assert str((every_format_dir / "cat" / "05.tif").absolute()) in set(listed)
+
+
+def test_input_partitions_hold_equal_file_counts_whatever_the_file_sizes(spark, tmp_path: Path) -> None:
+    """Scoring time follows the image count, so partitions are packed by count: 8 large PNGs of noise
+    (about 200 KB each) and 24 small JPEGs (about 1 KB) split into 4 partitions of 8 files, give or take
+    the one file per partition of Spark's next-fit packing; packing by bytes put the large files in
+    partitions of 2 and the small ones in partitions of up to 18."""
+    from PIL import Image
+    from pyspark.sql import functions as F
+
+    from sparkvision.config import ScoreConfig
+    from sparkvision.scoring.batch import job_conf, read_input
+    from sparkvision.spark import session_conf
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(tmp_path / f"big_{i}.png")
+    for i in range(24):
+        Image.new("RGB", (32, 32), (i * 10, 0, 0)).save(tmp_path / f"small_{i:02d}.jpg")
+    with session_conf(spark, job_conf(spark, ScoreConfig(partitions=4))):
+        counts = (
+            read_input(spark, str(tmp_path)).groupBy(F.spark_partition_id().alias("p")).count().toPandas()
+        )  # fmt: skip
+    assert len(counts) == 4 and counts["count"].sum() == 32
+    assert counts["count"].max() - counts["count"].min() <= 3, sorted(counts["count"])
