@@ -36,7 +36,6 @@ import time
 import uuid
 import zipfile
 from collections.abc import Sequence
-from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -446,13 +445,9 @@ def score(
     if not output or not input:
         raise ValueError(f"score: expected an input and an output folder, found input={input!r} output={output!r}")
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    with ThreadPoolExecutor(1, thread_name_prefix="sparkvision-model") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="sparkvision-model") as pool:  # a listing error waits for it too
         resolving = pool.submit(resolve_model, spark, model_uri, tracking)  # downloads while the input is listed
-        try:
-            unusable, inputs = unusable_files(input), read_input(spark, input)
-        except BaseException:
-            futures.wait([resolving])
-            raise
+        unusable, inputs = unusable_files(input), read_input(spark, input)
         model = resolving.result()
     with pub.begin(output, retention) as version:
         return _score_into(spark, version, model, input, inputs, unusable, cfg, incremental, log_to_run, tracking,
