@@ -171,13 +171,13 @@ class Location:
 
     def children(self) -> list[Location]:
         """Files and folders directly in this folder, sorted by name ([] when it does not exist)."""
-        return [loc for loc, _ in self._list(recursive=False)]
+        return [self.join(rel) for rel, _ in self._list(recursive=False)]
 
     def child_dirs(self) -> list[Location]:
         """Folders directly in this folder, sorted by name."""
         import pyarrow.fs as pafs
 
-        return [loc for loc, kind in self._list(recursive=False) if kind == pafs.FileType.Directory]
+        return [self.join(rel) for rel, info in self._list(recursive=False) if info.type == pafs.FileType.Directory]
 
     def files(self, recursive: bool = True) -> list[str]:
         """Regular files below this folder as sorted POSIX paths relative to it."""
@@ -187,13 +187,7 @@ class Location:
         """Regular files below this folder, sorted POSIX paths relative to it → size in bytes (one listing)."""
         import pyarrow.fs as pafs
 
-        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive)
-        base = self.path.rstrip("/") + "/"
-        found = {}
-        for info in self.fs.get_file_info(selector):
-            if info.type == pafs.FileType.File:
-                found[info.path[len(base) :] if info.path.startswith(base) else info.base_name] = int(info.size)
-        return dict(sorted(found.items()))
+        return {rel: int(info.size) for rel, info in self._list(recursive) if info.type == pafs.FileType.File}
 
     def broken_links(self) -> list[str]:
         """Symbolic links below this folder whose target does not exist, as sorted relative POSIX paths.
@@ -212,14 +206,14 @@ class Location:
                     found.append(os.path.relpath(full, base).replace(os.sep, "/"))
         return sorted(found)
 
-    def _list(self, recursive: bool) -> Iterator[tuple[Location, Any]]:
+    def _list(self, recursive: bool) -> Iterator[tuple[str, Any]]:
+        """``(path relative to this folder, pyarrow FileInfo)`` of everything below it, sorted by path."""
         import pyarrow.fs as pafs
 
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive)
         base = self.path.rstrip("/") + "/"
         for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
-            rel = info.path[len(base) :] if info.path.startswith(base) else info.base_name
-            yield self.join(rel), info.type
+            yield (info.path[len(base) :] if info.path.startswith(base) else info.base_name), info
 
     # ------------------------------------------------------------------ reads and writes
 
@@ -233,7 +227,7 @@ class Location:
             try:
                 with open(self.path, "rb") as fh:
                     return fh.read()
-            except (FileNotFoundError, IsADirectoryError):
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # the last: a path below a file
                 raise FileNotFoundError(f"{self}: no such file") from None
         if not self.is_file():
             raise FileNotFoundError(f"{self}: no such file")

@@ -155,11 +155,14 @@ class Survey:
             left out on purpose and only counted (``excluded``).
         skipped: Files that are not used, with their reason.
         excluded: Keys of the excluded files.
+        empty: Keys of the zero-byte image files among those ``files`` returns (Spark's
+            ``binaryFile`` scan drops them; a job reading through it gives each its error row).
     """
 
     exclude: tuple[str, ...] = ()
     skipped: list[Skipped] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
 
     def is_excluded(self, key: str) -> bool:
         """Whether ``key`` (relative to the data set root) matches an ``exclude`` pattern."""
@@ -170,8 +173,9 @@ class Survey:
         """Image files under ``root`` (recursively) as sorted POSIX paths relative to ``root``.
 
         Exactly what ``spark.read.format("binaryFile")`` with ``recursiveFileLookup`` and
-        ``glob_for(extensions)`` reads, minus excluded files. Every other regular file and
-        dangling link under ``root`` is recorded in ``skipped`` (keys ``prefix/rel``).
+        ``glob_for(extensions)`` reads, minus excluded files, plus zero-byte ones (also in
+        ``empty``). Every other regular file and dangling link under ``root`` is recorded in
+        ``skipped`` (keys ``prefix/rel``). One listing of ``root``.
         """
         exts = {e.lower() for e in extensions}
         pre = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
@@ -183,7 +187,7 @@ class Survey:
                                             f"{root.join(rel)}: symbolic link to a file that does not exist"))  # fmt: skip
             else:
                 self.excluded.append(pre + rel)
-        for rel in root.files(recursive=True):
+        for rel, size in root.file_sizes(recursive=True).items():
             key = pre + rel
             if self.is_excluded(key):
                 self.excluded.append(key)
@@ -202,6 +206,8 @@ class Survey:
                                             f"extension in {wanted}, found {('.' + ext) if ext else 'none'}"))  # fmt: skip
             else:
                 found.append(rel)
+                if size == 0:
+                    self.empty.append(key)
         if self.skipped:
             log.info("%s: %d files not read as images (hidden, other extensions, dangling links)", root,
                      len(self.skipped))  # fmt: skip

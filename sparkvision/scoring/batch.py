@@ -9,6 +9,8 @@ Steps, all on the driver except the model itself:
 2. ``read_input``: a folder or glob of image files (``binaryFile``, recursive, image extensions;
    ``content_hash`` = SHA-256 of the bytes, computed in the JVM) or an ingested dataset folder
    (``manifest.json`` + ``data/`` Parquet).
+   Steps 1 and 2 run side by side: the model downloads while the input is listed, once
+   (``survey_input``).
 3. ``apply_model``: ``mapInPandas`` with ``udf.ScoreBatches`` — one model per Python worker,
    Arrow batches of ``max_records_per_batch`` rows, ``predict`` calls of ``batch_size`` images.
 4. The scored rows (small: no image bytes) are persisted once, counted for the summary, sorted
@@ -46,7 +48,7 @@ from sparkvision import storage, tempdirs
 from sparkvision.config import ScoreConfig
 from sparkvision.data import publish as pub
 from sparkvision.data.images import IMAGE_EXTENSIONS, LISTING_REASONS
-from sparkvision.data.readers import Survey, glob_for, visible
+from sparkvision.data.readers import Survey, glob_for
 from sparkvision.data.schema import ERROR_CODE, ERROR_COLUMNS, ERROR_MESSAGE, ERRORS
 from sparkvision.scoring.udf import ScoreBatches
 from sparkvision.spark import session_conf
@@ -189,22 +191,39 @@ def input_root(input: str) -> storage.Location:
     return storage.location(head.rsplit("/", 1)[0] if "/" in head else ".")
 
 
-def unusable_files(input: str) -> list[tuple[str, str, str, str]]:
+def survey_input(input: str) -> Survey | None:
+    """The driver's one listing of a folder or glob input (``readers.Survey`` of ``input_root``).
+
+    None for an ingested dataset, a single file or a folder that does not exist.
+    ``unusable_files`` and ``read_input`` take it, so a job lists its input once.
+    """
+    if dataset_version(input) is not None:
+        return None
+    root = input_root(input)
+    if not root.is_dir() or (not _GLOB.search(input) and root != storage.location(input)):
+        return None
+    survey = Survey()
+    survey.files(root, "", IMAGE_EXTENSIONS)
+    return survey
+
+
+def unusable_files(input: str, survey: Survey | None = None) -> list[tuple[str, str, str, str]]:
     """``(source_path, id, reason, message)`` of every file under a folder or glob input that Spark does not read.
 
     Hidden and underscore-prefixed names, other extensions and dangling links
     (``readers.Survey``): scoring gives each an error row, as ingest quarantines it. For a glob,
     only the files the glob matches. Empty for an ingested dataset.
+
+    Args:
+        input: The input folder or glob.
+        survey: ``survey_input(input)`` when the caller has it (else it is listed here).
     """
     import fnmatch
 
-    if dataset_version(input) is not None:
+    survey = survey or survey_input(input)
+    if survey is None:
         return []
     root = input_root(input)
-    if not root.is_dir():
-        return []
-    survey = Survey()
-    survey.files(root, "", IMAGE_EXTENSIONS)
     pattern = storage.location(input).path if _GLOB.search(input) else None
     rows = []
     for item in survey.skipped:
@@ -214,7 +233,7 @@ def unusable_files(input: str) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def read_input(spark: SparkSession, input: str) -> DataFrame:
+def read_input(spark: SparkSession, input: str, survey: Survey | None = None) -> DataFrame:
     """Rows to score: ``image`` (bytes), ``source_path``, ``content_hash``, ``id`` (+ dataset columns).
 
     ``id`` is the file's path relative to the input folder (for a glob: the folder above its first
@@ -224,6 +243,8 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
     Args:
         spark: The session.
         input: A folder (read recursively) or glob of image files, or an ingested dataset folder.
+        survey: ``survey_input(input)`` when the caller has it (a folder's zero-byte files are
+            found in it; else the folder is listed here).
 
     Returns:
         A DataFrame with one row per input image. For a dataset, all its columns (``split``,
@@ -255,7 +276,7 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
         relative_key("path", input_root(input)).alias("id"),
     )
     # Spark's file scan drops zero-byte files; they are inputs too and get a zero_bytes error row.
-    empty = empty_files(input, raw)
+    empty = empty_files(input, raw, survey)
     if empty:
         blank = hashlib.sha256(b"").hexdigest()
         base = str(input_root(input)).rstrip("/") + "/"
@@ -264,26 +285,19 @@ def read_input(spark: SparkSession, input: str) -> DataFrame:
     return rows
 
 
-def empty_files(input: str, raw: DataFrame) -> list[str]:
+def empty_files(input: str, raw: DataFrame, survey: Survey | None = None) -> list[str]:
     """Paths of the zero-byte image files a folder or glob ``input`` holds, which ``raw`` (its ``binaryFile`` scan) drops.
 
-    A folder is listed once through ``storage`` (any filesystem URL), with the rules of Spark's
-    scan: image extensions, no name starting with ``.`` or ``_``. A glob keeps Spark's own
-    matching: the scan's ``inputFiles`` (local files only; its py4j copy costs about 0.14 ms a file).
+    A folder's are in its ``survey`` (``Survey.empty``: the listing through ``storage``, any
+    filesystem URL). A glob keeps Spark's own matching: the scan's ``inputFiles`` (local files
+    only; its py4j copy costs about 0.14 ms a file).
     """
     if _GLOB.search(input):
         local = [re.sub("^file:(//)?", "", p) for p in raw.inputFiles() if p.startswith("file:")]
         return [p for p in local if _size(p) == 0]
+    survey = survey or survey_input(input)
     root = input_root(input)
-    exts = {e.lower() for e in IMAGE_EXTENSIONS}
-    return [
-        str(root.join(rel))
-        for rel, size in root.file_sizes().items()
-        if size == 0
-        and all(visible(part) for part in rel.split("/"))
-        and rel.rsplit(".", 1)[-1].lower() in exts
-        and "." in rel.rsplit("/", 1)[-1].lstrip("._")
-    ]
+    return [str(root.join(key)) for key in survey.empty] if survey is not None else []
 
 
 def _size(path: str) -> int:
@@ -447,7 +461,8 @@ def score(
     scored_at = datetime.now(UTC).replace(microsecond=0)
     with ThreadPoolExecutor(1, thread_name_prefix="sparkvision-model") as pool:  # a listing error waits for it too
         resolving = pool.submit(resolve_model, spark, model_uri, tracking)  # downloads while the input is listed
-        unusable, inputs = unusable_files(input), read_input(spark, input)
+        survey = survey_input(input)
+        unusable, inputs = unusable_files(input, survey), read_input(spark, input, survey)
         model = resolving.result()
     with pub.begin(output, retention) as version:
         return _score_into(spark, version, model, input, inputs, unusable, cfg, incremental, log_to_run, tracking,

@@ -236,3 +236,20 @@ def test_input_partitions_hold_equal_file_counts_whatever_the_file_sizes(spark, 
         )  # fmt: skip
     assert len(counts) == 4 and counts["count"].sum() == 32
     assert counts["count"].max() - counts["count"].min() <= 3, sorted(counts["count"])
+
+
+def test_one_listing_finds_the_empty_and_unusable_files_of_a_folder_and_none_beside_a_file(tmp_path: Path) -> None:
+    """``survey_input`` lists a folder once: zero-byte images (which Spark's scan drops) are in
+    ``empty``, the files Spark never reads in ``unusable_files``. A single file input is that file
+    alone: its neighbours are not inputs."""
+    from sparkvision.scoring.batch import survey_input, unusable_files
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "empty.png").write_bytes(b"")
+    (tmp_path / "sub" / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "ok.png").write_bytes(b"x")
+    survey = survey_input(str(tmp_path))
+    assert survey is not None and survey.empty == ["sub/empty.png"]
+    assert sorted(u[1] for u in unusable_files(str(tmp_path), survey)) == ["notes.txt", "sub/.hidden.png"]
+    assert survey_input(str(tmp_path / "ok.png")) is None and unusable_files(str(tmp_path / "ok.png")) == []
