@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ENV ?= base
 GPU ?= 0
+# Test processes (pytest-xdist, whole files each): half the suite waits on process start-up,
+# servers and JVMs, so two processes on 2 cores take 18 min where one took 30.
+TEST_PROCS ?= 2
 
 .PHONY: setup package demo test lint bench clean-runs
 
@@ -18,7 +21,7 @@ demo: setup
 	$(PY) -m sparkvision.cli pipeline pipelines/demo.yaml --env $(ENV)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_PROCS) --dist loadfile tests
 
 lint: setup
 	$(VENV)/bin/ruff check sparkvision jobs tests benchmarks

@@ -1,6 +1,7 @@
 """Shared fixtures: one local SparkSession, the in-process training backend, the test
 configuration, generated data sets, and a real MLflow server on a free 127.0.0.1 port.
-Everything session-scoped is built once."""
+Everything session-scoped is built once per test process (``make test`` runs two, see
+DEVELOPERS.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def cfg() -> Config:
 
 @pytest.fixture(scope="session")
 def spark(cfg: Config):
-    """The one local SparkSession of the test session."""
+    """The one local SparkSession of this test process."""
     from sparkvision.spark import get_spark
 
     session = get_spark(cfg.spark)
