@@ -138,6 +138,7 @@ class TrainConfig:
     pictures: bool = True
     gpus_per_worker: int = field(default=0, metadata=_range(0, 1))
     mixed_precision: Literal[False, "mixed_float16"] = False
+    horovod_cycle_time_ms: float | Literal["auto"] = field(default="auto", metadata=_range(0.1, 1000.0))
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,8 @@ def _make_section(cls: type, values: Mapping[str, Any], section: str) -> Any:
         kwargs[f.name] = _coerce(values[f.name], hints[f.name], f"{section}.{f.name}")
         lo, hi = f.metadata.get("range", (None, None))
         v = kwargs[f.name]
+        if isinstance(v, str):  # a word a numeric key also takes ("auto"): checked by _coerce
+            continue
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
             raise ConfigError(f"{section}.{f.name}: expected a value in {bounds}, found {v!r}")

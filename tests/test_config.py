@@ -75,6 +75,8 @@ def test_env_layer_overrides_base_key_by_key(tmp_path: Path) -> None:
             and c.spark.conf["spark.sql.shuffle.partitions"] == "3",
         ),
         (["train.epochs=3", "train.epochs=4"], lambda c: c.train.epochs == 4),
+        (["train.horovod_cycle_time_ms=5"], lambda c: c.train.horovod_cycle_time_ms == 5.0),
+        (["train.horovod_cycle_time_ms=auto"], lambda c: c.train.horovod_cycle_time_ms == "auto"),
     ],
 )
 def test_overrides_apply_over_the_layers(tmp_path: Path, overrides: list[str], check) -> None:
@@ -98,6 +100,11 @@ def test_overrides_apply_over_the_layers(tmp_path: Path, overrides: list[str], c
         (["train.attributes=Smiling"], r"train.attributes: expected a list, found 'Smiling'"),
         (["ingest.crop=center"], r"ingest.crop: expected one of .*; did you mean 'center_square'\?"),
         (["train.latent_dim=2.5"], r"train.latent_dim: expected an integer, found 2.5"),
+        (
+            ["train.horovod_cycle_time_ms=0"],
+            r"train.horovod_cycle_time_ms: expected a value in \[0.1, 1000.0\], found 0.0",
+        ),
+        (["train.horovod_cycle_time_ms=fast"], r"train.horovod_cycle_time_ms: expected .*, found 'fast'"),
         (["epochs"], r"override 'epochs': expected section.key=value"),
         (["epochs=3"], r"found no section in 'epochs'"),
         (["train.epochs.max=3"], r"'epochs' is not a mapping; use train.epochs=value"),

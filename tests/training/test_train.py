@@ -79,6 +79,7 @@ def test_one_run_with_params_epoch_metrics_and_artifacts(trained: dict[str, Any]
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["train.batch_size"] == "8" and params["workers"] == "2"
+    assert params["horovod_cycle_time_ms"] == "10", "auto on CPU workers"
     assert float(params["effective_lr"]) == pytest.approx(2 * train_cfg.train.learning_rate)
     version = publish.current(celeba_parquet)
     manifest = json.loads(version.location.join("manifest.json").read_text())
@@ -222,3 +223,32 @@ def test_one_worker_runs_repeat_exactly_in_process_as_on_spark(
     assert len(names) > 10
     for n in names:
         np.testing.assert_array_equal(a.get_tensor(n), b.get_tensor(n), err_msg=n)
+
+
+@pytest.mark.parametrize(
+    ("setting", "gpus", "environ", "expected"),
+    [
+        ("auto", 0, {}, 10.0),
+        ("auto", 1, {}, 1.0),
+        ("auto", 0, {"HOROVOD_CYCLE_TIME": "2.5"}, 2.5),
+        (3.0, 0, {"HOROVOD_CYCLE_TIME": "2.5"}, 3.0),
+    ],
+)
+def test_horovod_cycle_time_of_the_ranks(setting: Any, gpus: int, environ: dict[str, str], expected: float) -> None:
+    from sparkvision.config import TrainConfig
+    from sparkvision.training.trainer import _worker_env, horovod_cycle_time_ms
+
+    tcfg = TrainConfig(horovod_cycle_time_ms=setting, gpus_per_worker=gpus)
+    assert horovod_cycle_time_ms(tcfg, environ) == expected
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in environ.items():
+            mp.setenv(key, value)
+        assert float(_worker_env(tcfg)["HOROVOD_CYCLE_TIME"]) == expected
+
+
+def test_a_bad_horovod_cycle_time_in_the_environment_is_named() -> None:
+    from sparkvision.config import TrainConfig
+    from sparkvision.training.trainer import horovod_cycle_time_ms
+
+    with pytest.raises(ValueError, match=r"HOROVOD_CYCLE_TIME: expected milliseconds > 0, found 'fast'"):
+        horovod_cycle_time_ms(TrainConfig(), {"HOROVOD_CYCLE_TIME": "fast"})
