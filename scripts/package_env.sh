@@ -108,10 +108,13 @@ assert hvd.gloo_built(), "Horovod in the packed environment was built without Gl
 PY
   echo "package: packing $env_venv"
   # Executors need neither pyspark's jars (the cluster's Spark has its own, and puts its
-  # pyspark.zip first on the Python workers' path) nor TensorFlow's C++ headers: 500 MB less.
+  # pyspark.zip first on the Python workers' path) nor TensorFlow's C++ headers (500 MB), nor
+  # the packages' own test suites (125 MB) or libclang's Python bindings (62 MB, used only to
+  # build TensorFlow): each executor and the client-mode driver unpack the archive per job.
   site=lib/python3.11/site-packages
   "$VENV/bin/venv-pack" --quiet --force -p "$env_venv" -o "$cached.partial" --format tar.gz \
-    --exclude "$site/pyspark/jars/*" --exclude "$site/tensorflow/include/*" --exclude .sparkvision-deps
+    --exclude "$site/pyspark/jars/*" --exclude "$site/tensorflow/include/*" --exclude "$site/*/tests/*" \
+    --exclude "$site/clang/*" --exclude .sparkvision-deps
   chmod 644 "$cached.partial"
   mv "$cached.partial" "$cached"
   # keep the three newest archives
