@@ -186,6 +186,7 @@ def train(
     if resume and state is None:
         raise FileNotFoundError(f"resume requested but there is no checkpoint: {p.store.url('state.json')} is missing")
 
+    cycle_ms = horovod_cycle_time_ms(cfg.train, os.environ)
     with tempdirs.temporary_directory("sv-train-") as tmp:
         work = Path(tmp)
         if state is not None:
@@ -198,7 +199,7 @@ def train(
             run_id = tracking.create_run(experiment, f"{p.registered_name}-train",
                                          {"mlflow.source.type": "JOB", **liveness.driver_tags()})  # fmt: skip
             params = tracking_log.train_params(cfg, p.effective_lr, p.steps_per_epoch, p.validation_steps)
-            params["horovod_cycle_time_ms"] = f"{horovod_cycle_time_ms(cfg.train, os.environ):g}"
+            params["horovod_cycle_time_ms"] = f"{cycle_ms:g}"
             tracking_log.log_inputs(tracking, run_id, cfg, p.manifest, p.data_dir, params, work, version=p.version)
         log.info("training %s on %s: run %s, %d worker(s), %d steps/epoch", cfg.train.model, p.data_dir, run_id,
                  cfg.train.workers, p.steps_per_epoch)  # fmt: skip
@@ -207,7 +208,7 @@ def train(
                         tracking_uri=tracking.uri, resume=state is not None)  # fmt: skip
         try:
             started = time.perf_counter()
-            results = backend.run(run_worker, args=(job,), num_proc=cfg.train.workers, env=_worker_env(cfg.train))
+            results = backend.run(run_worker, args=(job,), num_proc=cfg.train.workers, env=_worker_env(cycle_ms))
             rank0 = next(r for r in results if r["rank"] == 0)
             if not rank0.get("checkpoint"):
                 raise RuntimeError(f"training run {run_id} wrote no checkpoint to {p.store.url()}")
@@ -249,10 +250,10 @@ def _checked_plan(planned: Plan, data_dir: str | os.PathLike[str]) -> Plan:
 
 CPU_CYCLE_TIME_MS = 10.0
 """``train.horovod_cycle_time_ms: auto`` on CPU workers. Horovod's thread negotiates with the other
-ranks every cycle (1 ms by default) whether or not a tensor is waiting; on a rank that shares its
-cores with the step and the input pipeline that costs about 10% of the throughput (2 workers on
-2 cores: 448-493 images/s at 1 ms, 513-540 at 10 ms; README figures). A gradient waits at most one
-cycle, a few percent of a CPU step."""
+ranks every cycle (1 ms by default) whether or not a tensor is waiting, on the cores the step and
+the input pipeline need: 2 workers on 2 cores trained the 64-px VAE at 459 images/s with 1 ms and
+584-613 with 10 ms (``benchmarks/train.py``, README figures). A gradient waits at most one cycle,
+10 ms against a step of about 100 ms there."""
 
 
 def horovod_cycle_time_ms(tcfg: TrainConfig, environ: Mapping[str, str]) -> float:
@@ -277,9 +278,9 @@ def horovod_cycle_time_ms(tcfg: TrainConfig, environ: Mapping[str, str]) -> floa
     return CPU_CYCLE_TIME_MS if tcfg.gpus_per_worker == 0 else 1.0
 
 
-def _worker_env(tcfg: TrainConfig) -> dict[str, str]:
+def _worker_env(cycle_ms: float) -> dict[str, str]:
     env = dict(os.environ)
-    env["HOROVOD_CYCLE_TIME"] = f"{horovod_cycle_time_ms(tcfg, os.environ):g}"
+    env["HOROVOD_CYCLE_TIME"] = f"{cycle_ms:g}"
     # Ranks keep TensorFlow's Python warnings (slow-callback notices) and grappler's C++
     # error notices to themselves unless the driver logs at DEBUG.
     env.setdefault("SPARKVISION_WORKER_TF_LOG", "INFO" if log.isEnabledFor(logging.DEBUG) else "ERROR")

@@ -243,7 +243,7 @@ def test_horovod_cycle_time_of_the_ranks(setting: Any, gpus: int, environ: dict[
     with pytest.MonkeyPatch.context() as mp:
         for key, value in environ.items():
             mp.setenv(key, value)
-        assert float(_worker_env(tcfg)["HOROVOD_CYCLE_TIME"]) == expected
+        assert float(_worker_env(horovod_cycle_time_ms(tcfg, os.environ))["HOROVOD_CYCLE_TIME"]) == expected
 
 
 def test_a_bad_horovod_cycle_time_in_the_environment_is_named() -> None:
