@@ -229,8 +229,8 @@ def training_dataset(
             )
         return task.parse_row({**row, AUGMENT_SEED: row_seed}, meta, cfg, True)
 
-    # One parallel map per row for seed and parse: a separate sequential seeding map cost a
-    # function call per row on the step's cores (README figures, training input).
+    # Seed and parse in one parallel map: a sequential seeding map before it ran one more
+    # function per row, on one thread.
     ds = stream.filter(task.keep_for_training).enumerate()
     ds = ds.map(seeded_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cfg.shuffle_buffer > 0:
