@@ -10,7 +10,9 @@ Pillow loop doing the same per-image work on the same files.
     the Parquet write and the atomic publish. The SparkSession is started and warmed up on a
     tiny data set first (not timed): start-up is not throughput.
 
-Prints images/s of each and the ratio b/a for each size (fixed and per-image costs apart) and
+(a) runs before the first (b) and after every one (``--rounds``), and each (b) is compared with
+the mean of the (a) runs just before and after it (``results.bracketed``). Prints images/s of
+each and the median ratio b/a, with its range, for each size (fixed and per-image costs apart) and
 records them in ``runs/bench/ingest.json``. Generated data is cached in ``--data-dir``.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -57,9 +60,12 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "sparkvision-bench"),
                         help="cache folder for generated data")  # fmt: skip
     parser.add_argument("--env", default="base", help="configuration layer (ingest and spark sections)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="ingest runs per size; the loop runs before the first and after every one, and each "
+                             "is compared with the loop runs just before and after it")  # fmt: skip
     args = parser.parse_args()
 
-    from results import record, row
+    from results import bracketed, record, row, spread
 
     from sparkvision.config import load_config
     from sparkvision.data.ingest import ingest
@@ -81,27 +87,34 @@ def main() -> None:
             files = sorted((roots[n] / cfg.ingest.celeba_image_dir).glob("*.jpg"))
             print(f"{len(files)} images, {sum(p.stat().st_size for p in files) / 1e6:.1f} MB, "
                   f"image_size={cfg.ingest.image_size}, png level {cfg.ingest.png_compress_level}")  # fmt: skip
-            base_s = pillow_loop(files, cfg.ingest.image_size, cfg.ingest.png_compress_level)
-            base_rate = len(files) / base_s
-            print(f"(a) single-process Pillow loop: {base_s:7.2f}s  {base_rate:8.1f} images/s")
-            started = time.perf_counter()
-            manifest = ingest(spark, "celeba", str(roots[n]), str(out_dir / f"out-{n}"), cfg.ingest, workers=workers)
-            spark_s = time.perf_counter() - started
-            assert manifest["output_rows"] + manifest["quarantined"] == len(files), manifest
-            spark_rate = len(files) / spark_s
-            ratio = spark_rate / base_rate
+            base_rates = [len(files) / pillow_loop(files, cfg.ingest.image_size, cfg.ingest.png_compress_level)]
+            print(f"(a) single-process Pillow loop: {base_rates[-1]:8.1f} images/s", flush=True)
+            spark_rates = []
+            for round_ in range(args.rounds):
+                started = time.perf_counter()
+                out = out_dir / f"out-{n}-{round_}"
+                manifest = ingest(spark, "celeba", str(roots[n]), str(out), cfg.ingest, workers=workers)
+                spark_s = time.perf_counter() - started
+                assert manifest["output_rows"] + manifest["quarantined"] == len(files), manifest
+                spark_rates.append(len(files) / spark_s)
+                shutil.rmtree(out, ignore_errors=True)
+                print(f"(b) ingest on {cfg.spark.master} ({workers} cores): {spark_s:7.2f}s  {spark_rates[-1]:8.1f} "
+                      f"images/s  ({manifest['output_rows']} rows, {manifest['quarantined']} quarantined, files per "
+                      f"split {manifest['files_per_split']})", flush=True)  # fmt: skip
+                base_rates.append(len(files) / pillow_loop(files, cfg.ingest.image_size, cfg.ingest.png_compress_level))
+                print(f"(a) single-process Pillow loop: {base_rates[-1]:8.1f} images/s", flush=True)
+            ratios = bracketed(base_rates, spark_rates)
+            ratio = statistics.median(ratios)
             goal = goals.get(n)
-            print(f"(b) ingest on {cfg.spark.master} ({workers} cores): {spark_s:7.2f}s  {spark_rate:8.1f} images/s  "
-                  f"({manifest['output_rows']} rows, {manifest['quarantined']} quarantined, "
-                  f"files per split {manifest['files_per_split']})")  # fmt: skip
-            print(f"ratio b/a at {n}: {ratio:.2f}x" + (f" (goal >= {goal}x; 2 cores bound it at 2.0x)" if goal else ""))
+            print(f"ratio b/a at {n}: {spread(ratios, 'x')}"
+                  + (f" (goal >= {goal}x; 2 cores bound it at 2.0x)" if goal else ""))  # fmt: skip
             figures += [
-                row("ingest", str(n), "images/s, ingest / single-process Pillow loop", ratio,
+                row("ingest", str(n), "images/s, ingest / single-process Pillow loop (median of rounds)", ratio,
                     f">= {goal}" if goal else "", ratio >= goal if goal else None),
-                row("ingest", str(n), "ingest images/s", spark_rate),
-                row("ingest", str(n), "Pillow loop images/s", base_rate),
+                row("ingest", str(n), "same, lowest round", min(ratios)),
+                row("ingest", str(n), "ingest images/s, median", statistics.median(spark_rates)),
+                row("ingest", str(n), "Pillow loop images/s, median", statistics.median(base_rates)),
             ]  # fmt: skip
-            shutil.rmtree(out_dir / f"out-{n}", ignore_errors=True)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     record("ingest", figures)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,28 @@ def row(
     """One figure; ``met`` is None when the figure has no goal."""
     return {"benchmark": benchmark, "size": size, "figure": figure, "value": round(float(value), 3), "goal": goal,
             "met": met}  # fmt: skip
+
+
+def bracketed(baselines: Sequence[float], candidates: Sequence[float]) -> list[float]:
+    """Each candidate rate over the mean of the baseline runs just before and after it.
+
+    A benchmark alternates them (baseline, candidate, baseline, candidate, ..., baseline), so
+    ``len(baselines) == len(candidates) + 1``: these machines change speed by up to 2x within minutes
+    (one in-memory ``fit`` measured 156, 234 and 312 images/s a thread within ten minutes), and
+    a ratio to a baseline measured minutes earlier records that drift as much as the code.
+    """
+    if len(baselines) != len(candidates) + 1:
+        raise ValueError(f"expected {len(candidates) + 1} baseline runs around {len(candidates)} candidate runs, "
+                         f"found {len(baselines)}")  # fmt: skip
+    return [c / ((baselines[i] + baselines[i + 1]) / 2) for i, c in enumerate(candidates)]
+
+
+def spread(values: Sequence[float], unit: str = "") -> str:
+    """``0.93 (0.88-0.97 over 3 rounds)``, or the value alone for one round; ``unit`` follows each figure."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}{unit}"
+    return (f"{statistics.median(values):.2f}{unit} ({min(values):.2f}{unit}-{max(values):.2f}{unit} over "
+            f"{len(values)} rounds)")  # fmt: skip
 
 
 def record(benchmark: str, rows: list[dict[str, Any]]) -> Path:

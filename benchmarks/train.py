@@ -1,12 +1,15 @@
 """Horovod-on-Spark training throughput against plain single-process Keras, same model and data.
 
-    .venv/bin/python benchmarks/train.py [--images 768] [--size 64] [--batch 32] [--epochs 3]
+    .venv/bin/python benchmarks/train.py [--images 1536] [--size 64] [--batch 32] [--epochs 5] [--rounds 3]
 
 (a) ``model.fit`` in one process on in-memory float arrays (all cores);
 (b) ``sparkvision.training.train`` with 1 and 2 Horovod workers (``--workers``) on local Spark, streaming PNG rows
     from Parquet through petastorm, with checkpoints and MLflow logging every epoch.
 Both train the VAE with the same per-process batch size on the same images; steady-state
-images/s is taken from the epochs after the first (start-up is printed separately). Last,
+images/s is taken from the epochs after the first (start-up is printed separately). (a) runs
+first and again after every round of (b) runs, and each (b) is compared with the mean of the
+(a) runs just before and after it (``results.bracketed``): the ratio printed is the median over
+rounds, with its range. Last,
 the VAE at 128x128 is timed for a few steps with (b) and extrapolated to seconds per epoch
 of 10,000 images. Generates its own CelebA-format data and starts its own MLflow server.
 """
@@ -84,19 +87,22 @@ def horovod_spark(spark, cfg: Config, data_dir: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=768, help="generated CelebA images (about 80%% train)")
+    parser.add_argument("--images", type=int, default=1536, help="generated CelebA images (about 80%% train)")
     parser.add_argument("--size", type=int, default=64, help="image side for (a) and (b)")
     parser.add_argument("--latent", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32, help="per-process batch size")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of (a) and (b); the first is start-up")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of (a) and (b); the first is start-up")
     parser.add_argument("--steps-128", type=int, default=6, help="steps per epoch when timing 128x128")
     parser.add_argument("--workers", type=lambda v: [int(w) for w in v.split(",")], default=[1, 2],
-                        help="Horovod worker counts of (b), one run each")  # fmt: skip
+                        help="Horovod worker counts of (b), one run each per round")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of (b); (a) runs before the first and after every round, and each (b) "
+                             "is compared with the (a) runs just before and after it")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for (a) and (b), e.g. train.shuffle_buffer=0 (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
 
-    from results import record, row
+    from results import bracketed, record, row, spread
 
     from sparkvision import tracking
     from sparkvision.data.generators.celeba import generate_celeba
@@ -122,13 +128,18 @@ def main(argv: list[str] | None = None) -> int:
                       "train.augment_flip": "false", "train.augment_shift": "0", "train.augment_color": "0",
                       **dict(item.split("=", 1) for item in args.set)}  # fmt: skip
             cfg_a = base.replace(**common, **{"train.workers": "1"})
-            a = plain_keras(cfg_a, small, args.epochs)
-            runs = {}
-            for workers in args.workers:
-                steps = max(1, rows // (args.batch * workers))
-                cfg_b = base.replace(**common, **{"train.workers": str(workers), "train.steps_per_epoch": str(steps),
-                                                  "train.registered_model_prefix": f"bench{workers}w"})  # fmt: skip
-                runs[workers] = horovod_spark(spark, cfg_b, small)
+            cfg_b = {workers: base.replace(**common, **{
+                "train.workers": str(workers), "train.steps_per_epoch": str(max(1, rows // (args.batch * workers))),
+                "train.registered_model_prefix": f"bench{workers}w"}) for workers in args.workers}  # fmt: skip
+            a = [plain_keras(cfg_a, small, args.epochs)]
+            runs: dict[int, list[dict[str, float]]] = {workers: [] for workers in args.workers}
+            for round_ in range(args.rounds):
+                for workers in args.workers:
+                    runs[workers].append(horovod_spark(spark, cfg_b[workers], small))
+                a.append(plain_keras(cfg_a, small, args.epochs))
+                print(f"round {round_ + 1}/{args.rounds}: (a) {a[-2]['images_per_s']:.0f} -> {a[-1]['images_per_s']:.0f} "
+                      "images/s; " + ", ".join(f"(b) {w} worker(s) {runs[w][-1]['images_per_s']:.0f}" for w in args.workers),
+                      flush=True)  # fmt: skip
             cfg_c = base.replace(**{**common, "train.image_size": "128", "train.latent_dim": "200", "train.epochs": "2",
                                     "train.workers": "2", "train.steps_per_epoch": str(args.steps_128),
                                     "train.registered_model_prefix": "bench128"})  # fmt: skip
@@ -136,23 +147,31 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             tracking.stop_server(root / "mlflow")
 
+    a_rates = [run["images_per_s"] for run in a]
     print(f"\nVAE {args.size}x{args.size} z={args.latent}, batch {args.batch} per process, {rows} train images, "
-          f"{os.cpu_count()} cores")  # fmt: skip
-    print(f"(a) plain Keras, 1 process, in-memory : {a['images_per_s']:8.1f} images/s steady "
-          f"({a['images_per_epoch']} images/epoch; start-up {a['startup_s']:.1f} s, total {a['total_s']:.1f} s)")  # fmt: skip
-    figures = [row("train", "in memory", "plain Keras images/s (a)", a["images_per_s"])]
-    for workers, b in runs.items():
-        ratio = b["images_per_s"] / a["images_per_s"]
+          f"{os.cpu_count()} cores, {args.rounds} round(s)")  # fmt: skip
+    print(f"(a) plain Keras, 1 process, in-memory : {' / '.join(f'{r:.0f}' for r in a_rates)} images/s steady "
+          f"({a[0]['images_per_epoch']} images/epoch; start-up {a[0]['startup_s']:.1f} s, total {a[0]['total_s']:.1f} s)")  # fmt: skip
+    figures = [row("train", "in memory", "plain Keras images/s (a), median", statistics.median(a_rates))]
+    for workers, results in runs.items():
+        ratios = bracketed(a_rates, [b["images_per_s"] for b in results])
+        ratio = statistics.median(ratios)
+        wait = statistics.median(b["input_wait_fraction"] for b in results)
         goal = 0.9 if workers == 2 else None
-        print(f"(b) Horovod on Spark, {workers} worker(s)    : {b['images_per_s']:8.1f} images/s steady "
-              f"({b['images_per_epoch']} images/epoch; first epoch {b['first_epoch_s']:.1f} s, steady epoch "
-              f"{b['steady_epoch_s']:.1f} s, input wait {b['input_wait_fraction']:.0%} of step time on rank 0, "
-              f"whole job incl. Spark/Horovod start-up, eval, registry {b['total_s']:.1f} s)")  # fmt: skip
-        print(f"ratio b/a, {workers} worker(s)             : {ratio:8.2f}" + (f"  (goal >= {goal})" if goal else ""))
+        b = results[0]
+        rates = " / ".join(f"{r['images_per_s']:.0f}" for r in results)
+        print(f"(b) Horovod on Spark, {workers} worker(s)    : {rates} "
+              f"images/s steady ({b['images_per_epoch']} images/epoch; first epoch {b['first_epoch_s']:.1f} s, steady "
+              f"epoch {b['steady_epoch_s']:.1f} s, input wait {wait:.0%} of step time on rank 0, whole job incl. "
+              f"Spark/Horovod start-up, eval, registry {b['total_s']:.1f} s)")  # fmt: skip
+        print(
+            f"ratio b/a, {workers} worker(s)             : {spread(ratios)}" + (f"  (goal >= {goal})" if goal else "")
+        )
         figures += [
-            row("train", f"{workers} workers", "images/s, Horovod on Spark / plain Keras", ratio,
+            row("train", f"{workers} workers", "images/s, Horovod on Spark / plain Keras (median of rounds)", ratio,
                 f">= {goal}" if goal else "", ratio >= goal if goal else None),
-            row("train", f"{workers} workers", "input_wait_fraction (rank 0, steady epochs)", b["input_wait_fraction"]),
+            row("train", f"{workers} workers", "same, lowest round", min(ratios)),
+            row("train", f"{workers} workers", "input_wait_fraction (rank 0, steady epochs)", wait),
         ]  # fmt: skip
     print(f"VAE 128x128 z=200, 2 workers           : {c['images_per_s']:8.1f} images/s -> "
           f"{10000 / c['images_per_s']:.0f} s per epoch of 10,000 images (from {args.steps_128} steps x "
