@@ -225,7 +225,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128, help="model input size (conf/base train.image_size)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-records-per-batch", type=int, default=256)
-    parser.add_argument("--workdir", default="", help="where images and outputs go (default: a temp folder)")
+    parser.add_argument("--workdir", default="",
+                        help="where images and outputs go, kept afterwards (default: a temp folder, removed)")  # fmt: skip
     parser.add_argument("--env", default="base", help="configuration layer (spark and score sections)")
     parser.add_argument("--tracking-uri", default="", help="MLflow server (default: start one on a free port)")
     args = parser.parse_args()
@@ -314,6 +315,8 @@ def main() -> None:
     finally:
         if server_state is not None:
             stop_server(server_state)
+        if not args.workdir:  # a folder of our own: its images, outputs and MLflow state go with it
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
