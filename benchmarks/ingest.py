@@ -24,6 +24,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sparkvision.config import IngestConfig
 
 
 def celeba_folder(data_dir: Path, count: int, seed: int = 0) -> Path:
@@ -52,6 +56,13 @@ def pillow_loop(files: list[Path], size: int, compress_level: int) -> float:
         out = images.crop_resize(img, images.crop_box(img.width, img.height, "center_square"), size)
         images.encode_png(out, compress_level)
     return time.perf_counter() - started
+
+
+def loop_rate(files: list[Path], cfg: IngestConfig) -> float:
+    """(a) once: images/s of ``pillow_loop``, printed."""
+    rate = len(files) / pillow_loop(files, cfg.image_size, cfg.png_compress_level)
+    print(f"(a) single-process Pillow loop: {rate:8.1f} images/s", flush=True)
+    return rate
 
 
 def main() -> None:
@@ -87,8 +98,7 @@ def main() -> None:
             files = sorted((roots[n] / cfg.ingest.celeba_image_dir).glob("*.jpg"))
             print(f"{len(files)} images, {sum(p.stat().st_size for p in files) / 1e6:.1f} MB, "
                   f"image_size={cfg.ingest.image_size}, png level {cfg.ingest.png_compress_level}")  # fmt: skip
-            base_rates = [len(files) / pillow_loop(files, cfg.ingest.image_size, cfg.ingest.png_compress_level)]
-            print(f"(a) single-process Pillow loop: {base_rates[-1]:8.1f} images/s", flush=True)
+            base_rates = [loop_rate(files, cfg.ingest)]
             spark_rates = []
             for round_ in range(args.rounds):
                 started = time.perf_counter()
@@ -101,8 +111,7 @@ def main() -> None:
                 print(f"(b) ingest on {cfg.spark.master} ({workers} cores): {spark_s:7.2f}s  {spark_rates[-1]:8.1f} "
                       f"images/s  ({manifest['output_rows']} rows, {manifest['quarantined']} quarantined, files per "
                       f"split {manifest['files_per_split']})", flush=True)  # fmt: skip
-                base_rates.append(len(files) / pillow_loop(files, cfg.ingest.image_size, cfg.ingest.png_compress_level))
-                print(f"(a) single-process Pillow loop: {base_rates[-1]:8.1f} images/s", flush=True)
+                base_rates.append(loop_rate(files, cfg.ingest))
             ratios = bracketed(base_rates, spark_rates)
             ratio = statistics.median(ratios)
             goal = goals.get(n)

@@ -257,7 +257,11 @@ def main() -> None:
         print(f"model: {model_uri} ({args.task}, {args.image_size}x{args.image_size}, random weights)")
 
         files = sorted(folders[args.count].iterdir())
-        limits = [float(in_child(_limit_in_child, model_uri, files, args.batch_size))]
+
+        def limit_now() -> float:  # (a), in a child process
+            return float(in_child(_limit_in_child, model_uri, files, args.batch_size))
+
+        limits = [limit_now()]
         print(
             f"(a) local limit, Keras predict on {len(files)} decoded images in one process: {limits[0]:,.0f} images/s"
         )
@@ -273,7 +277,7 @@ def main() -> None:
             print(f"score {n:>6} images: {s['seconds']:.1f}s, {s['images_per_s']:,.0f} images/s, "
                   f"failed {s['failed']}, peak RSS driver+JVM+workers {s['peak_rss_mb']:,.0f} MB "
                   f"({', '.join(f'{k} {v:,} MB' for k, v in s['peak_parts_mb'].items())})")  # fmt: skip
-            limits.append(float(in_child(_limit_in_child, model_uri, files, args.batch_size)))
+            limits.append(limit_now())
             print(f"(a) again: {limits[-1]:,.0f} images/s")
         main_run = results[args.count]
         # each scoring run against the (a) runs just before and after it: the machine's speed drifts

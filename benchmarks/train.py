@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sparkvision.config import Config, MlflowConfig, load_config
 
@@ -35,18 +36,26 @@ def _ingest(spark, src: Path, out: Path, cfg: Config, size: int, row_groups: int
     return out
 
 
-def plain_keras(cfg: Config, data_dir: Path, epochs: int) -> dict[str, float]:
-    """(a): one process, in-memory arrays, ``fit`` with a per-epoch timer."""
+def in_memory_images(cfg: Config, data_dir: Path) -> Any:
+    """The train split as the float array (a) fits, read once for every round."""
+    from sparkvision.models import get_task
+    from sparkvision.training import data
+
+    task = get_task(cfg.train.model)
+    meta = task.prepare_meta({"table": "celeba", "image_size": cfg.train.image_size}, cfg.train)
+    x, _ = task.arrays(data.read_frame(data.inspect_split(data_dir, "train"), None, 10**9), meta)
+    return x
+
+
+def plain_keras(cfg: Config, x: Any, epochs: int) -> dict[str, float]:
+    """(a): one process, the in-memory images ``x``, ``fit`` with a per-epoch timer."""
     import tensorflow as tf
 
     from sparkvision.models import get_task
-    from sparkvision.training import data
     from sparkvision.training.optim import make_optimizer
 
     task = get_task(cfg.train.model)
     meta = task.prepare_meta({"table": "celeba", "image_size": cfg.train.image_size}, cfg.train)
-    frame = data.read_frame(data.inspect_split(data_dir, "train"), None, 10**9)
-    x, _ = task.arrays(frame, meta)
     tf.keras.utils.set_random_seed(cfg.train.seed)
     start = time.perf_counter()
     model = task.build(cfg.train, meta).compile(make_optimizer(cfg.train, 1))
@@ -131,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg_b = {workers: base.replace(**common, **{
                 "train.workers": str(workers), "train.steps_per_epoch": str(max(1, rows // (args.batch * workers))),
                 "train.registered_model_prefix": f"bench{workers}w"}) for workers in args.workers}  # fmt: skip
-            a = [plain_keras(cfg_a, small, args.epochs)]
+            x = in_memory_images(cfg_a, small)
+            a = [plain_keras(cfg_a, x, args.epochs)]
             runs: dict[int, list[dict[str, float]]] = {workers: [] for workers in args.workers}
             for round_ in range(args.rounds):
                 for workers in args.workers:
                     runs[workers].append(horovod_spark(spark, cfg_b[workers], small))
-                a.append(plain_keras(cfg_a, small, args.epochs))
+                a.append(plain_keras(cfg_a, x, args.epochs))
                 print(f"round {round_ + 1}/{args.rounds}: (a) {a[-2]['images_per_s']:.0f} -> {a[-1]['images_per_s']:.0f} "
                       "images/s; " + ", ".join(f"(b) {w} worker(s) {runs[w][-1]['images_per_s']:.0f}" for w in args.workers),
                       flush=True)  # fmt: skip
@@ -153,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a) plain Keras, 1 process, in-memory : {' / '.join(f'{r:.0f}' for r in a_rates)} images/s steady "
           f"({a[0]['images_per_epoch']} images/epoch; start-up {a[0]['startup_s']:.1f} s, total {a[0]['total_s']:.1f} s)")  # fmt: skip
     figures = [row("train", "in memory", "plain Keras images/s (a), median", statistics.median(a_rates))]
-    for workers, results in runs.items():
-        ratios = bracketed(a_rates, [b["images_per_s"] for b in results])
+    for workers, worker_runs in runs.items():
+        ratios = bracketed(a_rates, [b["images_per_s"] for b in worker_runs])
         ratio = statistics.median(ratios)
-        wait = statistics.median(b["input_wait_fraction"] for b in results)
+        wait = statistics.median(b["input_wait_fraction"] for b in worker_runs)
         goal = 0.9 if workers == 2 else None
-        b = results[0]
-        rates = " / ".join(f"{r['images_per_s']:.0f}" for r in results)
+        b = worker_runs[0]
+        rates = " / ".join(f"{r['images_per_s']:.0f}" for r in worker_runs)
         print(f"(b) Horovod on Spark, {workers} worker(s)    : {rates} "
               f"images/s steady ({b['images_per_epoch']} images/epoch; first epoch {b['first_epoch_s']:.1f} s, steady "
               f"epoch {b['steady_epoch_s']:.1f} s, input wait {wait:.0%} of step time on rank 0, whole job incl. "
