@@ -6,16 +6,18 @@ process (the local limit; decoding is not timed) and (b) Horovod's row-wise
     .venv/bin/python benchmarks/score.py --count 10000 --memory-counts 10000,40000 --rounds 3
 
 Images are a pool of generated faces (``generate_new_images``: mixed JPEG/PNG/grey/RGBA/EXIF,
-178x218 scaled 0.6-2x) hard-linked under distinct names up to ``--count`` files. Every scoring
-run is a cold start, as ``sparkvision score`` is: a fresh spawned process builds the session
-``sparkvision score`` builds (``score.spark_conf`` over ``spark.conf``), so its Python
-workers, TensorFlow and model all start inside the job and its JVM runs its first query there.
-Its ``seconds`` leave out the session's own start, as the summary ``score`` writes does. Peak memory is the sum of the RSS of that
-process and all its descendants (the JVM and the Python workers), sampled every 0.1 s while
-``score`` runs; the MLflow server and (a) live in other processes. (a) runs before the first
-scoring run and after every one, and each run's ratio is taken against the (a) runs just before
-and after it (``results.bracketed``): the machine's speed drifts between minutes. Every size runs
-once, then ``--count`` again until it has ``--rounds`` runs (median and range printed).
+178x218 scaled 0.6-2x) hard-linked under distinct names up to ``--count`` files.
+
+Every scoring run is a cold start, as ``sparkvision score`` is: a fresh spawned process builds
+the session ``sparkvision score`` builds (``score.spark_conf`` over ``spark.conf``), so its
+Python workers, TensorFlow and model all start inside the job and its JVM runs its first query
+there. Its ``seconds`` leave out the session's own start, as the summary ``score`` writes does.
+Peak memory is the sum of the RSS of that process and all its descendants (the JVM and the Python
+workers), sampled every 0.1 s while ``score`` runs; the MLflow server and (a) live in other
+processes. (a) runs before the first scoring run and after every one, and each run's ratio is
+taken against the (a) runs just before and after it (``results.bracketed``): the machine's speed
+drifts between minutes. Every size runs once, then ``--count`` again until it has ``--rounds``
+runs (median and range printed).
 
 The bound: scoring must decode every image and predict it, (a) only predicts. One process on one
 core measures both costs (``one_core_costs``); two cores cannot score faster than
@@ -187,8 +189,9 @@ def local_limit(uri: str, files: list[Path], batch_size: int) -> float:
 def one_core_costs(uri: str, files: list[Path], batch_size: int) -> tuple[float, float]:
     """Milliseconds of one core an image takes to decode and resize, and to predict with TensorFlow on one thread.
 
-    Scoring must do both for every image and the machine has ``cores`` cores, so no scorer, however
-    lean, beats ``cores / (decode + predict)`` images per ms; (a) does only the predict, on every core.
+    Scoring must do both for every image, so on ``cores`` cores no scorer, however lean, beats
+    ``cores / (decode + predict)`` images per ms; (a) does only the predict, on every core. CPU
+    time (``process_time``, every thread of the process), not wall time.
     """
     import tensorflow as tf
 
