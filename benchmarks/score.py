@@ -20,7 +20,7 @@ drifts between minutes. Every size runs once, then ``--count`` again until it ha
 runs (median and range printed).
 
 The bound: scoring must decode every image and predict it, (a) only predicts. One process on one
-core measures both costs (``one_core_costs``); two cores cannot score faster than
+core measures both costs (``in_memory`` with one thread); two cores cannot score faster than
 ``2 / (decode + predict)``, whatever the code around them. The benchmark prints that bound as a
 share of (a) and how much of it each size reaches.
 """
@@ -104,12 +104,8 @@ class PeakRss:
         self._thread.join()
 
 
-def _limit_in_child(uri: str, files: list[Path], batch_size: int, queue: Any) -> None:
-    queue.put(local_limit(uri, files, batch_size))
-
-
-def _costs_in_child(uri: str, files: list[Path], batch_size: int, queue: Any) -> None:
-    queue.put(one_core_costs(uri, files, batch_size))
+def _in_memory_in_child(uri: str, files: list[Path], batch_size: int, threads: int, queue: Any) -> None:
+    queue.put(in_memory(uri, files, batch_size, threads))
 
 
 def _register_in_child(task_name: str, image_size: int, uri: str, queue: Any) -> None:
@@ -166,51 +162,43 @@ def register_model(task_name: str, image_size: int, tracking: Any) -> str:
     return ref.uri
 
 
-def local_limit(uri: str, files: list[Path], batch_size: int) -> float:
-    """(a) images/s of ``keras_model.predict`` on the images decoded in memory (decode not timed)."""
-    from sparkvision.data.images import prepare_image
-    from sparkvision.models.packaging import load_vision_model
+def in_memory(uri: str, files: list[Path], batch_size: int, threads: int = 0) -> dict[str, float]:
+    """The model on images decoded in memory in one process: (a), and the costs behind the bound.
 
-    model, meta, task = load_vision_model(uri)
-    size, crop = int(meta["image_size"]), meta.get("crop", "center_square")
-    t0 = time.perf_counter()
-    x = np.stack([prepare_image(p.read_bytes(), size, crop) for p in files])
-    decode_s = time.perf_counter() - t0
-    task.predict(model, x[:batch_size], meta)  # warm-up (graph tracing)
-    t0 = time.perf_counter()
-    for i in range(0, len(x), batch_size):
-        task.predict(model, x[i : i + batch_size], meta)
-    predict_s = time.perf_counter() - t0
-    print(f"    one process: decode+resize {len(files) / decode_s:,.0f} images/s, predict {len(files) / predict_s:,.0f} "
-          f"images/s, both {len(files) / (decode_s + predict_s):,.0f} images/s")  # fmt: skip
-    return len(files) / predict_s
+    Args:
+        threads: TensorFlow's threads (0: its default, every core: (a)); 1 for the one-core costs.
 
-
-def one_core_costs(uri: str, files: list[Path], batch_size: int) -> tuple[float, float]:
-    """Milliseconds of one core an image takes to decode and resize, and to predict with TensorFlow on one thread.
-
-    Scoring must do both for every image, so on ``cores`` cores no scorer, however lean, beats
-    ``cores / (decode + predict)`` images per ms; (a) does only the predict, on every core. CPU
-    time (``process_time``, every thread of the process), not wall time.
+    Returns:
+        ``images_per_s``: ``predict`` on the decoded images, wall time (decoding not timed); and
+        ``decode_ms`` / ``predict_ms``: CPU time (``process_time``, every thread of the process) an
+        image takes to decode and resize, and to predict. Scoring must do both for every image, so
+        on ``cores`` cores no scorer, however lean, beats ``cores / (decode_ms + predict_ms)``
+        images per ms; (a) does only the predict, on every core.
     """
-    import tensorflow as tf
+    if threads:
+        import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     from sparkvision.data.images import prepare_image
     from sparkvision.models.packaging import load_vision_model
 
     model, meta, task = load_vision_model(uri)
     size, crop = int(meta["image_size"]), meta.get("crop", "center_square")
     data = [p.read_bytes() for p in files]
-    t0 = time.process_time()
+    cpu, wall = time.process_time(), time.perf_counter()
     x = np.stack([prepare_image(b, size, crop) for b in data])
-    decode_ms = (time.process_time() - t0) * 1000 / len(files)
+    decode_cpu, decode_s = time.process_time() - cpu, time.perf_counter() - wall
     task.predict(model, x[:batch_size], meta)  # warm-up (graph tracing)
-    t0 = time.process_time()
+    cpu, wall = time.process_time(), time.perf_counter()
     for i in range(0, len(x), batch_size):
         task.predict(model, x[i : i + batch_size], meta)
-    return decode_ms, (time.process_time() - t0) * 1000 / len(files)
+    predict_cpu, predict_s = time.process_time() - cpu, time.perf_counter() - wall
+    print(f"    one process, TensorFlow threads {threads or 'default'}: decode+resize {len(files) / decode_s:,.0f} "
+          f"images/s, predict {len(files) / predict_s:,.0f} images/s, both "
+          f"{len(files) / (decode_s + predict_s):,.0f} images/s")  # fmt: skip
+    return {"images_per_s": len(files) / predict_s, "decode_ms": decode_cpu * 1000 / len(files),
+            "predict_ms": predict_cpu * 1000 / len(files)}  # fmt: skip
 
 
 def horovod_peer(spark: Any, model: Any, files: list[Path], meta: dict, task: Any) -> float:
@@ -242,15 +230,26 @@ def horovod_peer(spark: Any, model: Any, files: list[Path], meta: dict, task: An
     return len(files) / seconds
 
 
+CORES = 2
+"""Cores of every session here (``local[2]``), and of the bound."""
+
+
+def scoring_session(env: str, app_name: str) -> Any:
+    """The session ``sparkvision score`` builds (``score.spark_conf`` over ``spark.conf``), on ``local[CORES]``."""
+    from sparkvision.config import load_config
+    from sparkvision.spark import get_spark
+
+    return get_spark(dataclasses.replace(load_config(env).scoring_spark, master=f"local[{CORES}]", app_name=app_name))
+
+
 def score_cold(env: str, uri: str, folder: Path, out: Path, batch_size: int, records: int, tracking_uri: str,
                queue: Any) -> None:  # fmt: skip
     """One ``score`` in this fresh process (run by ``in_child``): its session, its JVM, its Python workers."""
-    from sparkvision.config import ScoreConfig, load_config
+    from sparkvision.config import ScoreConfig
     from sparkvision.scoring import score
-    from sparkvision.spark import get_spark
     from sparkvision.tracking import Tracking
 
-    spark = get_spark(dataclasses.replace(load_config(env).scoring_spark, master="local[2]", app_name="bench-score"))
+    spark = scoring_session(env, "bench-score")
     cfg = ScoreConfig(batch_size=batch_size, max_records_per_batch=records)
     try:
         with PeakRss() as mem:
@@ -284,8 +283,7 @@ def main() -> None:
 
     from results import bracketed, record, row, spread
 
-    from sparkvision.config import MlflowConfig, load_config
-    from sparkvision.spark import get_spark
+    from sparkvision.config import MlflowConfig
     from sparkvision.tracking import start_server, stop_server
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-score-"))
@@ -307,7 +305,7 @@ def main() -> None:
         files = sorted(folders[args.count].iterdir())
 
         def limit_now() -> float:  # (a), in a child process
-            return float(in_child(_limit_in_child, model_uri, files, args.batch_size))
+            return float(in_child(_in_memory_in_child, model_uri, files, args.batch_size, 0)["images_per_s"])
 
         limits = [limit_now()]
         print(
@@ -325,11 +323,12 @@ def main() -> None:
             limits.append(limit_now())
             print(f"(a) again: {limits[-1]:,.0f} images/s", flush=True)
         # what no scorer on 2 cores can beat, bracketed by (a) like a scoring run
-        decode_ms, predict_ms = in_child(_costs_in_child, model_uri, files[: args.bound_count], args.batch_size)
-        bound = 2 * 1000 / (decode_ms + predict_ms)
+        costs = in_child(_in_memory_in_child, model_uri, files[: args.bound_count], args.batch_size, 1)
+        decode_ms, predict_ms = costs["decode_ms"], costs["predict_ms"]
+        bound = CORES * 1000 / (decode_ms + predict_ms)
         after = limit_now()
         (bound_ratio,) = bracketed([limits[-1], after], [bound])
-        print(f"bound on 2 cores: decode+resize {decode_ms:.2f} + one-thread predict {predict_ms:.2f} ms of a core an "
+        print(f"bound on {CORES} cores: decode+resize {decode_ms:.2f} + one-thread predict {predict_ms:.2f} ms of a core an "
               f"image -> {bound:,.0f} images/s = {bound_ratio:.2f} of (a) with no start-up, listing, Arrow or writing; "
               f"(a) again: {after:,.0f} images/s", flush=True)  # fmt: skip
         # each scoring run against the (a) runs just before and after it: the machine's speed drifts
@@ -343,8 +342,7 @@ def main() -> None:
 
         model, meta, task = load_vision_model(model_uri)  # in this process only now, after scoring
         peer_files = files[: args.peer_count]
-        spark = get_spark(dataclasses.replace(load_config(args.env).scoring_spark, master="local[2]",
-                                              app_name="bench-score-peer"))  # fmt: skip
+        spark = scoring_session(args.env, "bench-score-peer")
         try:
             peer = horovod_peer(spark, model, peer_files, meta, task)
         finally:
@@ -356,7 +354,7 @@ def main() -> None:
         figures = []
         for n in counts:
             ratio, ours, goal = statistics.median(ratios[n]), statistics.median(rates[n]), goals.get(n)
-            print(f"sparkvision score ({n} files, local[2], cold start): {ours:,.0f} images/s = {spread(ratios[n])} "
+            print(f"sparkvision score ({n} files, local[{CORES}], cold start): {ours:,.0f} images/s = {spread(ratios[n])} "
                   "of (a)" + (f" (goal >= {goal})" if goal else "") + "; includes start-up, decode, resize, reading, "
                   "hashing, writing Parquet, model download")  # fmt: skip
             figures += [
