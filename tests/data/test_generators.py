@@ -179,6 +179,12 @@ def _render(ident: face_painter.Identity, look: face_painter.Look, seed: int) ->
     return face_painter.render_face(ident, look, np.random.default_rng([100, seed]))
 
 
+def _clear(look: face_painter.Look, *names: str) -> face_painter.Look:
+    """``look`` with ``names`` drawn at a clear strength (no borderline level), upright."""
+    levels = {**dict(look.levels), **dict.fromkeys(names, 0.99)}
+    return dataclasses.replace(look, angle=0.0, levels=tuple(levels.items()))
+
+
 def test_hair_colour_is_visible() -> None:
     """Mean brightness of the hair at the top of the head: blond far above black."""
 
@@ -204,6 +210,7 @@ def _region(face: face_painter.DrawnFace, where: str) -> np.ndarray:
     boxes = {
         "eyes": (x - 6, eye_y - 16, x + w + 6, eye_y + 12),
         "mouth": (mlx - 8, min(mly, mry) - 8, mrx + 8, max(mly, mry) + 14),
+        "smile": (x - 2, eye_y - 2, x + w + 2, max(mly, mry) + 16),  # mouth, cheeks, folds, lower lids
         "above_eyes": (x - 25, 0, x + w + 25, eye_y - 4),
         "lower_face": (x - 2, ny - 8, x + w + 2, y + h + 6),
         "nose_to_mouth": (mlx - 6, ny - 1, mrx + 6, max(mly, mry) + 3),
@@ -217,7 +224,7 @@ def _region(face: face_painter.DrawnFace, where: str) -> np.ndarray:
     ("attribute", "value", "where", "base"),
     [
         ("Eyeglasses", 1, "eyes", {}),
-        ("Smiling", 1, "mouth", {}),
+        ("Smiling", 1, "smile", {}),
         ("Mouth_Slightly_Open", 1, "mouth", {"Smiling": 0}),
         ("Wearing_Hat", 1, "above_eyes", {}),
         ("Bangs", 1, "above_eyes", {"Bald": 0, "Receding_Hairline": 0, "Wearing_Hat": 0}),
@@ -230,7 +237,7 @@ def test_attribute_is_drawn_where_expected(attribute: str, value: int, where: st
     """Flipping one attribute of the same face changes pixels, and only in the expected region."""
     picks = _find(lambda a: a[attribute] != value and all(a[k] == v for k, v in base.items()), 3)
     for ident, look, seed in picks:
-        look = dataclasses.replace(look, angle=0.0)
+        look = _clear(look, attribute)
         if attribute in ident.attrs:
             flipped = (dataclasses.replace(ident, attrs={**ident.attrs, attribute: value}), look)
         else:
@@ -246,7 +253,7 @@ def test_attribute_is_drawn_where_expected(attribute: str, value: int, where: st
 def test_smile_lifts_the_drawn_mouth_corners() -> None:
     """A smile raises both mouth corners (landmarks and the pixels there) and shows teeth."""
     for ident, look, seed in _find(lambda a: not a["Smiling"] and not a["Mouth_Slightly_Open"], 3):
-        look = dataclasses.replace(look, angle=0.0)
+        look = _clear(look, "Smiling", "Mouth_Slightly_Open")
         smile = dataclasses.replace(look, attrs={**look.attrs, "Smiling": 1, "Mouth_Slightly_Open": 1})
         flat, happy = _render(ident, look, seed), _render(ident, smile, seed)
         lift = flat.landmarks[3:, 1] - happy.landmarks[3:, 1]
@@ -256,7 +263,22 @@ def test_smile_lifts_the_drawn_mouth_corners() -> None:
             assert diff[cy - 2 : cy + 3, cx - 2 : cx + 3].max() > 40, "the lifted corner is painted"
         mouth = _region(happy, "mouth")
         teeth = (np.asarray(happy.image.convert("L"))[mouth] > 200).sum()
-        assert teeth > (np.asarray(flat.image.convert("L"))[mouth] > 200).sum() + 10, "teeth show in an open smile"
+        assert teeth > (np.asarray(flat.image.convert("L"))[mouth] > 200).sum() + 40, "a row of teeth shows"
+        width = np.diff(happy.landmarks[3:, 0])[0] - np.diff(flat.landmarks[3:, 0])[0]
+        assert width >= 4, f"the smile widens the mouth by {width:.1f} px"
+
+
+@pytest.mark.parametrize("name", sorted(face_painter.AMBIGUOUS_SHARE))
+def test_graded_attributes_are_borderline_as_often_as_their_share(name: str) -> None:
+    """A borderline level draws the same face whatever the label (so it caps accuracy at about
+    ``1 - share / 2``); clear levels draw an attribute that is on far stronger than one that is off."""
+    share = face_painter.AMBIGUOUS_SHARE[name]
+    levels = np.random.default_rng(0).random(4000)
+    on = np.array([face_painter.strength(name, 1, v) for v in levels])
+    off = np.array([face_painter.strength(name, 0, v) for v in levels])
+    same = on == off
+    assert abs(same.mean() - share) < 0.03
+    assert on[~same].min() >= 0.6 > 0.55 >= on[same].max() >= off[same].min() >= 0.25 > 0.15 >= off[~same].max()
 
 
 # --------------------------------------------------------------------------- new images

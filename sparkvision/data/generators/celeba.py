@@ -43,6 +43,29 @@ RANDOM_ATTRIBUTES: tuple[str, ...] = ("Attractive",)
 """Attributes written to ``list_attr_celeba.txt`` but not drawn: no model can learn them here."""
 DRAWN_ATTRIBUTES: tuple[str, ...] = tuple(a for a in CELEBA_ATTRIBUTES if a not in RANDOM_ATTRIBUTES)
 """Attributes the painter draws (docs/datasets.md says how): what quality goals are judged on."""
+REAL_CELEBA: dict[str, tuple[float, int]] = {
+    "5_o_Clock_Shadow": (0.111, 91), "Arched_Eyebrows": (0.267, 79), "Attractive": (0.513, 81),
+    "Bags_Under_Eyes": (0.205, 79), "Bald": (0.022, 98), "Bangs": (0.152, 95), "Big_Lips": (0.241, 68),
+    "Big_Nose": (0.235, 78), "Black_Hair": (0.239, 88), "Blond_Hair": (0.148, 95), "Blurry": (0.051, 84),
+    "Brown_Hair": (0.205, 80), "Bushy_Eyebrows": (0.142, 90), "Chubby": (0.058, 91), "Double_Chin": (0.047, 92),
+    "Eyeglasses": (0.065, 99), "Goatee": (0.063, 95), "Gray_Hair": (0.042, 97), "Heavy_Makeup": (0.387, 90),
+    "High_Cheekbones": (0.455, 87), "Male": (0.417, 98), "Mouth_Slightly_Open": (0.483, 92),
+    "Mustache": (0.042, 95), "Narrow_Eyes": (0.115, 81), "No_Beard": (0.835, 95), "Oval_Face": (0.284, 66),
+    "Pale_Skin": (0.043, 91), "Pointy_Nose": (0.277, 72), "Receding_Hairline": (0.080, 89),
+    "Rosy_Cheeks": (0.066, 90), "Sideburns": (0.057, 96), "Smiling": (0.482, 92), "Straight_Hair": (0.208, 73),
+    "Wavy_Hair": (0.320, 80), "Wearing_Earrings": (0.189, 82), "Wearing_Hat": (0.048, 99),
+    "Wearing_Lipstick": (0.472, 93), "Wearing_Necklace": (0.123, 71), "Wearing_Necktie": (0.073, 93),
+    "Young": (0.774, 87),
+}  # fmt: skip
+"""Real CelebA, per attribute: the share of its 202,599 images labelled 1 (``list_attr_celeba.txt``),
+and the test accuracy in percent of a CNN trained on it: LNets+ANet in Z. Liu, P. Luo, X. Wang and
+X. Tang, "Deep Learning Face Attributes in the Wild", ICCV 2015, Table 1 (CelebA row; mean 87).
+``benchmarks/fidelity.py`` holds the generated faces against these figures."""
+FAIR_ATTRIBUTES: tuple[str, ...] = tuple(
+    a for a in DRAWN_ATTRIBUTES if 0.3 <= REAL_CELEBA[a][0] <= 0.7
+)  # Heavy_Makeup, High_Cheekbones, Male, Mouth_Slightly_Open, Smiling, Wavy_Hair, Wearing_Lipstick
+"""Drawn attributes whose real prevalence lies between 30 % and 70 %, where accuracy is a fair measure
+(elsewhere always answering the majority label already scores high)."""
 COARSE_ATTRIBUTES: tuple[str, ...] = ("Male", "Black_Hair", "Blond_Hair", "Gray_Hair", "Bald", "Eyeglasses",
                                       "Wearing_Hat", "Pale_Skin", "No_Beard", "Bangs")  # fmt: skip
 """Drawn attributes that cover many pixels and stay visible at 32x32 (tests train at that size)."""
