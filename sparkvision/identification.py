@@ -64,6 +64,10 @@ EMBEDDING = "mu"
 MANIFEST = "manifest.json"
 EMBEDDINGS = ("embedding", "mu")
 """Model outputs usable as embeddings, in order of preference (``face_embed``, then the VAE)."""
+EVALUATION_ARTIFACT = "faces/evaluation.json"
+"""``log_evaluation``'s copy of ``evaluate``'s result on each evaluated model's run."""
+EVALUATION_METRICS = ("rank1", "tar", "far", "threshold", "chance_rank1")
+"""``evaluate``'s figures logged as ``faces_<figure>`` on each evaluated model's run."""
 
 
 def embedding_column(model: batch.ResolvedModel) -> str:
@@ -698,3 +702,39 @@ def evaluate(
     protocol = {"enrolled_split": enrolled_split, "impostor_split": impostor_split,
                 "gallery_images": cfg.gallery_images, "target_far": cfg.evaluate_far}  # fmt: skip
     return {"input": str(input), "protocol": protocol, "models": results}
+
+
+def log_evaluation(tracking: Tracking, result: dict[str, Any]) -> list[str]:
+    """Log ``evaluate``'s figures on the run of each evaluated model, so its report can show them.
+
+    Each run gets its own figures as ``faces_rank1``, ``faces_tar``, ``faces_far``, ...
+    (``EVALUATION_METRICS``), the rank-1 of the first model of every other family evaluated
+    beside it as ``faces_rank1_<family>`` (``faces_rank1_vae``: the VAE's ``mu``, the baseline of
+    ``face_embed``'s headline, ``sparkvision.headlines``) and the whole result as
+    ``EVALUATION_ARTIFACT``.
+
+    Args:
+        tracking: The MLflow server holding the models.
+        result: What ``evaluate`` returned.
+
+    Returns:
+        The runs written to (models without a run are left out).
+    """
+    models = result["models"]
+    first_of_family: dict[str, float] = {}
+    for m in models:
+        if m["model"].get("task") and m.get("rank1") is not None:
+            first_of_family.setdefault(m["model"]["task"], m["rank1"])
+    written = []
+    for m in models:
+        run_id, task = m["model"].get("run_id"), m["model"].get("task")
+        if not run_id:
+            continue
+        figures = {f"faces_{k}": m[k] for k in EVALUATION_METRICS if m.get(k) is not None}
+        figures |= {f"faces_rank1_{family}": rank1 for family, rank1 in first_of_family.items() if family != task}
+        tracking.log_metrics(run_id, figures, step=0)
+        tracking.log_text(run_id, json.dumps(result, indent=2, default=str), EVALUATION_ARTIFACT)
+        written.append(run_id)
+    log.info("faces evaluate: figures logged as faces_* metrics and %s on run(s) %s", EVALUATION_ARTIFACT,
+             ", ".join(written) or "(none: no model came from a run)")  # fmt: skip
+    return written

@@ -5,9 +5,11 @@ metric history, the run's ``pictures/`` and ``latent/`` artifacts: the training-
 those of ``sparkvision vae``) is embedded as a base64 ``data:`` URI, so it
 can be mailed, attached to a ticket or opened from the MLflow UI's artifact view.
 
-Sections: run facts, parameters, final metrics, metric curves, pictures, registered model
-versions and aliases, and scoring summaries (``scoring/**/_summary.json`` artifacts written by
-``log_scoring_summary``, plus any passed in).
+Sections, what a person came for first: the headline metric beside its baseline and verdict
+(``sparkvision.headlines``, when the run's family has one), metric curves, pictures, registered
+model versions and aliases, scoring summaries (``scoring/**/_summary.json`` artifacts written by
+``log_scoring_summary``, plus any passed in), promotion decisions, inspections, the final metrics,
+the run's facts and, last, its parameters.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ INSPECTION_ARTIFACT_DIR = "inspection"
 """``sparkvision.scoring.inspect.ARTIFACT_DIR``: whole-image inspections with this run's model."""
 PICTURE_DIRS = ("pictures/", "latent/")
 """Artifact folders whose pictures the report shows (``latent/``: ``sparkvision vae``'s grids)."""
+FAMILY_TAG = "sparkvision.task"
+"""Run tag naming the model family (set by ``training.tracking_log.log_inputs``; param ``train.model`` too)."""
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -48,6 +52,9 @@ th{background:#f4f6f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:flex;flex-wrap:wrap;gap:1em}.grid figure{margin:0;border:1px solid #e4e4e4;padding:.5em;background:#fafafa}
 figure img{max-width:500px;display:block}figcaption{font-size:.85em;color:#555;margin-top:.3em}
 .muted{color:#777}pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:.85em}
+nav{font-size:.9em;margin:.4em 0 1em}nav a{margin-right:1em}
+table.headline{font-size:1.1em}table.headline td{padding:.5em .9em}
+.pass{color:#11772b;font-weight:600}.fail{color:#b3261e;font-weight:600}
 """
 
 
@@ -78,6 +85,9 @@ def _data_uri(data: bytes, mime: str) -> str:
 def metric_curves(histories: Mapping[str, Sequence[tuple[int, float]]]) -> list[tuple[str, bytes]]:
     """PNG line charts of metric histories; ``x`` and ``val_x`` share one chart.
 
+    Charts of what the model learned come first: those with a validation twin (losses before the
+    rest), then the others (learning rate, epoch time, throughput, input wait).
+
     Args:
         histories: Metric key → ``(step, value)`` points.
 
@@ -93,8 +103,13 @@ def metric_curves(histories: Mapping[str, Sequence[tuple[int, float]]]) -> list[
     for key in sorted(histories):
         if len(histories[key]) >= 2:
             groups.setdefault(re.sub(r"^(val|validation|test)_", "", key), []).append(key)
+
+    def learned_first(item: tuple[str, list[str]]) -> tuple[bool, bool, str]:
+        title, keys = item
+        return not any(k.startswith(("val_", "validation_")) for k in keys), "loss" not in title, title
+
     charts = []
-    for title, keys in groups.items():
+    for title, keys in sorted(groups.items(), key=learned_first):
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=90)
         for key in keys:
             steps, values = zip(*sorted(histories[key]), strict=True)
@@ -185,6 +200,25 @@ def _inspection_html(
     return parts
 
 
+def _headline_html(run: Any) -> list[str]:
+    """The run's headline metric beside its baseline, bar and verdict; nothing when its family has none."""
+    from sparkvision.headlines import headline, verdict
+
+    family = run.data.tags.get(FAMILY_TAG) or run.data.params.get("train.model")
+    h = headline(family) if family else None
+    if h is None:
+        return []
+    v = verdict(h, run.data.metrics)
+    style = {True: "pass", False: "fail", None: "muted"}[v.passed]
+    row = (f"<tr><td>{html.escape(h.label)}</td><td class='num'>{html.escape(v.value_text)}</td>"
+           f"<td>{html.escape(v.baseline_text)}</td><td>{html.escape(h.bar_text)}</td>"
+           f"<td class='{style}'>{html.escape(v.outcome)}</td></tr>")  # fmt: skip
+    head = "".join(f"<th>{c}</th>" for c in ("headline metric", "value", "baseline", "bar", "verdict"))
+    note = f"<p class='muted'>{html.escape(v.note)}</p>" if v.note else ""
+    return ["<h2 id='headline'>Headline</h2>",
+            f"<table class='headline'><thead><tr>{head}</tr></thead><tbody>{row}</tbody></table>{note}"]  # fmt: skip
+
+
 def write_report(
     tracking: Tracking,
     run_id: str,
@@ -236,6 +270,8 @@ def write_report(
             elif path.startswith(f"{SCORING_ARTIFACT_DIR}/") and path.endswith("_summary.json"):
                 found.append((path, json.loads(tracking.download(run_id, path, tmp).read_text())))
     found += [(f"passed in #{i + 1}", s) for i, s in enumerate(summaries)]
+    # the model's own pictures first; training-time curve_*.png repeat the metric curves above
+    pictures.sort(key=lambda item: (Path(item[0]).name.startswith("curve"), item[0]))
 
     versions = []
     for mv in client.search_model_versions(f"run_id='{run_id}'"):
@@ -252,34 +288,44 @@ def write_report(
         ("status", info.status), ("started", _time(info.start_time)), ("ended", _time(info.end_time)),
         ("tracking server", tracking.uri),
     ]  # fmt: skip
+    headline = _headline_html(run)
+    sections = [(anchor, title) for anchor, title, shown in (
+        ("headline", "Headline", headline), ("curves", "Metric curves", True), ("pictures", "Pictures", True),
+        ("versions", "Registered model versions", True), ("scoring", "Scoring", True),
+        ("promotion", "Promotion", decisions), ("inspection", "Inspection", inspections or overlays),
+        ("metrics", "Final metrics", True), ("run", "Run", True), ("parameters", "Parameters", True)) if shown]  # fmt: skip
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>sparkvision run {html.escape(run_id)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Run {html.escape(info.run_name or run_id)}</h1>",
-        f"<p class='muted'>generated {datetime.now(UTC):%Y-%m-%d %H:%M:%S UTC} by sparkvision report</p>",
-        _table(["", ""], facts),
-        "<h2>Parameters</h2>",
-        _table(["parameter", "value"], sorted(run.data.params.items())) if run.data.params else "<p>none</p>",
+        f"<p class='muted'>{html.escape(experiment.name)} · {html.escape(info.status)} · "
+        f"{_time(info.start_time)} · generated {datetime.now(UTC):%Y-%m-%d %H:%M:%S UTC} by sparkvision report</p>",
+        "<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in sections) + "</nav>",
+        *headline,
+        "<h2 id='curves'>Metric curves</h2>",
+        "<div class='grid'>" + "".join(
+            f"<figure><img alt='{html.escape(t)}' src='{_data_uri(png, 'image/png')}'><figcaption>{html.escape(t)}"
+            "</figcaption></figure>" for t, png in charts) + "</div>" if charts else "<p>no metric has two points</p>",
+        "<h2 id='pictures'>Pictures</h2>",
+        "<div class='grid'>" + "".join(
+            f"<figure><img alt='{html.escape(p)}' src='{src}'><figcaption>{html.escape(p)}</figcaption></figure>"
+            for p, src in pictures) + "</div>" if pictures else "<p>no pictures/ or latent/ artifacts</p>",
+        "<h2 id='versions'>Registered model versions</h2>",
+        _table(["model", "version", "aliases", "status", "created", "source"], versions)
+        if versions else "<p>no registered model version comes from this run</p>",
+        "<h2 id='scoring'>Scoring</h2>",
+        "".join(_summary_html(src, s) for src, s in found) if found else "<p>no scoring summaries</p>",
+        *_promotion_html(decisions),
+        *_inspection_html(inspections, overlays),
         "<h2 id='metrics'>Final metrics</h2>",
         _table(["metric", "value", "step", "points"],
                [(k, float(v), max((s for s, _ in histories[k]), default=0), len(histories[k]))
                 for k, v in sorted(run.data.metrics.items())])
         if run.data.metrics else "<p>none</p>",
-        "<h2>Metric curves</h2>",
-        "<div class='grid'>" + "".join(
-            f"<figure><img alt='{html.escape(t)}' src='{_data_uri(png, 'image/png')}'><figcaption>{html.escape(t)}"
-            "</figcaption></figure>" for t, png in charts) + "</div>" if charts else "<p>no metric has two points</p>",
-        "<h2>Pictures</h2>",
-        "<div class='grid'>" + "".join(
-            f"<figure><img alt='{html.escape(p)}' src='{src}'><figcaption>{html.escape(p)}</figcaption></figure>"
-            for p, src in pictures) + "</div>" if pictures else "<p>no pictures/ or latent/ artifacts</p>",
-        "<h2>Registered model versions</h2>",
-        _table(["model", "version", "aliases", "status", "created", "source"], versions)
-        if versions else "<p>no registered model version comes from this run</p>",
-        "<h2>Scoring</h2>",
-        "".join(_summary_html(src, s) for src, s in found) if found else "<p>no scoring summaries</p>",
-        *_promotion_html(decisions),
-        *_inspection_html(inspections, overlays),
+        "<h2 id='run'>Run</h2>",
+        _table(["", ""], facts),
+        "<h2 id='parameters'>Parameters</h2>",
+        _table(["parameter", "value"], sorted(run.data.params.items())) if run.data.params else "<p>none</p>",
         "</body></html>",
     ]  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)

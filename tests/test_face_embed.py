@@ -187,9 +187,10 @@ def test_scoring_output_is_a_unit_embedding(trained: dict[str, Any], identities_
     assert json.loads(json.dumps(trained["meta"]))["task"] == "face_embed"
 
 
-def test_faces_evaluate_command_prints_the_table(cfg: Config, mlflow_server: str, trained: dict[str, Any],
+def test_faces_evaluate_command_prints_the_table(cfg: Config, mlflow_server: str, tracking, trained: dict[str, Any],
                                                  identities_parquet: Path, capsys) -> None:  # fmt: skip
-    """The command's table (one model here; the side-by-side figures are ``evaluation``'s)."""
+    """The command's table (one model here; the side-by-side figures are ``evaluation``'s), its figures
+    logged on the model's run, where the report's headline reads them."""
     from sparkvision import commands
 
     run_cfg = cfg.replace(**{"mlflow.tracking_uri": mlflow_server})
@@ -201,3 +202,34 @@ def test_faces_evaluate_command_prints_the_table(cfg: Config, mlflow_server: str
     row = lines[2].split()
     assert row[0].startswith("models:/fe-") and row[1] == "embedding" and float(row[2]) >= 0.8
     assert "TAR at a target FAR of 0.01" in lines[3]
+    logged = tracking.run(trained["run_id"]).data.metrics
+    assert logged["faces_rank1"] == pytest.approx(float(row[2]), abs=5e-4)
+    assert logged["faces_tar"] == pytest.approx(float(row[3]), abs=5e-4)
+    assert not any(k.startswith("faces_rank1_") for k in logged), "no other family was evaluated beside it"
+    assert "faces/evaluation.json" in tracking.list_artifacts(trained["run_id"], "faces")
+
+
+def test_evaluation_figures_are_logged_on_each_run_beside_the_others(tracking, tmp_path: Path) -> None:
+    """``log_evaluation``: each run its own ``faces_*`` figures and the rank-1 of the first model of
+    each other family, so face_embed's headline reads the VAE's ``mu`` as its baseline from its own run."""
+    from sparkvision.headlines import headline, verdict
+    from sparkvision.identification import log_evaluation
+
+    experiment = f"faces-log-{uuid.uuid4().hex[:6]}"
+    face_run, vae_run = tracking.create_run(experiment, "face"), tracking.create_run(experiment, "vae")
+    figures = {"tar": 0.5, "far": 0.01, "threshold": 0.6, "identities": 10, "chance_rank1": 0.1}
+    result = {"input": "x", "protocol": {}, "models": [
+        {"model": {"run_id": face_run, "task": "face_embed"}, "embedding": "embedding", **figures, "rank1": 0.93},
+        {"model": {"run_id": vae_run, "task": "vae"}, "embedding": "mu", **figures, "rank1": 0.41, "tar": None},
+        {"model": {"run_id": None, "task": "vae"}, "embedding": "mu", **figures, "rank1": 0.2}]}  # fmt: skip
+    assert log_evaluation(tracking, result) == [face_run, vae_run]  # a model from a folder has no run
+
+    face = tracking.run(face_run).data.metrics
+    assert face == {"faces_rank1": 0.93, "faces_tar": 0.5, "faces_far": 0.01, "faces_threshold": 0.6,
+                    "faces_chance_rank1": 0.1, "faces_rank1_vae": 0.41}  # fmt: skip
+    vae = tracking.run(vae_run).data.metrics
+    assert vae["faces_rank1"] == 0.41 and "faces_tar" not in vae and vae["faces_rank1_face_embed"] == 0.93
+    logged = tracking.download(face_run, "faces/evaluation.json", tmp_path)
+    assert json.loads(logged.read_text())["models"][0]["rank1"] == 0.93
+    v = verdict(headline("face_embed"), face)
+    assert v.passed is True and v.baseline_text == "0.410 (VAE mu)"

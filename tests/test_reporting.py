@@ -1,5 +1,6 @@
-"""The HTML run report against a real MLflow server: metrics table, curves, embedded pictures,
-registered versions with aliases, scoring summaries; logged back to the run."""
+"""The HTML run report against a real MLflow server: the headline verdict first, curves, embedded
+pictures, registered versions with aliases, scoring summaries, metrics, the parameters last;
+logged back to the run."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from PIL import Image
 
 @pytest.fixture(scope="module")
 def reported_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A finished run with params, a 3-step metric history, two pictures and a registered version."""
+    """A finished VAE run with params, a 3-step metric history, its headline metric, two pictures and a
+    registered version."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -28,8 +30,9 @@ def reported_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -
     (tmp / "notes.txt").write_text("not a picture")
     mlflow.set_tracking_uri(mlflow_server)
     mlflow.set_experiment("report-test")
-    with mlflow.start_run(run_name="report-me") as run:
+    with mlflow.start_run(run_name="report-me", tags={"sparkvision.task": "vae"}) as run:
         mlflow.log_params({"epochs": 3, "latent_dim": 16})
+        mlflow.log_metric("test_recon_mse_ratio", 0.25)
         for step, (loss, val) in enumerate([(1.5, 1.7), (0.9, 1.1), (0.4, 0.8)]):
             mlflow.log_metric("loss", loss, step=step)
             mlflow.log_metric("val_loss", val, step=step)
@@ -60,7 +63,16 @@ def test_report_has_metrics_curves_pictures_versions_and_is_logged(
                        summaries=[{"output": "/x/passed", "inputs": 5, "top1_accuracy": 0.6}])  # fmt: skip
     text = out.read_text()
 
-    metrics = text.split("id='metrics'")[1].split("<h2>")[0]
+    # what a person came for first, the parameters last
+    headings = re.findall(r"<h2 id='([a-z]+)'>", text)
+    assert headings == ["headline", "curves", "pictures", "versions", "scoring", "metrics", "run", "parameters"]
+    headline = text.split("<h2 id='headline'>")[1].split("<h2")[0]
+    assert re.search(r"<td>test recon_mse_ratio</td><td class='num'>0.250</td><td>1.000 \(mean image\)</td>"
+                     r"<td>&lt;= 0.2</td><td class='fail'>does not clear the bar</td>", headline), headline  # fmt: skip
+    assert text.index("id='headline'") < text.index("id='curves'") < text.index("id='parameters'")
+    assert text.index("<td>latent_dim</td>") > text.index("id='parameters'")
+
+    metrics = text.split("id='metrics'")[1].split("<h2")[0]
     assert re.search(
         r"<td>loss</td><td class=\"num\">0.4</td><td class=\"num\">2</td><td class=\"num\">3</td>", metrics
     )

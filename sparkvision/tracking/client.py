@@ -136,6 +136,20 @@ class Tracking:
         experiment = self.run(run_id).info.experiment_id
         return f"{self.uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
+    def experiment_url(self, name: str) -> str:
+        """The MLflow UI's Training runs page of experiment ``name``.
+
+        The server's bare address opens MLflow 3's GenAI home page whatever the experiment's tags
+        say; ``#/experiments/<id>/runs`` opens the runs table. Without such an experiment: the
+        server's address; on a server that is not an HTTP one: its URI.
+        """
+        if not self.uri.startswith(("http://", "https://")):
+            return self.uri
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            return self.uri
+        return f"{self.uri.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs"
+
     # ------------------------------------------------------------------ logging
 
     def log_params(self, run_id: str, params: Mapping[str, str]) -> None:

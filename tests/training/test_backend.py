@@ -39,3 +39,37 @@ def test_the_local_collective_is_the_identity() -> None:
     assert local.average(tensor, name="x") is tensor
     assert local.optimizer_wrapper() is None and local.tape_wrapper() is None
     assert local.start_callbacks() == [] and local.metric_callbacks() == []
+
+
+def test_rank_output_reads_like_our_output_whatever_the_chunks() -> None:
+    """Horovod copies each rank's prefixed lines in chunks that may end mid-line, one thread per rank."""
+    import io
+    import threading
+
+    from sparkvision.training.backend import RankOutput
+
+    console = io.StringIO()
+    out = RankOutput(lambda: console)
+    ranks = {
+        "0": "[0]<stdout>:epoch 1/2: loss 517.1 val_loss 339.8\n[0]<stdout>:epoch 2/2: loss 445.5\n",
+        "1": "[1]<stderr>:Traceback (most recent call last):\n[1]<stderr>:ValueError: bad shard\n[1]<stderr>:no newline",
+    }
+    start = threading.Barrier(2)
+
+    def copy(text: str) -> None:
+        start.wait()
+        for i in range(0, len(text), 7):
+            out.write(text[i : i + 7])
+
+    threads = [threading.Thread(target=copy, args=(text,)) for text in ranks.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.flush()
+    lines = console.getvalue().splitlines()
+    assert [line for line in lines if line.startswith("epoch")] == [
+        "epoch 1/2: loss 517.1 val_loss 339.8", "epoch 2/2: loss 445.5"]  # fmt: skip
+    assert [line for line in lines if not line.startswith("epoch")] == [
+        "worker 1: Traceback (most recent call last):", "worker 1: ValueError: bad shard", "worker 1: no newline"]  # fmt: skip
+    assert RankOutput.readable_line("not from a rank\n") == "not from a rank\n"
