@@ -360,6 +360,9 @@ def vae(cfg: Config, *, action: str, model_uri: str, data: str = "", out: str = 
             top = sorted(zip(vectors.names, vectors.positives, vectors.negatives, strict=True),
                          key=lambda t: -min(t[1], t[2]))[:3]  # fmt: skip
             print("  e.g. " + ", ".join(f"{n} {p} with / {q} without" for n, p, q in top))
+            within = [n for n, m in zip(vectors.names, vectors.methods, strict=True) if m == "identity"]
+            print(f"  {len(within)} taken within people (at least {latent.MIN_PAIRS} with images with and without: "
+                  f"{', '.join(within[:4])}{', ...' if len(within) > 4 else ''}), the others over all images")  # fmt: skip
             print(f"  table: {path}" + (f"; run {model.run_id} artifact {latent.VECTORS_ARTIFACT}" if model.run_id
                                         else ""))  # fmt: skip
             return 0
@@ -372,8 +375,8 @@ def vae(cfg: Config, *, action: str, model_uri: str, data: str = "", out: str = 
             new = latent.generate(model, count, seed, scale)
             rows = [list(new[i : i + 8]) for i in range(0, count, 8)]
             saved = [latent.save_and_log(rows, where, f"generate_seed{seed}_t{scale:g}.png", model,
-                                         tracking, title=f"{count} faces from z ~ N(0, {scale:g}² I), "
-                                         f"seed {seed}")]  # fmt: skip
+                                         tracking, title=f"{count} new faces, z from {latent.sampling(model)} "
+                                         f"(spread ×{scale:g}), seed {seed}")]  # fmt: skip
         elif action == "morph":
             vectors = latent.load_vectors(tracking, model.run_id, model_uri)
             lines = {n: {n: w} for n, w in weights.items()}
@@ -429,10 +432,12 @@ def _faces_evaluate(cfg: Config, input: str, model_uri: str) -> int:
         f"models:/{prefix}-face_embed@{alias}", f"models:/{prefix}-vae@{alias}"]  # fmt: skip
     tracking = None
     for uri in uris:
-        tracking = preflight.model_uri("--model-uri", uri, cfg)
+        tracking = preflight.model_uri("--model-uri", uri, cfg) or tracking
     from sparkvision import identification
 
     r = identification.evaluate(get_spark(cfg.scoring_spark), uris, source, cfg.faces, tracking=tracking)
+    if tracking is not None:
+        identification.log_evaluation(tracking, r)
     p = r["protocol"]
     first = r["models"][0]
     print(f"face identification on held-out identities of {r['input']}: {first['identities']:.0f} enrolled "

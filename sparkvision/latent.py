@@ -3,11 +3,16 @@ dataset's train split, new faces from the prior, a photo moved along attribute v
 interpolation between two photos.
 
 ``compute_vectors`` scores the train split with the registered VAE (``scoring.batch``: the model is
-shipped to the executors, each image prepared exactly as at training time) and sums ``mu`` per
-attribute on the executors: the vector of an attribute is the mean ``mu`` of the images with it
-minus the mean of those without. ``save_vectors`` keeps them as the table artifact
+shipped to the executors, each image prepared exactly as at training time) and sums ``mu`` on the
+executors. An attribute's vector is taken within identities where it can be: for every person with
+images both with and without it, the mean ``mu`` of those with it minus the mean of those without,
+averaged over such people (``MIN_PAIRS`` at least). So a smile vector is what a smile changes in one
+face, and an Eyeglasses vector does not also carry who the glasses wearers of the train split happen
+to be. Attributes bound to a person (sex, hair colour) have no such pairs: theirs is the mean ``mu`` of
+all images with it minus the mean of all without. ``save_vectors`` keeps them as the table artifact
 ``latent/attribute_vectors.parquet`` on the model's training run (one row per attribute: name,
-counts with and without, norm, vector), where ``load_vectors`` finds them for ``morph``.
+counts with and without, people with both, how it was taken, norm, vector), where ``load_vectors``
+finds them for ``morph``.
 
 A user's photo goes through ``images.prepare_image`` with the model's ``image_size``, ``crop`` and
 ``image_rules``: the same preprocessing as ingest and the model's pyfunc. Every picture is written to
@@ -45,6 +50,8 @@ LATENT_DIR = "latent"
 """Artifact folder of the model's run holding the vectors and every picture of ``sparkvision vae``."""
 VECTORS_FILE = "attribute_vectors.parquet"
 VECTORS_ARTIFACT = f"{LATENT_DIR}/{VECTORS_FILE}"
+MIN_PAIRS = 5
+"""People with images both with and without an attribute needed for a within-identity vector."""
 
 
 class LatentError(ValueError):
@@ -65,6 +72,8 @@ class Vectors:
         negatives: Images without it.
         model_uri: The pinned model version whose ``mu`` was used.
         dataset: The dataset version read (its folder URL).
+        pairs: People with images both with and without each attribute.
+        methods: How each vector was taken: ``identity`` (within people) or ``global``.
     """
 
     names: tuple[str, ...]
@@ -73,6 +82,8 @@ class Vectors:
     negatives: np.ndarray
     model_uri: str
     dataset: str
+    pairs: np.ndarray | None = None
+    methods: tuple[str, ...] = ()
 
     def vector(self, name: str) -> np.ndarray:
         """The vector of ``name``.
@@ -101,6 +112,8 @@ class Vectors:
             "attribute": list(self.names),
             "positives": self.positives.astype(np.int64),
             "negatives": self.negatives.astype(np.int64),
+            "pairs": (self.pairs if self.pairs is not None else np.zeros(len(self.names))).astype(np.int64),
+            "method": list(self.methods or ("global",) * len(self.names)),
             "norm": norms.astype(np.float64),
             "vector": [None if np.isnan(v).any() else v.astype(np.float32).tolist() for v in self.vectors],
             "model_uri": self.model_uri,
@@ -115,9 +128,11 @@ class Vectors:
         for i, v in enumerate(frame["vector"]):
             if v is not None:
                 vectors[i] = np.asarray(v, np.float32)
+        pairs = frame["pairs"].to_numpy(np.int64) if "pairs" in frame else None  # older tables: global only
+        methods = tuple(str(m) for m in frame["method"]) if "method" in frame else ()
         return cls(tuple(str(n) for n in frame["attribute"]), vectors, frame["positives"].to_numpy(np.int64),
                    frame["negatives"].to_numpy(np.int64), str(frame["model_uri"].iloc[0]),
-                   str(frame["dataset"].iloc[0]))  # fmt: skip
+                   str(frame["dataset"].iloc[0]), pairs, methods)  # fmt: skip
 
 
 class _PartialSums:
@@ -141,6 +156,38 @@ class _PartialSums:
                 "positives": [has.sum(axis=0).astype(np.int64).tolist()],
                 "positive_sum": [(has.T @ mu).reshape(-1).tolist()],
             })  # fmt: skip
+
+
+class _IdentityDifferences:
+    """``mapInPandas`` function over rows partitioned by ``identity``: per partition, for each attribute,
+    the people with images both with and without it and the sum over them of (mean ``mu`` with it minus
+    mean ``mu`` without it), flat ``attributes × z``."""
+
+    def __init__(self, n_attributes: int) -> None:
+        self.n_attributes = n_attributes
+
+    def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        frames = [f for f in batches if not f.empty]
+        if not frames:
+            return
+        frame = pd.concat(frames, ignore_index=True)  # one partition: a few thousand small rows
+        mu = np.stack(frame["mu"].to_numpy()).astype(np.float64)
+        has = np.stack(frame["attributes"].to_numpy()).astype(np.float64) > 0.5
+        pairs = np.zeros(self.n_attributes, np.int64)
+        total = np.zeros((self.n_attributes, mu.shape[1]))
+        for rows in frame.groupby("identity").indices.values():
+            h, m = has[rows], mu[rows]
+            n_pos = h.sum(axis=0)
+            both = (n_pos > 0) & (n_pos < len(rows))
+            if not both.any():
+                continue
+            pos_mean = (h[:, both].T.astype(np.float64) @ m) / n_pos[both, None]
+            neg_mean = ((~h[:, both]).T.astype(np.float64) @ m) / (len(rows) - n_pos[both])[:, None]
+            total[both] += pos_mean - neg_mean
+            pairs[both] += 1
+        yield pd.DataFrame({"pairs": [pairs.tolist()], "difference_sum": [total.reshape(-1).tolist()]})
 
 
 def compute_vectors(
@@ -177,14 +224,23 @@ def compute_vectors(
         raise LatentError(f"{data}: expected a CelebA table with an 'attributes' column, found {sorted(rows.columns)}")
     rows = rows.where(F.col("split") == split)
     n_attr = len(CELEBA_ATTRIBUTES)
+    keep = ["attributes", *(["identity"] if "identity" in rows.columns else [])]
     # Persisted (mu and labels only, no image bytes): counted and summed without scoring twice.
     with session_conf(spark, batch.job_conf(spark, cfg)):
-        scored = batch.apply_model(rows, model, cfg, keep=["attributes"]).persist(StorageLevel.MEMORY_AND_DISK)
+        scored = batch.apply_model(rows, model, cfg, keep=keep).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             counted = scored.groupBy(F.col(ERROR_CODE).isNull().alias("ok")).count().collect()
-            ok = scored.where(F.col(ERROR_CODE).isNull()).select("mu", "attributes")
-            parts = ok.mapInPandas(_PartialSums(n_attr), "n long, total array<double>, positives array<long>, "
-                                   "positive_sum array<double>").collect()  # fmt: skip
+            ok = scored.where(F.col(ERROR_CODE).isNull()).select("mu", *keep)
+            parts = ok.select("mu", "attributes").mapInPandas(
+                _PartialSums(n_attr), "n long, total array<double>, positives array<long>, positive_sum array<double>"
+            ).collect()  # fmt: skip
+            within = []
+            if "identity" in keep:  # all images of one person in one partition
+                within = (
+                    ok.repartition(spark.sparkContext.defaultParallelism, "identity")
+                    .mapInPandas(_IdentityDifferences(n_attr), "pairs array<long>, difference_sum array<double>")
+                    .collect()
+                )
         finally:
             scored.unpersist()
     failed = sum(r["count"] for r in counted if not r["ok"])
@@ -198,7 +254,15 @@ def compute_vectors(
     with np.errstate(invalid="ignore", divide="ignore"):
         vectors = pos_sum / pos[:, None] - (total[None, :] - pos_sum) / neg[:, None]
     vectors[(pos == 0) | (neg == 0)] = np.nan
-    result = Vectors(CELEBA_ATTRIBUTES, vectors.astype(np.float32), pos, neg, model.pinned_uri, version.url)
+    pairs = np.sum([np.asarray(w["pairs"], np.int64) for w in within], axis=0) if within else np.zeros(n_attr, int)
+    methods = ["global"] * n_attr
+    if within:
+        differences = np.sum([np.asarray(w["difference_sum"]) for w in within], axis=0).reshape(n_attr, -1)
+        for i in np.flatnonzero(pairs >= MIN_PAIRS):
+            vectors[i] = differences[i] / pairs[i]
+            methods[i] = "identity"
+    result = Vectors(CELEBA_ATTRIBUTES, vectors.astype(np.float32), pos, neg, model.pinned_uri, version.url,
+                     pairs.astype(np.int64), tuple(methods))  # fmt: skip
     return result, {"rows": n + failed, "used": n, "failed": failed, "dataset": version.url,
                     "version": version.version}  # fmt: skip
 
@@ -358,9 +422,18 @@ def direction(vectors: Vectors, weights: Mapping[str, float]) -> np.ndarray:
 
 
 def generate(model: LatentModel, count: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
-    """``count`` new faces decoded from ``z ~ N(0, temperature² I)`` drawn with ``seed``."""
-    z = np.random.default_rng(seed).standard_normal((count, model.latent_dim)).astype(np.float32)
-    return model.decode(z * np.float32(temperature))
+    """``count`` new faces decoded from codes drawn with ``seed`` where the training faces' codes lie
+    (``models.vae.sample_codes``: the fitted Gaussian, its spread times ``temperature``)."""
+    from sparkvision.models import vae
+
+    return model.decode(vae.sample_codes(model.meta, model.latent_dim, count, seed, temperature))
+
+
+def sampling(model: LatentModel) -> str:
+    """How ``generate`` draws codes, for titles and messages."""
+    if model.meta.get("latent_mean") is not None:
+        return "the Gaussian fitted to the validation faces' codes"
+    return "the prior N(0, I) (a model trained before codes were fitted)"
 
 
 def morph(model: LatentModel, x: np.ndarray, step: np.ndarray, factors: np.ndarray) -> np.ndarray:
@@ -381,45 +454,24 @@ def interpolate(model: LatentModel, a: np.ndarray, b: np.ndarray, steps: int) ->
 # --------------------------------------------------------------------------- judging the vectors
 
 
-def judged_rise(
-    model: LatentModel,
-    judge: Any,
-    x: np.ndarray,
-    vectors: Vectors,
-    attributes: Sequence[str],
-    factors: np.ndarray,
-) -> dict[str, list[float]]:
-    """Mean probability the attribute CNN ``judge`` gives each attribute on ``x`` morphed along its vector.
+def judged_moves(model: LatentModel, judge: Any, x: np.ndarray, step: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Mean probability the attribute CNN ``judge`` gives each of its attributes to ``x`` moved by each factor
+    times ``step``: ``(len(factors), attributes)``.
 
     Args:
         model: The VAE.
-        judge: A loaded attributes ``VisionModel`` (``unwrap_python_model()``) whose attribute names
-            include every one of ``attributes``.
+        judge: A loaded attributes ``VisionModel`` (``unwrap_python_model()``).
         x: Held-out prepared images at the VAE's size.
-        vectors: From ``compute_vectors``.
-        attributes: Names to judge.
-        factors: Steps along each vector.
-
-    Returns:
-        ``{attribute: [mean judged probability at each factor]}``.
-
-    Raises:
-        LatentError: An attribute the judge does not predict.
+        step: One step in z (a vector, or ``direction``).
+        factors: Steps along it.
     """
     import pandas as pd
 
-    names = list(judge.meta.get("attribute_names") or [])
-    out: dict[str, list[float]] = {}
-    for name in attributes:
-        if name not in names:
-            raise LatentError(f"judge: expected an attribute model that predicts {name}, found {names}")
-        moved = morph(model, x, vectors.vector(name), factors)
-        # As image files through the judge's own preprocessing (its size may differ from the VAE's).
-        frame = pd.DataFrame({"image": [png_bytes(img) for img in moved.reshape(-1, *moved.shape[2:])]})
-        scored = judge.predict(None, frame)
-        probs = np.stack(scored["probabilities"].to_numpy())[:, names.index(name)].reshape(len(x), len(factors))
-        out[name] = [float(v) for v in probs.mean(axis=0)]
-    return out
+    moved = morph(model, x, step, factors)
+    # As image files through the judge's own preprocessing (its size may differ from the VAE's).
+    frame = pd.DataFrame({"image": [png_bytes(img) for img in moved.reshape(-1, *moved.shape[2:])]})
+    probs = np.stack(judge.predict(None, frame)["probabilities"].to_numpy())
+    return probs.reshape(len(x), len(factors), -1).mean(axis=0)
 
 
 def judge_vectors(
@@ -432,29 +484,63 @@ def judge_vectors(
     factors: Sequence[float],
     cfg: ScoreConfig,
     rows: int = 48,
+    moved: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Vectors of ``vae_uri`` over the train split (``compute_vectors``), then ``judged_rise`` on the first
-    ``rows`` test faces: the check that the vectors do what they say (tests and ``benchmarks/quality.py``).
+    """Vectors of ``vae_uri`` over the train split (``compute_vectors``), then each ``moved`` attribute's
+    vector judged on ``rows`` test faces that do not have it: the check that the vectors do what they say
+    and leave the rest of the face alone (tests and ``benchmarks/quality.py``).
+
+    Args:
+        attributes: Attributes the judge must predict: the moved ones and those that must stay put.
+        factors: Steps along each vector; 0 (the reconstruction) must be among them.
+        rows: Test faces per moved attribute (fewer when the split has fewer without it).
+        moved: Attributes moved along their vectors (default: all of ``attributes``).
 
     Returns:
-        ``curves`` (``{attribute: [probability per factor]}``), ``rise`` (``{attribute: last - first}``),
-        ``counts`` (of ``compute_vectors``), ``faces`` (test faces judged), ``vectors`` and ``x`` (those faces).
+        ``curves`` (``{moved: [its judged probability per factor]}``), ``rise`` (``{moved: at the largest
+        factor minus at 0}``), ``others`` (``{moved: {other attribute: its change at the largest factor
+        minus at 0}}``), ``counts`` (of ``compute_vectors``), ``faces`` (fewest judged per attribute),
+        ``vectors`` and ``x`` (the faces judged for the first moved attribute).
+
+    Raises:
+        LatentError: An attribute the judge does not predict, or no factor 0.
     """
     import mlflow.pyfunc
 
-    from sparkvision.models.common import decode_column
+    from sparkvision.models.common import decode_column, stack_column
     from sparkvision.scoring import batch
 
+    moved = list(moved or attributes)
+    factor_array = np.asarray(factors, np.float32)
+    if not np.any(factor_array == 0):
+        raise LatentError(f"factors: expected 0 (the reconstruction) among them, found {list(factors)}")
+    zero, top = int(np.flatnonzero(factor_array == 0)[0]), int(np.argmax(factor_array))
     vectors, counts = compute_vectors(spark, batch.resolve_model(spark, vae_uri, tracking), data, cfg)
     model = load_model(vae_uri, tracking)
     judge = mlflow.pyfunc.load_model(batch.resolve_model(None, judge_uri, tracking).local_path).unwrap_python_model()
+    names = list(judge.meta.get("attribute_names") or [])
+    missing = [a for a in (*attributes, *moved) if a not in names]
+    if missing:
+        raise LatentError(f"judge: expected an attribute model that predicts {missing}, found {names}")
     version = batch.dataset_version(data)
     assert version is not None  # compute_vectors checked it
-    test = spark.read.parquet(version.location.join("data").spark).where("split = 'test'").select("image")
-    x = decode_column(test.limit(rows).toPandas(), int(model.meta["image_size"]))
-    curves = judged_rise(model, judge, x, vectors, attributes, np.asarray(factors, np.float32))
-    return {"curves": curves, "rise": {n: p[-1] - p[0] for n, p in curves.items()}, "counts": counts,
-            "faces": len(x), "vectors": vectors, "x": x}  # fmt: skip
+    test = spark.read.parquet(version.location.join("data").spark).where("split = 'test'")
+    frame = test.select("image", "attributes").orderBy("id").limit(max(20 * rows, 1000)).toPandas()
+    has = stack_column(frame, "attributes").reshape(len(frame), -1) > 0.5
+    curves, rise, others, faces, first = {}, {}, {}, [], None
+    for name in moved:
+        pick = frame[~has[:, CELEBA_ATTRIBUTES.index(name)]].head(rows)
+        x = decode_column(pick, int(model.meta["image_size"]))
+        probs = judged_moves(model, judge, x, vectors.vector(name), factor_array)
+        j = names.index(name)
+        curves[name] = [float(v) for v in probs[:, j]]
+        rise[name] = float(probs[top, j] - probs[zero, j])
+        others[name] = {o: float(probs[top, names.index(o)] - probs[zero, names.index(o)])
+                        for o in attributes if o not in moved}  # fmt: skip
+        faces.append(len(x))
+        first = x if first is None else first
+    return {"curves": curves, "rise": rise, "others": others, "counts": counts, "faces": min(faces),
+            "vectors": vectors, "x": first}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- pictures

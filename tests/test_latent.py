@@ -32,7 +32,9 @@ def vae_ref(register_model, cfg: Config, celeba_parquet: Path):
 
 def test_vectors_of_the_spark_job_are_the_attribute_means(spark, cfg: Config, tracking, vae_ref,
                                                           celeba_parquet: Path) -> None:  # fmt: skip
-    """Every train row is used once; each vector is mean mu with minus mean mu without, as numpy says."""
+    """Every train row is used once; a vector with ``MIN_PAIRS`` people who have images with and without the
+    attribute is the mean over them of (their mean mu with it minus without it), any other the mean mu of all
+    images with it minus all without, as numpy says."""
     from sparkvision import latent
     from sparkvision.data import publish
     from sparkvision.data.schema import CELEBA_ATTRIBUTES
@@ -42,7 +44,8 @@ def test_vectors_of_the_spark_job_are_the_attribute_means(spark, cfg: Config, tr
     vectors, counts = latent.compute_vectors(spark, batch.resolve_model(spark, vae_ref.uri, tracking),
                                              str(celeba_parquet), cfg.score)  # fmt: skip
     folder = Path(publish.current(celeba_parquet).location.path)
-    train = spark.read.parquet(str(folder / "data")).where("split = 'train'").select("image", "attributes").toPandas()
+    train = (spark.read.parquet(str(folder / "data")).where("split = 'train'")
+             .select("image", "attributes", "identity").toPandas())  # fmt: skip
     assert counts["used"] == len(train) == json.loads((folder / "manifest.json").read_text())["splits"]["train"]
     assert counts["failed"] == 0
     model = latent.load_model(vae_ref.uri, tracking)
@@ -53,15 +56,27 @@ def test_vectors_of_the_spark_job_are_the_attribute_means(spark, cfg: Config, tr
     np.testing.assert_array_equal(vectors.negatives, len(train) - has.sum(axis=0))
     both = [i for i in range(len(CELEBA_ATTRIBUTES)) if 0 < has[:, i].sum() < len(train)]
     assert "Smiling" in [CELEBA_ATTRIBUTES[i] for i in both]
+    people = train["identity"].to_numpy()
     for i in both:
-        expected = mu[has[:, i]].mean(axis=0) - mu[~has[:, i]].mean(axis=0)
+        mixed = [p for p in np.unique(people) if 0 < has[people == p, i].sum() < (people == p).sum()]
+        assert vectors.pairs[i] == len(mixed)
+        if len(mixed) >= latent.MIN_PAIRS:
+            expected = np.mean([mu[(people == p) & has[:, i]].mean(axis=0) - mu[(people == p) & ~has[:, i]].mean(axis=0)
+                                for p in mixed], axis=0)  # fmt: skip
+            assert vectors.methods[i] == "identity"
+        else:
+            expected = mu[has[:, i]].mean(axis=0) - mu[~has[:, i]].mean(axis=0)
+            assert vectors.methods[i] == "global"
         np.testing.assert_allclose(vectors.vectors[i], expected, rtol=1e-4, atol=1e-5)
+    assert {"identity", "global"} <= set(vectors.methods), vectors.methods  # Smiling varies within people, Male not
     for i in set(range(len(CELEBA_ATTRIBUTES))) - set(both):
         assert np.isnan(vectors.vectors[i]).all()
         with pytest.raises(latent.LatentError, match="expected train images with and without it"):
             vectors.vector(CELEBA_ATTRIBUTES[i])
     again = latent.Vectors.from_frame(vectors.to_frame())
     np.testing.assert_array_equal(np.nan_to_num(again.vectors), np.nan_to_num(vectors.vectors))
+    np.testing.assert_array_equal(again.pairs, vectors.pairs)
+    assert again.methods == vectors.methods
     assert again.model_uri == vectors.model_uri == f"models:/{vae_ref.name}/{vae_ref.version}"
 
 

@@ -142,44 +142,81 @@ def test_vae_reconstructs_better_than_the_mean_image(trained_vae: dict[str, Any]
     assert m["test_recon_mse_ratio"] <= 0.6, m
 
 
-JUDGED = ("Eyeglasses", "Male")
-"""Coarse attributes whose vectors are judged here. At 32x32 the coarse judge tells glasses well and
-sex barely; ``Smiling`` (a few mouth pixels, not among its attributes) is judged at full size by
-``benchmarks/quality.py --families latent``."""
+LATENT_FACES, LATENT_SIZE = 1200, 48
+"""Faces of the VAE showcase test: at 48x48 glasses are frames and lenses around the eyes that a
+short-trained VAE keeps and a judge sees (at 32x32 the judge barely does)."""
+JUDGE_ATTRIBUTES = ("Smiling", "Eyeglasses", "Male", "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
+JUDGED = ("Smiling", "Eyeglasses")
+"""Moved along their vectors; the others are what must stay put (the face stays the same person)."""
+MUST_RISE = ("Eyeglasses",)
+"""Judged rises asserted here. The smile needs more faces and steps than a test affords: with 960 train
+faces and 800 steps its judged rise was +0.009 at 48x48 and +0.045 at 64x64 (Eyeglasses +0.51 and
++0.44); with 2,400-3,200 faces at 64x64 it is +0.3 (README "The VAE's attribute vectors")."""
 
 
-def test_vae_attribute_vectors_move_held_out_faces(spark, cfg: Config, tracking, register_model, faces_parquet: Path,
-                                                   trained_vae: dict[str, Any],
-                                                   coarse_attributes_cnn: dict[str, Any]) -> None:  # fmt: skip
-    """``vae vectors`` over the train split; test faces moved along the Eyeglasses vector from -2 to +2
-    must be judged by the attribute CNN to gain glasses. The same VAE untrained (registered with random
-    weights) moves nothing (untrained +0.000 for both). Measured on the machine of earlier sessions,
-    with the VAE at 5 epochs and the judge at 6: Eyeglasses +0.164 (0.419 → 0.583), Male +0.001. On an
-    AMD EPYC machine, where oneDNN's other kernels train other models from the same seeds, the same
-    gave +0.036 with a judge at chance on Eyeglasses; with the VAE at 8 and the judge at 10 epochs,
-    +0.075 (0.544 → 0.619), Male -0.003. On an Intel Xeon with AMX, the judge at 12 epochs: Eyeglasses
-    +0.086 (0.334 → 0.420), Male -0.021 (0.631 → 0.611; that judge's Male AUROC was 0.69 at 10 epochs),
-    so "never the wrong way" allows the judge's 0.03 of noise. The judge's Male AUROC at 32x32 is the
-    limit, not the vector: at 64x64 with a judge of its own, Male rose +0.161 and Eyeglasses +0.407."""
+@pytest.fixture(scope="module")
+def latent_parquet(spark, cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import dataclasses
+
+    from sparkvision.data.generators.celeba import generate_celeba
+    from sparkvision.data.ingest import ingest
+
+    raw = tmp_path_factory.mktemp("quality-latent-faces")
+    generate_celeba(raw, count=LATENT_FACES, seed=4, images_per_identity=8)
+    out = tmp_path_factory.mktemp("quality-latent-parquet") / "celeba"
+    ingest(spark, "celeba", str(raw), str(out), dataclasses.replace(cfg.ingest, image_size=LATENT_SIZE), workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def latent_judge(spark, in_process, mlflow_server: str, cfg: Config, latent_parquet: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # fmt: skip
+    """An attribute CNN trained independently of the VAE: the judge of what its vectors do."""
+    return _train(spark, cfg, latent_parquet, tmp_path_factory.mktemp("quality-judge"), in_process, **{
+        "train.model": "attributes", "train.attributes": json.dumps(list(JUDGE_ATTRIBUTES)),
+        "train.epochs": "8", "train.steps_per_epoch": "30", "train.batch_size": "16",
+        "train.learning_rate": "0.001", "train.bn_calibration_batches": "8"})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def showcase_vae(spark, in_process, mlflow_server: str, cfg: Config, latent_parquet: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # fmt: skip
+    """The specified VAE with the demo's recipe (reconstruction weighted 1e6, no dropout)."""
+    return _train(spark, cfg, latent_parquet, tmp_path_factory.mktemp("quality-showcase-vae"), in_process, **{
+        "train.model": "vae", "train.epochs": "8", "train.steps_per_epoch": "100", "train.batch_size": "16",
+        "train.learning_rate": "0.001", "train.latent_dim": "64", "train.r_loss_factor": "1000000",
+        "train.dropout": "0", "train.bn_calibration_batches": "8"})  # fmt: skip
+
+
+def test_vae_attribute_vectors_move_held_out_faces(spark, cfg: Config, tracking, register_model,
+                                                   latent_parquet: Path, showcase_vae: dict[str, Any],
+                                                   latent_judge: dict[str, Any]) -> None:  # fmt: skip
+    """``vae vectors`` over the train split; held-out test faces without glasses moved by +2 along the
+    Eyeglasses vector must be judged by an independently trained attribute CNN to gain them (+0.51 measured;
+    the same VAE untrained, registered with random weights, +0.000), while the judge's sex and hair colours
+    stay within 0.15 (0.095 measured) and the smile vector never moves the judge the wrong way."""
     import dataclasses
 
     from sparkvision import latent
     from sparkvision.models import REGISTRY
 
-    manifest = json.loads((Path(publish.current(faces_parquet).location.path) / "manifest.json").read_text())
-    tcfg = dataclasses.replace(cfg.train, image_size=int(manifest["image_size"]), latent_dim=32)
+    manifest = json.loads((Path(publish.current(latent_parquet).location.path) / "manifest.json").read_text())
+    tcfg = dataclasses.replace(cfg.train, image_size=int(manifest["image_size"]), latent_dim=64, dropout=0.0)
     meta = REGISTRY["vae"].prepare_meta(manifest, tcfg)
     untrained = register_model(REGISTRY["vae"].build(tcfg, meta).model, "vae", meta,
                                f"quality-untrained-vae-{uuid.uuid4().hex[:6]}", "quality-latent").uri  # fmt: skip
     factors = [-2.0, 0.0, 2.0]
-    judge, vae = (f"models:/{r['registered_model']}/{r['version']}" for r in (coarse_attributes_cnn, trained_vae))
-    trained, base = (latent.judge_vectors(spark, tracking, uri, judge, str(faces_parquet), JUDGED, factors, cfg.score)
-                     for uri in (vae, untrained))  # fmt: skip
-    print(f"judged probability at {factors}: trained {trained['curves']}; untrained {base['curves']}")
+    judge, vae = (f"models:/{r['registered_model']}/{r['version']}" for r in (latent_judge, showcase_vae))
+    trained, base = (latent.judge_vectors(spark, tracking, uri, judge, str(latent_parquet), JUDGE_ATTRIBUTES,
+                                          factors, cfg.score, moved=JUDGED) for uri in (vae, untrained))  # fmt: skip
+    print(f"judge test AUROC: { {a: round(latent_judge['metrics'][f'test_auroc_{a}'], 3) for a in JUDGED} }")
+    print(f"trained: rises {trained['rise']}, others {trained['others']}; untrained: {base['rise']}")
     assert trained["counts"]["failed"] == 0 and trained["faces"] == 48, trained
-    assert trained["rise"]["Eyeglasses"] >= 0.05, trained
-    assert trained["rise"]["Male"] >= -0.03, trained  # never the wrong way, within the judge's noise
-    assert all(abs(r) < 0.02 for r in base["rise"].values()), base  # the margin tells the two apart
+    for name in JUDGED:
+        assert abs(base["rise"][name]) < 0.02, base["rise"]  # the margins below tell the two apart
+        assert trained["rise"][name] >= (0.25 if name in MUST_RISE else -0.02), trained["rise"]
+        assert max(abs(v) for v in trained["others"][name].values()) <= 0.15, trained["others"]
+    assert showcase_vae["metrics"]["test_recon_mse_ratio"] <= 0.35, showcase_vae["metrics"]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
