@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sparkvision.models.base import Meta
 
 BLOCK_FILTERS = (32, 64, 128, 128)
+SPATIAL_CHANNELS = 32
 MAX_POS_WEIGHT = 20.0
 
 
@@ -57,13 +58,22 @@ def build_classifier(
     input_shape: tuple[int, int, int], n_outputs: int, multi_label: bool, dropout: float = 0.25
 ) -> tf.keras.Model:
     """Conv+BN+ReLU+MaxPool blocks (32, 64, 128, 128; fewer for tiny inputs), global average
-    pooling, Dense 128 and a sigmoid (multi-label) or softmax output named ``probabilities``."""
+    pooling, Dense 128 and a sigmoid (multi-label) or softmax output named ``probabilities``.
+
+    The multi-label head also keeps where things are: a 1x1 convolution to ``SPATIAL_CHANNELS``
+    channels of the last feature map, flattened beside the pooled features. A face attribute lives in
+    one place (a smile at the mouth, glasses at the eyes); global pooling alone mixes the mouth with
+    the hair."""
     import tensorflow as tf
 
     from sparkvision.models.layers import pooled_conv_stack
 
-    inputs, x = pooled_conv_stack(input_shape, BLOCK_FILTERS)
-    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    inputs, features = pooled_conv_stack(input_shape, BLOCK_FILTERS)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    if multi_label:
+        where = tf.keras.layers.Conv2D(SPATIAL_CHANNELS, 1, activation="relu", name="spatial_conv")(features)
+        where = tf.keras.layers.Flatten(name="spatial_flatten")(where)
+        x = tf.keras.layers.Concatenate(name="pool_and_spatial")([x, where])
     x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
     x = tf.keras.layers.Dense(128, activation="relu", name="head_dense")(x)
     outputs = tf.keras.layers.Dense(n_outputs, activation="sigmoid" if multi_label else "softmax",
