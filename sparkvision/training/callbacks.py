@@ -14,6 +14,7 @@ worker, so importing this module stays cheap on the driver.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -349,6 +350,7 @@ def callback_list(
     ]
     if collective.rank == 0:
         callbacks.append(classes["CheckpointWriter"](store, checkpoint, make_state, schedule.monitor, best))
-        callbacks.append(classes["EpochPrinter"](epochs))
+        if os.environ.get("SPARKVISION_EPOCH_LINES") != "driver":  # else tracking_log.EpochProgress prints them
+            callbacks.append(classes["EpochPrinter"](epochs))
         callbacks.append(classes["MlflowEpochLogger"](tracking_uri, run_id))
     return callbacks, controller

@@ -89,3 +89,24 @@ def test_controller_in_fit_warms_up_per_step_lowers_on_plateau_and_stops() -> No
     assert fit.history["lr"] == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.001])
     assert controller.state.stopped_epoch == 4
     assert all(v > 0 for v in fit.history["images_per_s"]) and all(v > 0 for v in fit.history["epoch_time_s"])
+
+
+def test_epoch_progress_prints_each_logged_epoch_once_on_the_driver(tracking, capsys) -> None:
+    """Horovod on Spark hands rank output over at the end; the driver prints each epoch's line as soon
+    as rank 0 has logged it, in order, once, and the rest when the job ends."""
+    from sparkvision.training.tracking_log import EpochProgress
+
+    run_id = tracking.create_run("epoch-progress-tests", "progress")
+    progress = EpochProgress(tracking, run_id, epochs=3, interval=3600)  # polled by hand here
+    tracking.log_metrics(run_id, {"loss": 0.5, "val_loss": 0.6, "epoch_time_s": 2.0, "images_per_s": 100}, step=0)
+    tracking.log_metrics(run_id, {"loss": 0.4, "val_loss": 0.5, "epoch_time_s": 2.0, "images_per_s": 100}, step=1)
+    progress.poll()
+    progress.poll()
+    assert capsys.readouterr().out.splitlines() == [
+        "epoch 1/3: loss 0.5 val_loss 0.6 (2.0 s, 100 img/s)",
+        "epoch 2/3: loss 0.4 val_loss 0.5 (2.0 s, 100 img/s)",
+    ]
+    with progress:
+        tracking.log_metrics(run_id, {"loss": 0.3, "epoch_time_s": 1.5, "images_per_s": 120}, step=2)
+    assert capsys.readouterr().out.splitlines() == ["epoch 3/3: loss 0.3 (1.5 s, 120 img/s)"]
+    tracking.finish_run(run_id)
