@@ -13,17 +13,22 @@ worker, so importing this module stays cheap on the driver.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
     from sparkvision.config import TrainConfig
+    from sparkvision.tracking import Tracking
     from sparkvision.training.checkpoints import CheckpointState, Store
     from sparkvision.training.collective import Collective
 
@@ -350,7 +355,66 @@ def callback_list(
     ]
     if collective.rank == 0:
         callbacks.append(classes["CheckpointWriter"](store, checkpoint, make_state, schedule.monitor, best))
-        if os.environ.get("SPARKVISION_EPOCH_LINES") != "driver":  # else tracking_log.EpochProgress prints them
+        if os.environ.get(EPOCH_LINES_ENV) != "driver":  # else EpochProgress prints them on the driver
             callbacks.append(classes["EpochPrinter"](epochs))
         callbacks.append(classes["MlflowEpochLogger"](tracking_uri, run_id))
     return callbacks, controller
+
+
+EPOCH_LINES_ENV = "SPARKVISION_EPOCH_LINES"
+"""``driver``: rank 0 does not print its epoch lines, ``EpochProgress`` prints them on the driver."""
+
+
+class EpochProgress:
+    """Prints each epoch's line on the driver as soon as rank 0 has logged the epoch to the run.
+
+    Horovod on Spark hands a rank's output to the driver only when its pipe fills or the rank ends,
+    so lines printed by rank 0 arrive together at the end; the run's metrics arrive live over HTTP.
+    A context manager: a thread polls the run's ``epoch_time_s`` every ``interval`` seconds and prints
+    ``callbacks.epoch_line`` for every epoch it has not printed; leaving prints the rest.
+
+    Args:
+        tracking: The run's server.
+        run_id: The training run.
+        epochs: Epochs of the job (``train.epochs``).
+        interval: Seconds between polls.
+    """
+
+    def __init__(self, tracking: Tracking, run_id: str, epochs: int, interval: float = 2.0) -> None:
+        self.tracking, self.run_id, self.epochs, self.interval = tracking, run_id, epochs, interval
+        self._printed: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="epoch-progress", daemon=True)
+
+    def __enter__(self) -> EpochProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.poll()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        """Print the epochs logged since the last poll; a server hiccup is logged, never raised."""
+        try:
+            client = self.tracking.client
+            steps = sorted({int(m.step) for m in client.get_metric_history(self.run_id, "epoch_time_s")})
+            new = [s for s in steps if s not in self._printed]
+            if not new:
+                return
+            logs: dict[int, dict[str, float]] = {s: {} for s in new}
+            for key in (*EPOCH_LINE_KEYS, "epoch_time_s", "images_per_s", "input_wait_fraction"):
+                for m in client.get_metric_history(self.run_id, key):
+                    if int(m.step) in logs:
+                        logs[int(m.step)][key] = float(m.value)
+        except Exception as exc:  # progress lines are a courtesy: training goes on
+            log.debug("epoch progress of run %s: %s", self.run_id, exc)
+            return
+        for step in new:
+            print(epoch_line(step, self.epochs, logs[step]), flush=True)
+            self._printed.add(step)

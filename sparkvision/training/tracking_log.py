@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import subprocess
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,69 +17,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sparkvision.config import Config
     from sparkvision.tracking import Tracking
-
-log = logging.getLogger(__name__)
-
-EPOCH_LINES_ENV = "SPARKVISION_EPOCH_LINES"
-"""``driver``: rank 0 does not print its epoch lines, ``EpochProgress`` prints them on the driver."""
-
-
-class EpochProgress:
-    """Prints each epoch's line on the driver as soon as rank 0 has logged the epoch to the run.
-
-    Horovod on Spark hands a rank's output to the driver only when its pipe fills or the rank ends,
-    so lines printed by rank 0 arrive together at the end; the run's metrics arrive live over HTTP.
-    A context manager: a thread polls the run's ``epoch_time_s`` every ``interval`` seconds and prints
-    ``callbacks.epoch_line`` for every epoch it has not printed; leaving prints the rest.
-
-    Args:
-        tracking: The run's server.
-        run_id: The training run.
-        epochs: Epochs of the job (``train.epochs``).
-        interval: Seconds between polls.
-    """
-
-    def __init__(self, tracking: Tracking, run_id: str, epochs: int, interval: float = 2.0) -> None:
-        self.tracking, self.run_id, self.epochs, self.interval = tracking, run_id, epochs, interval
-        self._printed: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="epoch-progress", daemon=True)
-
-    def __enter__(self) -> EpochProgress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self.poll()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
-
-    def poll(self) -> None:
-        """Print the epochs logged since the last poll; a server hiccup is logged, never raised."""
-        from sparkvision.training.callbacks import EPOCH_LINE_KEYS, epoch_line
-
-        try:
-            client = self.tracking.client
-            steps = sorted({int(m.step) for m in client.get_metric_history(self.run_id, "epoch_time_s")})
-            new = [s for s in steps if s not in self._printed]
-            if not new:
-                return
-            logs: dict[int, dict[str, float]] = {s: {} for s in new}
-            for key in (*EPOCH_LINE_KEYS, "epoch_time_s", "images_per_s", "input_wait_fraction"):
-                for m in client.get_metric_history(self.run_id, key):
-                    if int(m.step) in logs:
-                        logs[int(m.step)][key] = float(m.value)
-        except Exception as exc:  # progress lines are a courtesy: training goes on
-            log.debug("epoch progress of run %s: %s", self.run_id, exc)
-            return
-        for step in new:
-            print(epoch_line(step, self.epochs, logs[step]), flush=True)
-            self._printed.add(step)
-
 
 CURVE_GROUPS: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "val_loss"),

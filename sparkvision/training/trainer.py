@@ -209,13 +209,14 @@ def train(
                         tracking_uri=tracking.uri, resume=state is not None)  # fmt: skip
         try:
             started = time.perf_counter()
+            from sparkvision.training import callbacks
             from sparkvision.training.backend import InProcessBackend
 
             env = _worker_env(cycle_ms)
             live = isinstance(backend, InProcessBackend)  # its rank prints in this process, as it goes
             if not live:
-                env[tracking_log.EPOCH_LINES_ENV] = "driver"
-            with contextlib.nullcontext() if live else tracking_log.EpochProgress(tracking, run_id, cfg.train.epochs):
+                env[callbacks.EPOCH_LINES_ENV] = "driver"
+            with contextlib.nullcontext() if live else callbacks.EpochProgress(tracking, run_id, cfg.train.epochs):
                 results = backend.run(run_worker, args=(job,), num_proc=cfg.train.workers, env=env)
             rank0 = next(r for r in results if r["rank"] == 0)
             if not rank0.get("checkpoint"):

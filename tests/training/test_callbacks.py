@@ -94,7 +94,7 @@ def test_controller_in_fit_warms_up_per_step_lowers_on_plateau_and_stops() -> No
 def test_epoch_progress_prints_each_logged_epoch_once_on_the_driver(tracking, capsys) -> None:
     """Horovod on Spark hands rank output over at the end; the driver prints each epoch's line as soon
     as rank 0 has logged it, in order, once, and the rest when the job ends."""
-    from sparkvision.training.tracking_log import EpochProgress
+    from sparkvision.training.callbacks import EpochProgress
 
     run_id = tracking.create_run("epoch-progress-tests", "progress")
     progress = EpochProgress(tracking, run_id, epochs=3, interval=3600)  # polled by hand here
