@@ -34,6 +34,9 @@ EXPERIMENT_KIND = "custom_model_development"
 """Makes the MLflow UI open the project's experiments on their training runs, not the GenAI overview."""
 TASK_TAG = "task"
 """Model-version tag naming the model family (``sparkvision.models.REGISTRY`` key)."""
+EPOCH_METRICS_TAG = "sparkvision.epoch_metrics"
+"""Run tag: the comma-separated keys logged every epoch. ``Tracking.histories`` fetches the history
+of these only (one request per key); the run's other metrics are logged once, after training."""
 _BATCH = 100
 DIGEST_CHARS = 36
 """MLflow's limit on a dataset digest (``MAX_DATASET_DIGEST_SIZE``): checksums are logged by this prefix."""
@@ -224,13 +227,25 @@ class Tracking:
                                                         dst_path=str(dst), tracking_uri=self.uri))  # fmt: skip
 
     def histories(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
-        """Every metric of the run as ``(step, value)`` pairs sorted by step (last value per step)."""
+        """Every metric of the run as ``(step, value)`` pairs sorted by step (last value per step).
+
+        A run tagged with ``EPOCH_METRICS_TAG`` (rank 0 tags its training runs) has the history of
+        those keys fetched, one request each; its other metrics are logged once and come from the run
+        itself (an attributes run logs about 360 of them, where a request per key cost seconds).
+        """
+        run = self.run(run_id)
+        tagged = run.data.tags.get(EPOCH_METRICS_TAG)
+        epoch_keys = set(tagged.split(",")) if tagged else set(run.data.metrics)
         out: dict[str, list[tuple[int, float]]] = {}
-        for key in self.run(run_id).data.metrics:
-            by_step: dict[int, float] = {}
-            for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
-                by_step[int(m.step)] = float(m.value)
-            out[key] = sorted(by_step.items())
+        for m in getattr(run.data, "_metric_objs", None) or []:  # the latest value of each key, with its step
+            if m.key not in epoch_keys:
+                out[m.key] = [(int(m.step), float(m.value))]
+        for key in run.data.metrics:
+            if key in epoch_keys or key not in out:
+                by_step: dict[int, float] = {}
+                for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+                    by_step[int(m.step)] = float(m.value)
+                out[key] = sorted(by_step.items())
         return out
 
     # ------------------------------------------------------------------ models

@@ -109,6 +109,7 @@ class EpochLogger:
 
         self.tracking = Tracking(tracking_uri)
         self.run_id = run_id
+        self.keys: set[str] | None = None  # the keys in the run's EPOCH_METRICS_TAG, read at the first epoch
 
     def log(self, epoch: int, logs: Mapping[str, Any]) -> None:
         """Log every finite numeric entry of ``logs`` at ``step=epoch`` and refresh the run's heartbeat."""
@@ -122,9 +123,21 @@ class EpochLogger:
                 metrics[key] = number
         if metrics:
             self.tracking.log_metrics(self.run_id, metrics, step=int(epoch))
+            self._tag_keys(metrics)
         from sparkvision.tracking import liveness
 
         liveness.beat(self.tracking, self.run_id, epoch)
+
+    def _tag_keys(self, metrics: Mapping[str, float]) -> None:
+        """Add new keys to the run's ``EPOCH_METRICS_TAG`` (a resumed run keeps the earlier ones)."""
+        from sparkvision.tracking.client import EPOCH_METRICS_TAG
+
+        if self.keys is None:
+            tagged = self.tracking.run(self.run_id).data.tags.get(EPOCH_METRICS_TAG, "")
+            self.keys = set(filter(None, tagged.split(",")))
+        if not set(metrics) <= self.keys:
+            self.keys |= set(metrics)
+            self.tracking.set_tags(self.run_id, {EPOCH_METRICS_TAG: ",".join(sorted(self.keys))})
 
 
 def plot_curves(history: Mapping[str, list[tuple[int, float]]], out_dir: Path) -> list[Path]:

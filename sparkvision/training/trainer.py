@@ -347,9 +347,7 @@ def _finish(cfg: Config, p: Plan, tracking: Tracking, run_id: str, rank0: dict[s
         if split == "test" and cfg.train.pictures:
             n = min(PICTURE_ROWS, len(x))
             task.pictures(model, x[:n], {k: v[:n] for k, v in y.items()}, meta, pictures)
-    if metrics:
-        tracking.log_metrics(run_id, metrics, step=int(rank0["epoch"]))
-    history = tracking.histories(run_id)
+    history = tracking.histories(run_id)  # the epochs' metrics (curves): the evaluation is logged below
     if cfg.train.pictures:
         tracking_log.plot_curves(history, pictures)
     if pictures.is_dir() and any(pictures.iterdir()):
@@ -360,6 +358,9 @@ def _finish(cfg: Config, p: Plan, tracking: Tracking, run_id: str, rank0: dict[s
     tracking.log_artifacts(run_id, local_ckpt, "checkpoint")
     version = tracking.log_model(run_id, model, cfg.train.model, meta, p.registered_name, cfg.train.alias,
                                  examples or None)  # fmt: skip
+    # After log_model: MLflow 3's log_model reads the history of every metric of the run (to link the
+    # step-0 ones to the model), one request per key; the evaluation adds hundreds of keys.
+    tracking.log_metrics(run_id, metrics, step=int(rank0["epoch"]))
     final = {k: values[-1][1] for k, values in history.items() if values}
     final.update(metrics)
     return {

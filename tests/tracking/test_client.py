@@ -55,6 +55,22 @@ def test_run_lifecycle_params_metrics_artifacts(tracking: Tracking, tmp_path: Pa
     assert Tracking("sqlite:///x.db").run_url("abc") == "abc on sqlite:///x.db"
 
 
+def test_histories_fetch_the_epoch_metrics_named_by_the_tag(tracking: Tracking) -> None:
+    from sparkvision.training.tracking_log import EpochLogger
+
+    run_id = tracking.create_run("tracking-tests", "epochs", {"mlflow.source.type": "JOB"})
+    logger = EpochLogger(tracking.uri, run_id)
+    for epoch, loss in enumerate([0.5, 0.3, 0.2]):
+        logger.log(epoch, {"loss": loss, "lr": 0.01, "note": "not a number"})
+    EpochLogger(tracking.uri, run_id).log(3, {"loss": 0.1, "val_loss": 0.4})  # a resumed segment adds a key
+    tracking.log_metrics(run_id, {f"test_auroc_{i}": i / 100 for i in range(50)}, step=3)  # logged once
+    assert tracking.run(run_id).data.tags["sparkvision.epoch_metrics"] == "loss,lr,val_loss"
+    history = tracking.histories(run_id)
+    assert history["loss"] == [(0, 0.5), (1, 0.3), (2, 0.2), (3, 0.1)]
+    assert history["lr"] == [(e, 0.01) for e in range(3)]
+    assert history["val_loss"] == [(3, 0.4)] and history["test_auroc_7"] == [(3, 0.07)] and len(history) == 53
+
+
 def test_log_model_registers_tags_aliases_and_resolves(tracking: Tracking, cfg: Config, tmp_path: Path) -> None:
     import mlflow
 
