@@ -111,6 +111,7 @@ class TrainConfig:
     validation_steps: int = field(default=0, metadata=_range(0, None))
     learning_rate: float = field(default=5e-4, metadata=_range(0.0, 10.0))
     warmup_epochs: int = field(default=1, metadata=_range(0, 1000))
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     seed: int = 42
     shuffle_buffer: int = field(default=1000, metadata=_range(0, 10_000_000))
     bn_calibration_batches: int = field(default=16, metadata=_range(0, 100_000))
@@ -124,6 +125,7 @@ class TrainConfig:
     latent_dim: int = field(default=200, metadata=_range(1, 100000))
     r_loss_factor: float = field(default=10000.0, metadata=_range(0.0, None))
     dropout: float = field(default=0.25, metadata=_range(0.0, 0.99))
+    width: float = field(default=1.0, metadata=_range(0.05, 16.0))
     attributes: Sequence[str] = ()
     class_weights: bool = True
     detector_target: Literal["bbox", "landmarks"] = "bbox"

@@ -110,3 +110,13 @@ def test_epoch_progress_prints_each_logged_epoch_once_on_the_driver(tracking, ca
         tracking.log_metrics(run_id, {"loss": 0.3, "epoch_time_s": 1.5, "images_per_s": 120}, step=2)
     assert capsys.readouterr().out.splitlines() == ["epoch 3/3: loss 0.3 (1.5 s, 120 img/s)"]
     tracking.finish_run(run_id)
+
+
+def test_cosine_falls_from_the_target_after_warmup_to_zero_at_the_last_step() -> None:
+    s = Schedule(0.01, warmup_epochs=1, steps_per_epoch=4, monitor="val_loss", kind="cosine", epochs=5)
+    rates = [s.lr(epoch, batch, 1.0) for epoch in range(5) for batch in range(4)]
+    assert rates[3] == pytest.approx(0.01) and rates[4] == pytest.approx(0.01)  # the warm-up's end, the top
+    assert all(b < a for a, b in zip(rates[4:], rates[5:], strict=False))
+    assert rates[4 + 8] == pytest.approx(0.005)  # half way through the 16 steps after the warm-up
+    assert rates[-1] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 15 / 16)))
+    assert s.lr(4, 3, 0.5) == pytest.approx(rates[-1] * 0.5)  # a plateau's scale multiplies
