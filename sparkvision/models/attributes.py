@@ -55,9 +55,9 @@ def resolve_attributes(names: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def build_classifier(
-    input_shape: tuple[int, int, int], n_outputs: int, multi_label: bool, dropout: float = 0.25
+    input_shape: tuple[int, int, int], n_outputs: int, multi_label: bool, dropout: float = 0.25, width: float = 1.0
 ) -> tf.keras.Model:
-    """Conv+BN+ReLU+MaxPool blocks (32, 64, 128, 128; fewer for tiny inputs), global average
+    """Conv+BN+ReLU+MaxPool blocks (32, 64, 128, 128 times ``width``; fewer for tiny inputs), global average
     pooling, Dense 128 and a sigmoid (multi-label) or softmax output named ``probabilities``.
 
     The multi-label head also keeps where things are: a 1x1 convolution to ``SPATIAL_CHANNELS``
@@ -68,7 +68,7 @@ def build_classifier(
 
     from sparkvision.models.layers import pooled_conv_stack
 
-    inputs, features = pooled_conv_stack(input_shape, BLOCK_FILTERS)
+    inputs, features = pooled_conv_stack(input_shape, common.widened(BLOCK_FILTERS, width))
     x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(features)
     if multi_label:
         where = tf.keras.layers.Conv2D(SPATIAL_CHANNELS, 1, activation="relu", name="spatial_conv")(features)
@@ -149,7 +149,7 @@ class AttributesTask:
         size = meta["image_size"]
         multi = bool(meta["multi_label"])
         n = len(meta["attribute_names"] if multi else meta["class_names"])
-        model = build_classifier((size, size, 3), n, multi, cfg.dropout)
+        model = build_classifier((size, size, 3), n, multi, cfg.dropout, float(meta.get("width", 1.0)))
         if multi:
             pos_weight = meta.get("pos_weight") or [1.0] * n
             return ModelSpec(model, loss=WeightedBinaryCrossentropy(pos_weight),

@@ -68,6 +68,15 @@ def table_of(manifest: dict[str, Any]) -> str:
     )
 
 
+SPECIFIED_NETWORKS = ("vae", "detector")
+"""Families whose layers the talks specify: ``train.width`` other than 1 is refused for them."""
+
+
+def widened(filters: Sequence[int], width: float) -> tuple[int, ...]:
+    """``filters`` scaled by ``train.width`` (MobileNet's width multiplier), at least 4 channels each."""
+    return tuple(max(4, int(round(f * width))) for f in filters)
+
+
 def base_meta(task: str, tables: Sequence[str], manifest: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """The meta every task starts from: task, table, image size and crop, checked against ``cfg``.
 
@@ -87,9 +96,12 @@ def base_meta(task: str, tables: Sequence[str], manifest: dict[str, Any], cfg: T
             f"{where}: train.image_size {cfg.image_size} requested, {ingested} ingested; "
             f"set train.image_size={ingested} or re-ingest at {cfg.image_size}"
         )
+    if cfg.width != 1.0 and task in SPECIFIED_NETWORKS:
+        raise ValueError(f"train.width={cfg.width:g}: model '{task}' keeps the layers its talk specifies; the width "
+                         f"multiplier scales the channels of the other families' networks (set train.width=1)")  # fmt: skip
     crop = manifest_value(manifest, "crop") or DEFAULT_CROP[table]
     return {"task": task, "table": table, "image_size": int(ingested), "crop": str(crop),
-            "augment_flip": resolve_flip(cfg, table)}  # fmt: skip
+            "augment_flip": resolve_flip(cfg, table), "width": float(cfg.width)}  # fmt: skip
 
 
 def check_divisible(task: str, size: int, factor: int) -> None:

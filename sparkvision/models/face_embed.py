@@ -42,9 +42,11 @@ EVAL_FAR = 0.01
 """False-accept rate of the Task's ``tar`` figure."""
 
 
-def build_backbone(input_shape: tuple[int, int, int], embedding_dim: int, dropout: float = 0.25) -> tf.keras.Model:
+def build_backbone(input_shape: tuple[int, int, int], embedding_dim: int, dropout: float = 0.25,
+                   width: float = 1.0) -> tf.keras.Model:  # fmt: skip
     """Image → un-normalised ``embedding`` (float32): optional average pooling to ``MAX_SIDE``,
-    Conv blocks, Flatten, Dropout, Dense and BatchNorm (see the module docstring)."""
+    Conv blocks (``BLOCK_FILTERS`` times ``width``), Flatten, Dropout, Dense and BatchNorm (see the
+    module docstring)."""
     import math
 
     import tensorflow as tf
@@ -59,7 +61,7 @@ def build_backbone(input_shape: tuple[int, int, int], embedding_dim: int, dropou
         x = tf.keras.layers.AveragePooling2D(factor, name="downscale")(x)
         side //= factor
     n_blocks = max(1, min(len(BLOCK_FILTERS), int(math.log2(max(side, 2))) - 2))
-    for i, filters in enumerate(BLOCK_FILTERS[:n_blocks]):
+    for i, filters in enumerate(common.widened(BLOCK_FILTERS, width)[:n_blocks]):
         x = conv_block(x, filters, f"block_{i}", pool=True)
     x = tf.keras.layers.Flatten(name="flatten")(x)
     x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
@@ -70,12 +72,13 @@ def build_backbone(input_shape: tuple[int, int, int], embedding_dim: int, dropou
 
 def build_face_embedder(
     input_shape: tuple[int, int, int], n_classes: int, embedding_dim: int = 128, dropout: float = 0.25,
-    scale: float = 30.0, margin: float = 0.25,
+    scale: float = 30.0, margin: float = 0.25, width: float = 1.0,
 ) -> tf.keras.Model:  # fmt: skip
     """An uncompiled, built ``layers.FaceEmbedder`` with ``n_classes`` training identities."""
     from sparkvision.models.layers import FaceEmbedder
 
-    model = FaceEmbedder(build_backbone(input_shape, embedding_dim, dropout), n_classes, scale=scale, margin=margin)
+    backbone = build_backbone(input_shape, embedding_dim, dropout, width)
+    model = FaceEmbedder(backbone, n_classes, scale=scale, margin=margin)
     model.build((None, *input_shape))
     return model
 
@@ -121,7 +124,7 @@ class FaceEmbedTask:
         """The model computes its own losses (``train_step``) and takes a ``tape_wrapper``."""
         size = meta["image_size"]
         model = build_face_embedder((size, size, 3), len(meta["identities"]), int(meta["embedding_dim"]), cfg.dropout,
-                                    float(meta["scale"]), float(meta["margin"]))  # fmt: skip
+                                    float(meta["scale"]), float(meta["margin"]), float(meta.get("width", 1.0)))  # fmt: skip
         return ModelSpec(model)
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:

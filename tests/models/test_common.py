@@ -117,11 +117,19 @@ def test_augmented_landmarks_follow_the_flip(cfg: Config) -> None:
 )
 def test_base_meta_reads_table_size_and_crop(cfg: Config, manifest: dict, table: str, crop: str, flip: bool) -> None:
     meta = common.base_meta("t", ("celeba", "fabric", "folder"), manifest, cfg.train)
-    assert meta == {"task": "t", "table": table, "image_size": 32, "crop": crop, "augment_flip": flip}
+    assert meta == {"task": "t", "table": table, "image_size": 32, "crop": crop, "augment_flip": flip, "width": 1.0}
     # An explicit train.augment_flip wins over the table's default.
     assert common.base_meta("t", (table,), manifest, cfg.replace(**{"train.augment_flip": "true"}).train)[
         "augment_flip"
     ]
+
+
+def test_width_is_refused_for_the_specified_networks(cfg: Config) -> None:
+    narrow = cfg.replace(**{"train.width": "0.5"}).train
+    manifest = {"format": "celeba", "image_size": 32}
+    assert common.base_meta("attributes", ("celeba",), manifest, narrow)["width"] == 0.5
+    with pytest.raises(ValueError, match="train.width=0.5: model 'vae' keeps the layers its talk specifies"):
+        common.base_meta("vae", ("celeba",), manifest, narrow)
 
 
 def test_base_meta_names_a_missing_format(cfg: Config) -> None:

@@ -238,3 +238,22 @@ def test_network_loss_and_reload(tmp_path: Path) -> None:
     model.save(tmp_path / "model.keras")
     again = tf.keras.models.load_model(tmp_path / "model.keras", compile=False)
     np.testing.assert_allclose(again(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(("side", "window"), [(32, 11), (21, 7), (64, 11)])
+def test_separable_ssim_is_tensorflows(side: int, window: int) -> None:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(side)
+    x = tf.constant(rng.random((3, side, side, 3)), tf.float32)
+    y = tf.clip_by_value(x + tf.constant(rng.normal(0, 0.15, (3, side, side, 3)), tf.float32), 0.0, 1.0)
+    ours = fabric_ae.gaussian_ssim(x, y, window).numpy()
+    np.testing.assert_allclose(ours, tf.image.ssim(x, y, max_val=1.0, filter_size=window).numpy(), atol=2e-5)
+    assert (ours < 0.95).all() and np.allclose(fabric_ae.gaussian_ssim(x, x, window).numpy(), 1.0, atol=1e-5)
+
+
+def test_width_scales_the_channels() -> None:
+    full = fabric_ae.build_autoencoder((32, 32, 3), 8)
+    half = fabric_ae.build_autoencoder((32, 32, 3), 8, width=0.5)
+    assert [half.get_layer(f"encoder_{i}_down").filters for i in range(3)] == [16, 32, 64]
+    assert half.get_layer("bottleneck").filters == 8 and half.count_params() < full.count_params() / 3
