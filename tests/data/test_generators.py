@@ -161,6 +161,16 @@ def test_celeba_is_deterministic(tmp_path: Path, seed_a: int, seed_b: int, same:
         assert all(a[k] != b[k] for k in a if k.endswith(".jpg"))
 
 
+def test_celeba_is_the_same_drawn_in_several_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparkvision.data.generators import celeba as module
+
+    one = _digest(generate_celeba(tmp_path / "one", 12, 5, images_per_identity=3))
+    monkeypatch.setattr(module, "IMAGES_PER_PROCESS", 4)
+    monkeypatch.setattr(module.os, "cpu_count", lambda: 3)
+    several = _digest(generate_celeba(tmp_path / "several", 12, 5, images_per_identity=3))
+    assert several == one and len(one) == 12 + 5
+
+
 def _find(pred, n: int) -> list[tuple[face_painter.Identity, face_painter.Look, int]]:
     """The first ``n`` (identity, look, seed) drawn by the generator's own samplers that match ``pred``."""
     found = []
@@ -231,6 +241,10 @@ def _region(face: face_painter.DrawnFace, where: str) -> np.ndarray:
         ("No_Beard", 0, "lower_face", {"Male": 1}),
         ("Mustache", 1, "nose_to_mouth", {"Male": 1}),
         ("Wearing_Earrings", 1, "ears", {}),
+        # Details a 64 px model must see: several pixels of change, not a hairline.
+        ("Bushy_Eyebrows", 1, "eyes", {"Eyeglasses": 0}),
+        ("Bags_Under_Eyes", 1, "eyes", {"Eyeglasses": 0}),
+        ("Big_Lips", 1, "lower_face", {"Mustache": 0, "No_Beard": 1, "Wearing_Lipstick": 1}),
     ],
 )
 def test_attribute_is_drawn_where_expected(attribute: str, value: int, where: str, base: dict[str, int]) -> None:

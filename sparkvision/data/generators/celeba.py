@@ -17,9 +17,13 @@ aligned image, because only aligned images are written.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import math
+import multiprocessing
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -116,28 +120,50 @@ def generate_celeba(out: Path, count: int, seed: int, images_per_identity: int =
     img_dir = out / IMAGE_DIR
     img_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(count, seed, images_per_identity)
-    identities = {}
+    items = [(index, k, part) for index, (k, _, part) in enumerate(plan)]
+    numbers = [number for _, number, _ in plan]
+    procs = max(1, min(os.cpu_count() or 1, count // IMAGES_PER_PROCESS))
+    if procs == 1:
+        rows = _render(img_dir, seed, items)
+    else:  # every image has its own random stream: the files are the same for any number of processes
+        chunks = [items[i::procs] for i in range(procs)]
+        with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = sorted(r for part in pool.map(_render, [img_dir] * procs, [seed] * procs, chunks) for r in part)
     attr_rows, bbox_rows, lm_rows, part_rows, id_rows = [], [], [], [], []
-    for index, (k, number, part) in enumerate(plan):
-        if k not in identities:
-            identities[k] = sample_identity(np.random.default_rng([seed, _STREAM_IDENTITY, k]))
-        rng = np.random.default_rng([seed, _STREAM_IMAGE, index])
-        face = render_face(identities[k], sample_look(rng, identities[k]), rng)
-        name = f"{index + 1:06d}.jpg"
-        face.image.save(img_dir / name, format="JPEG", quality=JPEG_QUALITY)
-        attr_rows.append(name + " " + " ".join(f"{1 if face.attributes[a] else -1:2d}" for a in CELEBA_ATTRIBUTES))
-        x, y, w, h = face.bbox
+    for index, name, attributes, bbox, landmarks in rows:
+        attr_rows.append(name + " " + " ".join(f"{1 if attributes[a] else -1:2d}" for a in CELEBA_ATTRIBUTES))
+        x, y, w, h = bbox
         bbox_rows.append(f"{name:<10}{x:>6d}{y:>4d}{w:>4d}{h:>4d}")
-        points = np.rint(face.landmarks).astype(int).ravel()
-        lm_rows.append(name + "".join(f"{v:>5d}" for v in points))
-        part_rows.append(f"{name} {part}")
-        id_rows.append(f"{name} {number}")
+        lm_rows.append(name + "".join(f"{v:>5d}" for v in landmarks))
+        part_rows.append(f"{name} {items[index][2]}")
+        id_rows.append(f"{name} {numbers[index]}")
     _write(out / ATTR_FILE, [str(count), " ".join(CELEBA_ATTRIBUTES), *attr_rows])
     _write(out / BBOX_FILE, [str(count), BBOX_HEADER, *bbox_rows])
     _write(out / LANDMARKS_FILE, [str(count), LANDMARKS_HEADER, *lm_rows])
     _write(out / PARTITION_FILE, part_rows)
     _write(out / IDENTITY_FILE, id_rows)
     return out
+
+
+IMAGES_PER_PROCESS = 500
+"""``generate_celeba`` draws in one process per core, with at least this many images each."""
+
+
+def _render(img_dir: Path, seed: int, items: list[tuple[int, int, int]]) -> list[tuple]:
+    """Draw and save the images ``(index, identity_index, partition)``; their annotation rows
+    ``(index, file name, attributes, bbox, landmark points)``."""
+    identities: dict[int, Any] = {}
+    rows = []
+    for index, k, _ in items:
+        if k not in identities:
+            identities[k] = sample_identity(np.random.default_rng([seed, _STREAM_IDENTITY, k]))
+        rng = np.random.default_rng([seed, _STREAM_IMAGE, index])
+        face = render_face(identities[k], sample_look(rng, identities[k]), rng)
+        name = f"{index + 1:06d}.jpg"
+        face.image.save(img_dir / name, format="JPEG", quality=JPEG_QUALITY)
+        points = [int(v) for v in np.rint(face.landmarks).astype(int).ravel()]
+        rows.append((index, name, dict(face.attributes), tuple(int(v) for v in face.bbox), points))
+    return rows
 
 
 def _write(path: Path, lines: list[str]) -> None:

@@ -190,8 +190,8 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     a["Goatee"] = int(male and not beard and rng.random() < 0.22)
     a["Sideburns"] = int(male and not a["Bald"] and rng.random() < (0.5 if beard else 0.12))
 
-    rx = rng.uniform(34, 40) + (2.5 if male else 0) + (5 if a["Chubby"] else 0) - (2.5 if a["Oval_Face"] else 0)
-    ry = rng.uniform(47, 53) + (2 if male else 0) + (2 if a["Oval_Face"] else 0)
+    rx = rng.uniform(34, 40) + (2.5 if male else 0) + (5 if a["Chubby"] else 0) - (4 if a["Oval_Face"] else 0)
+    ry = rng.uniform(47, 53) + (2 if male else 0) + (4 if a["Oval_Face"] else 0)
     jaw = (2.9 if male else 1.9) + rng.uniform(-0.2, 0.2) - (0.4 if a["Oval_Face"] else 0)
     if a["Pale_Skin"]:
         skin = _PALE_SKIN[rng.integers(len(_PALE_SKIN))]
@@ -211,8 +211,8 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         eye_dx=rng.uniform(16, 20),
         eye_y=rng.uniform(-11, -7),
         eye_rx=rng.uniform(6.5, 8.5),
-        eye_ry=rng.uniform(3.6, 4.6) * (0.55 if a["Narrow_Eyes"] else 1.0),
-        nose_len=rng.uniform(19, 25) + (3 if a["Pointy_Nose"] else 0),
+        eye_ry=rng.uniform(3.6, 4.6) * (0.45 if a["Narrow_Eyes"] else 1.0),
+        nose_len=rng.uniform(19, 25) + (5 if a["Pointy_Nose"] else 0),
         mouth_drop=rng.uniform(13, 16),
         mouth_w=rng.uniform(13, 16.5),
         skin=tuple(int(c) for c in np.clip(skin, 0, 255)),  # type: ignore[arg-type]
@@ -440,8 +440,8 @@ def _draw_body(cv: _Canvas, ident: Identity, look: Look, f: _Layout) -> None:
         cv.poly(np.array([[-5, torso_top - 1], [5, torso_top - 1], [3, torso_top + 5], [-3, torso_top + 5]]), tie)
     if a["Wearing_Necklace"]:
         chain = _ellipse(0, torso_top - 14, neck_w * 1.25, 14, n=14, t0=0.15, t1=math.pi - 0.15)
-        cv.line(chain, (230, 200, 90), 1.2)
-        cv.circle((0, torso_top), 2.2, (235, 210, 100))
+        cv.line(chain, (230, 200, 90), 2.0)
+        cv.circle((0, torso_top), 3.2, (235, 210, 100))
 
 
 def _draw_back_hair(cv: _Canvas, ident: Identity, f: _Layout) -> None:
@@ -454,7 +454,7 @@ def _draw_back_hair(cv: _Canvas, ident: Identity, f: _Layout) -> None:
     side = np.array([[rx + 9 + (6 if length > 20 else 0), -ry * 0.15 + length],
                      [-rx - 9 - (6 if length > 20 else 0), -ry * 0.15 + length]])  # fmt: skip
     top_y = -ry * 0.15
-    wave = 7.0 * f.s["Wavy_Hair"]
+    wave = 9.0 * f.s["Wavy_Hair"]
     if wave > 0.3:  # waves down both falling sides (and a rippled crown)
         n_side = 14
         ys = np.linspace(top_y, top_y + length, n_side)
@@ -490,7 +490,7 @@ def _draw_face(cv: _Canvas, ident: Identity, look: Look, f: _Layout) -> np.ndarr
     outline = _face_outline(ident)
     cv.poly(outline, skin)
     if f.a["Double_Chin"]:
-        cv.line(_ellipse(0, f.chin_y - 2, rx * 0.45, 7, n=12, t0=0.3, t1=math.pi - 0.3), _shade(skin, 0.78), 1.2)
+        cv.line(_ellipse(0, f.chin_y - 2, rx * 0.5, 8, n=12, t0=0.3, t1=math.pi - 0.3), _shade(skin, 0.7), 2.5)
     light_side = 1 if math.cos(look.light_dir) > 0 else -1
     cv.poly(_ellipse(-light_side * rx * 0.55, 8, rx * 0.5, ry * 0.75, n=20), _shade(skin, 0.9, 60))
     return outline
@@ -568,7 +568,7 @@ def _draw_front_hair(cv: _Canvas, ident: Identity, f: _Layout) -> None:
             front = _ellipse(0, hairline + 3, rx * 0.8, 6, n=9, t0=math.pi, t1=2 * math.pi)[::-1]
         cap_poly = np.vstack([cap, [[rx + 2, hairline + 6]], front, [[-rx - 2, hairline + 6]]])
         cv.poly(cap_poly, hair)
-        wave = 4.5 * f.s["Wavy_Hair"]
+        wave = 6.0 * f.s["Wavy_Hair"]
         strand = _shade(hair, 0.6 if sum(hair) > 250 else 1.7)
         for k in range(9):  # strands, curling with the wave; straight hair: straight and sleek
             x0 = (k - 4) * rx * 0.2
@@ -576,10 +576,13 @@ def _draw_front_hair(cv: _Canvas, ident: Identity, f: _Layout) -> None:
             pts = np.array([[x0 * 0.6, -ry - 2]]) * (1 - t) + np.array([[x0, hairline - 1]]) * t
             pts[:, 0] += wave * np.sin(t[:, 0] * 3 * math.pi + ident.hair_phase + k)
             cv.line(pts, strand, 1.0 + 1.0 * f.s["Wavy_Hair"] + (0.4 if a["Straight_Hair"] else 0))
+        if a["Straight_Hair"]:  # sleek hair shines: a light band across the crown
+            shine = _ellipse(0, -ry * 0.72, rx * 0.75, ry * 0.12, n=16)
+            cv.poly(shine, _shade(hair, 1.45 if sum(hair) < 450 else 1.15, 170))
         if a["Bangs"]:
             n = 9
             xs = np.linspace(-rx * 0.92, rx * 0.92, n)
-            low = eye_y - 11
+            low = eye_y - 8
             teeth = np.stack([xs, np.where(np.arange(n) % 2 == 0, low, low - 5)], axis=1)
             cv.poly(np.vstack([[[-rx, hairline - 6]], teeth, [[rx, hairline - 6]]]), hair)
     else:
@@ -595,8 +598,10 @@ def _draw_eyes(cv: _Canvas, ident: Identity, f: _Layout) -> None:
     brow = _shade(hair, 0.55) if (sum(hair) > 300 or bald) else _shade(hair, 0.9)
     if bald:
         brow = (70, 60, 55)
-    brow_w = 3.6 if a["Bushy_Eyebrows"] else 1.4
-    arch = 4.5 if a["Arched_Eyebrows"] else 1.5
+    brow_w = 6.5 if a["Bushy_Eyebrows"] else 1.4
+    if a["Bushy_Eyebrows"]:
+        brow = _shade(brow, 0.75)
+    arch = 6.0 if a["Arched_Eyebrows"] else 1.0
     for sx in (-1, 1):
         ex = sx * ident.eye_dx
         pts = np.array([[ex - sx * 9, eye_y - 7], [ex - sx * 2, eye_y - 8 - arch], [ex + sx * 9, eye_y - 6]])
@@ -611,8 +616,8 @@ def _draw_eyes(cv: _Canvas, ident: Identity, f: _Layout) -> None:
             )
             cv.poly(_ellipse(sx * f.rx * 0.55, f.nose_y + 3, 7, 4.5, n=14), (220, 90, 110, int(110 * makeup)))
         if a["Bags_Under_Eyes"]:  # a dark, puffy crescent under the eye
-            cv.poly(_ellipse(ex, eye_y + ident.eye_ry + 2.5, ident.eye_rx * 0.85, 2.6, n=14, t0=0, t1=math.pi),
-                    _shade(skin, 0.68, 200))  # fmt: skip
+            cv.poly(_ellipse(ex, eye_y + ident.eye_ry + 3.0, ident.eye_rx * 1.05, 5.0, n=14, t0=0, t1=math.pi),
+                    _shade(skin, 0.55, 235))  # fmt: skip
         cv.poly(_ellipse(ex, eye_y, ident.eye_rx, ident.eye_ry, n=20), (246, 246, 242))
         r_iris = min(3.2, ident.eye_ry * 0.95)
         cv.circle((ex, eye_y), r_iris, ident.iris)
@@ -630,14 +635,14 @@ def _draw_nose(cv: _Canvas, ident: Identity, f: _Layout) -> None:
     """The nose: its ridge, nostrils and, when pointy, the tip."""
     a, eye_y, nose_y, skin = f.a, f.eye_y, f.nose_y, ident.skin
     nose_dark = _shade(skin, 0.72)
-    half = 7.5 if a["Big_Nose"] else (3.8 if a["Pointy_Nose"] else 5.0)
+    half = 10.0 if a["Big_Nose"] else (3.5 if a["Pointy_Nose"] else 5.0)
     cv.poly(np.array([[-2, eye_y + 3], [2, eye_y + 3], [half, nose_y - 1], [0, nose_y + 1], [-half, nose_y - 1]]),
             _shade(skin, 0.94))  # fmt: skip
     for sx in (-1, 1):
         cv.line(np.array([[sx * 2.5, eye_y + 4], [sx * half * 0.7, nose_y - 3], [sx * half, nose_y]]), nose_dark, 0.8)
-        cv.circle((sx * half * 0.5, nose_y + 1), 1.4 if not a["Big_Nose"] else 2.0, _shade(skin, 0.5))
+        cv.circle((sx * half * 0.5, nose_y + 1), 1.4 if not a["Big_Nose"] else 2.8, _shade(skin, 0.5))
     if a["Pointy_Nose"]:
-        cv.poly(np.array([[-1.5, nose_y - 4], [1.5, nose_y - 4], [0, nose_y + 1.5]]), _shade(skin, 0.85))
+        cv.poly(np.array([[-2.5, nose_y - 6], [2.5, nose_y - 6], [0, nose_y + 2.5]]), _shade(skin, 0.78))
 
 
 def _draw_mouth(cv: _Canvas, ident: Identity, look: Look, f: _Layout) -> tuple[np.ndarray, np.ndarray]:
@@ -651,7 +656,7 @@ def _draw_mouth(cv: _Canvas, ident: Identity, look: Look, f: _Layout) -> tuple[n
     smile, gap, paint = f.s["Smiling"], 13.0 * f.s["Mouth_Slightly_Open"], f.s["Wearing_Lipstick"]
     mw = ident.mouth_w * (1 + 0.35 * smile * ident.smile_width)
     lift = 7.0 * smile
-    lip_h = 4.0 if a["Big_Lips"] else 2.0
+    lip_h = 6.5 if a["Big_Lips"] else 2.0
     lips = _mix(_mix(skin, (170, 70, 70), 0.45), look.lip_colour, paint)
     left = np.array([-mw, mouth_y - lift])
     right = np.array([mw, mouth_y - lift])
