@@ -141,3 +141,13 @@ def test_open_set_identification_counts_rank1_tar_and_far() -> None:
     strict = metrics.open_set_identification(emb, ids, ids < 3, gallery_images=2, far=0.0)
     assert strict["far"] == 0.0 and 0.8 < strict["threshold"] <= 1.0 and strict["tar"] == pytest.approx(5 / 6)
     assert metrics.alternate_identities(np.array([7, 3, 7, 5])).tolist() == [True, True, True, False]  # 3, 7 of 3 5 7
+
+
+def test_threshold_rejects_the_first_rejected_impostor_recomputed() -> None:
+    """The first impostor over the allowed FAR stays rejected when its similarity is recomputed in
+    another batch (a few units in float32's last place higher), not only at the value seen."""
+    sims = np.array([0.9874122, 0.5, 0.3, 0.2], np.float32)
+    threshold, far = metrics.threshold_at_far(sims, 0.05)
+    assert far == 0.0 and threshold > float(np.float32(0.9874122) + np.float32(8 * 6e-8))
+    assert threshold - 0.9874122 < 1e-4
+    assert metrics.threshold_at_far(sims, 0.3) == (pytest.approx(0.5 + metrics.SIMILARITY_NOISE), 0.25)
