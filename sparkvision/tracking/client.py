@@ -236,12 +236,12 @@ class Tracking:
         run = self.run(run_id)
         tagged = run.data.tags.get(EPOCH_METRICS_TAG)
         epoch_keys = set(tagged.split(",")) if tagged else set(run.data.metrics)
+        latest = {m.key: m for m in getattr(run.data, "_metric_objs", None) or []}  # with their steps
         out: dict[str, list[tuple[int, float]]] = {}
-        for m in getattr(run.data, "_metric_objs", None) or []:  # the latest value of each key, with its step
-            if m.key not in epoch_keys:
-                out[m.key] = [(int(m.step), float(m.value))]
         for key in run.data.metrics:
-            if key in epoch_keys or key not in out:
+            if key in latest and key not in epoch_keys:
+                out[key] = [(int(latest[key].step), float(latest[key].value))]
+            else:
                 by_step: dict[int, float] = {}
                 for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
                     by_step[int(m.step)] = float(m.value)

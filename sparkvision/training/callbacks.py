@@ -149,7 +149,7 @@ def make_classes() -> dict[str, type]:
             self._set(self.schedule.lr(epoch, 0, self.state.scale))
 
         def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            if epoch_in_warmup(self.schedule, self._epoch):
+            if rate_changes_per_step(self.schedule, self._epoch):
                 self._set(self.schedule.lr(self._epoch, batch, self.state.scale))
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -313,7 +313,7 @@ def epoch_line(epoch: int, epochs: int, logs: dict[str, Any]) -> str:
     return f"epoch {epoch + 1}/{epochs}: " + " ".join(parts) + timing
 
 
-def epoch_in_warmup(schedule: Schedule, epoch: int) -> bool:
+def rate_changes_per_step(schedule: Schedule, epoch: int) -> bool:
     """Whether the rate changes per step in ``epoch`` (the warm-up, and every epoch of a cosine)."""
     return epoch < schedule.warmup_epochs or schedule.kind == "cosine"
 

@@ -120,8 +120,7 @@ def generate_celeba(out: Path, count: int, seed: int, images_per_identity: int =
     img_dir = out / IMAGE_DIR
     img_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(count, seed, images_per_identity)
-    items = [(index, k, part) for index, (k, _, part) in enumerate(plan)]
-    numbers = [number for _, number, _ in plan]
+    items = [(index, k) for index, (k, _, _) in enumerate(plan)]
     procs = max(1, min(os.cpu_count() or 1, count // IMAGES_PER_PROCESS))
     if procs == 1:
         rows = _render(img_dir, seed, items)
@@ -135,8 +134,9 @@ def generate_celeba(out: Path, count: int, seed: int, images_per_identity: int =
         x, y, w, h = bbox
         bbox_rows.append(f"{name:<10}{x:>6d}{y:>4d}{w:>4d}{h:>4d}")
         lm_rows.append(name + "".join(f"{v:>5d}" for v in landmarks))
-        part_rows.append(f"{name} {items[index][2]}")
-        id_rows.append(f"{name} {numbers[index]}")
+        _, number, part = plan[index]
+        part_rows.append(f"{name} {part}")
+        id_rows.append(f"{name} {number}")
     _write(out / ATTR_FILE, [str(count), " ".join(CELEBA_ATTRIBUTES), *attr_rows])
     _write(out / BBOX_FILE, [str(count), BBOX_HEADER, *bbox_rows])
     _write(out / LANDMARKS_FILE, [str(count), LANDMARKS_HEADER, *lm_rows])
@@ -149,12 +149,12 @@ IMAGES_PER_PROCESS = 500
 """``generate_celeba`` draws in one process per core, with at least this many images each."""
 
 
-def _render(img_dir: Path, seed: int, items: list[tuple[int, int, int]]) -> list[tuple]:
-    """Draw and save the images ``(index, identity_index, partition)``; their annotation rows
+def _render(img_dir: Path, seed: int, items: list[tuple[int, int]]) -> list[tuple]:
+    """Draw and save the images ``(index, identity_index)``; their annotation rows
     ``(index, file name, attributes, bbox, landmark points)``."""
     identities: dict[int, Any] = {}
     rows = []
-    for index, k, _ in items:
+    for index, k in items:
         if k not in identities:
             identities[k] = sample_identity(np.random.default_rng([seed, _STREAM_IDENTITY, k]))
         rng = np.random.default_rng([seed, _STREAM_IMAGE, index])
