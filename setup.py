@@ -28,6 +28,6 @@ setup(
         "psutil>=5.9",
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.11", "venv-pack>=0.2", "nbclient>=0.10", "nbformat>=5.10",
-                            "ipykernel>=6.29"]},
+                            "ipykernel>=6.29", "scikit-image>=0.22"]},
     entry_points={"console_scripts": ["sparkvision=sparkvision.cli:main"]},
 )

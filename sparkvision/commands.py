@@ -124,12 +124,26 @@ CONFIG_ARGS: tuple[Arg, ...] = (
 # --------------------------------------------------------------------------- commands
 
 
-def generate(cfg: Config, *, dataset: str, out: str, count: int = 0, seed: int | None = None) -> int:
+def generate(cfg: Config, *, dataset: str, out: str, count: int = 0, seed: int | None = None,
+             photos: Sequence[str] = ()) -> int:  # fmt: skip
     """Write a synthetic data set in a public on-disk format."""
     out = preflight.local_path("--out", out)
     g = cfg.generate
     seed = g.seed if seed is None else seed
-    if dataset == "celeba":
+    if (dataset == "photos") != bool(photos):
+        raise UserError(f"generate {dataset}: --photos (real texture photos, or folders of them) is what "
+                        f"`generate photos` cuts its MVTec category from, and only that; found {list(photos)}")  # fmt: skip
+    if dataset == "photos":
+        from sparkvision.data.generators.texture_photos import generate_mvtec_from_photos
+
+        paths = [preflight.existing_path("--photos", preflight.local_path("--photos", p)) for p in photos]
+        try:
+            generate_mvtec_from_photos(paths, Path(out), seed=seed, train_count=count or g.photo_train_count,
+                                       test_count=g.fabric_test_count, crop=g.photo_crop,
+                                       image_size=g.photo_image_size, train_share=g.photo_train_share)  # fmt: skip
+        except (ValueError, FileNotFoundError) as exc:
+            raise UserError(f"generate photos: {exc}") from None
+    elif dataset == "celeba":
         from sparkvision.data.generators.celeba import generate_celeba
 
         generate_celeba(Path(out), count=count or g.celeba_count, seed=seed,
@@ -567,11 +581,13 @@ COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
         Command("generate", "write a synthetic data set in a public on-disk format", generate, (
-            Arg("dataset", "data set format to write", choices=("celeba", "fabric", "aitex"), required=True,
-                positional=True),
+            Arg("dataset", "data set to write: generated faces or fabric, or an MVTec category cut from real texture "
+                "photos with defects painted on (photos)", choices=("celeba", "fabric", "aitex", "photos"),
+                required=True, positional=True),
             Arg("out", "folder to write (created)", required=True),
-            Arg("count", "images (celeba) or train/good images (fabric); default from generate.*", int, 0),
+            Arg("count", "images (celeba) or train/good images (fabric, photos); default from generate.*", int, 0),
             Arg("seed", "seed; default generate.seed", int),
+            Arg("photos", "photos: a texture photo or a folder of photos of one material (repeatable)", list, ()),
         )),
         Command("ingest", "decode, validate, crop, resize, tile and label images into Parquet", ingest, (
             Arg("format", "layout of the input", choices=("celeba", "mvtec", "aitex", "folder"), required=True),

@@ -96,6 +96,10 @@ class GenerateConfig:
     fabric_train_count: int = field(default=40, metadata=_range(1, 100_000))
     fabric_test_count: int = field(default=8, metadata=_range(0, 100_000))
     fabric_image_size: int = field(default=512, metadata=_range(64, 8192))
+    photo_train_count: int = field(default=100, metadata=_range(1, 100_000))
+    photo_crop: int = field(default=256, metadata=_range(16, 8192))
+    photo_image_size: int = field(default=256, metadata=_range(16, 8192))
+    photo_train_share: float = field(default=0.7, metadata=_range(0.05, 0.95))
     seed: int = 0
 
 
@@ -130,6 +134,9 @@ class TrainConfig:
     class_weights: bool = True
     detector_target: Literal["bbox", "landmarks"] = "bbox"
     anomaly_quantile: float = field(default=0.99, metadata=_range(0.5, 1.0))
+    patch_size: int = field(default=64, metadata=_range(0, 4096))
+    patches_per_epoch: int = field(default=4096, metadata=_range(0, None))
+    simulated_defects: float = field(default=0.0, metadata=_range(0.0, 1.0))
     embedding_dim: int = field(default=128, metadata=_range(2, 4096))
     face_margin: float = field(default=0.25, metadata=_range(0.0, 1.0))
     face_scale: float = field(default=30.0, metadata=_range(1.0, 128.0))

@@ -55,6 +55,10 @@ class ModelSpec:
     """Metrics weighted by the rows' sample weights; ``[]`` says "none" (and silences Keras'
     warning when rows carry weights for the loss only)."""
     loss_weights: Any = None
+    inference_model: tf.keras.Model | None = None
+    """The network evaluation, registration and scoring use, sharing ``model``'s weights, when it
+    differs from the one trained (the fabric family trains on crops and scores whole tiles); None:
+    ``model``."""
 
     def compile(self, optimizer: Any, tape_wrapper: Any = None) -> tf.keras.Model:
         """Compile ``model`` with ``optimizer`` and this spec's loss and metrics; return it.
@@ -92,6 +96,9 @@ class Task(Protocol):
 
     def prepare_meta(self, manifest: dict[str, Any], cfg: TrainConfig) -> Meta:
         """Check that the dataset fits the task and return the model's meta.
+
+        A family that trains on random crops sets ``meta["samples_per_epoch"]``: an epoch then
+        draws at least that many (the trainer's steps per epoch), however few the rows.
 
         Raises:
             ValueError: naming the dataset and what was expected vs found (e.g. image size

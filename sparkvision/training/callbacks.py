@@ -221,6 +221,7 @@ def make_classes() -> dict[str, type]:
 
             logs = logs if logs is not None else {}
             e = self.evaluation
+            start = time.perf_counter()
             if e.calibration_batches > 0:
                 recalibrate_batchnorm(self.model, e.calibration, max_batches=e.calibration_batches,
                                       allreduce=e.allreduce)  # fmt: skip
@@ -230,6 +231,7 @@ def make_classes() -> dict[str, type]:
             if e.validation is not None:
                 val = self.model.evaluate(e.validation, steps=e.validation_steps, verbose=0, return_dict=True)
                 logs.update({f"val_{k}": float(v) for k, v in val.items()})
+            logs["eval_time_s"] = time.perf_counter() - start
 
     class CheckpointWriter(tf.keras.callbacks.Callback):
         """Rank 0 only: writes weights + optimizer and ``state.json`` to the store every epoch,
@@ -304,12 +306,14 @@ EPOCH_LINE_KEYS = ("loss", "train_eval_loss", "val_loss", "accuracy", "train_eva
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict[str, Any]) -> str:
-    """``epoch 3/10: loss 0.1234 val_loss 0.2345 ... (12.3 s, 250 img/s, input wait 4%)``."""
+    """``epoch 3/10: loss 0.1234 val_loss 0.2345 ... (12.3 s, 2.1 s evaluating, 250 img/s, input wait 4%)``."""
     parts = [f"{k} {float(logs[k]):.4g}" for k in EPOCH_LINE_KEYS if k in logs]
     timing = ""
     if "epoch_time_s" in logs:
         wait = f", input wait {float(logs['input_wait_fraction']):.0%}" if "input_wait_fraction" in logs else ""
-        timing = f" ({float(logs['epoch_time_s']):.1f} s, {float(logs.get('images_per_s', 0.0)):.0f} img/s{wait})"
+        evaluation = f", {float(logs['eval_time_s']):.1f} s evaluating" if "eval_time_s" in logs else ""
+        timing = (f" ({float(logs['epoch_time_s']):.1f} s{evaluation}, {float(logs.get('images_per_s', 0.0)):.0f} "
+                  f"img/s{wait})")  # fmt: skip
     return f"epoch {epoch + 1}/{epochs}: " + " ".join(parts) + timing
 
 
@@ -420,7 +424,7 @@ class EpochProgress:
             if not new:
                 return
             logs: dict[int, dict[str, float]] = {s: {} for s in new}
-            for key in (*EPOCH_LINE_KEYS, "epoch_time_s", "images_per_s", "input_wait_fraction"):
+            for key in (*EPOCH_LINE_KEYS, "epoch_time_s", "eval_time_s", "images_per_s", "input_wait_fraction"):
                 for m in client.get_metric_history(self.run_id, key):
                     if int(m.step) in logs:
                         logs[int(m.step)][key] = float(m.value)

@@ -116,6 +116,7 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
     if val.rows:
         data.check_shardable(val, tcfg.workers)
     test = data.inspect_split(folder, "test")
+    samples = max(train.rows, int(meta.get("samples_per_epoch") or 0))  # a family sampling crops draws more
     return Plan(
         data_dir=folder,
         source=storage.location(data_dir).url,
@@ -125,7 +126,7 @@ def plan(cfg: Config, data_dir: str | os.PathLike[str]) -> Plan:
         train=train,
         val=val if val.rows else None,
         test=test if test.rows else None,
-        steps_per_epoch=data.steps_for(train.rows, tcfg.batch_size, tcfg.workers, tcfg.steps_per_epoch),
+        steps_per_epoch=data.steps_for(samples, tcfg.batch_size, tcfg.workers, tcfg.steps_per_epoch),
         validation_steps=data.steps_for(val.rows, tcfg.batch_size, tcfg.workers, tcfg.validation_steps),
         effective_lr=scaled_learning_rate(tcfg, tcfg.workers),
         registered_name=registered_name(cfg),
@@ -300,18 +301,19 @@ def _worker_env(cycle_ms: float) -> dict[str, str]:
 
 
 def load_checkpoint(cfg: Config, meta: dict[str, Any], store: Store, checkpoint: str) -> Any:
-    """A model built by the task with the weights of ``checkpoint`` (a path relative to the store)."""
+    """The task's model for evaluation and scoring (``ModelSpec.inference_model`` when it has one)
+    with the weights of ``checkpoint`` (a path relative to the store)."""
     import tensorflow as tf
 
     from sparkvision.models import get_task
 
-    model = get_task(cfg.train.model).build(cfg.train, meta).model
+    spec = get_task(cfg.train.model).build(cfg.train, meta)
     folder, prefix = checkpoint.rsplit("/", 1)
     with tempdirs.temporary_directory("sv-load-") as tmp:
         local = store.download(folder, tmp)
-        status = tf.train.Checkpoint(model=model).read(str(local / prefix))
+        status = tf.train.Checkpoint(model=spec.model).read(str(local / prefix))
         status.expect_partial().assert_existing_objects_matched()
-    return model
+    return spec.inference_model or spec.model  # the trained model's weights, shared
 
 
 def _finish(cfg: Config, p: Plan, tracking: Tracking, run_id: str, rank0: dict[str, Any], work: Path) -> dict[str, Any]:  # fmt: skip

@@ -15,6 +15,7 @@ from PIL import Image, ImageFilter, ImageOps
 from sparkvision.data.generators import face_painter
 from sparkvision.data.generators.celeba import generate_celeba, generate_new_images, new_image_upright
 from sparkvision.data.generators.fabric import MVTEC_DEFECTS, generate_aitex, generate_mvtec, generate_new_fabric
+from sparkvision.data.generators.texture_photos import DEFECTS, generate_mvtec_from_photos
 from sparkvision.data.schema import AITEX_DEFECT_CODES, CELEBA_ATTRIBUTES
 
 CELEBA_COUNT, PER_IDENTITY = 40, 4
@@ -425,3 +426,67 @@ def test_new_fabric_is_the_category_cloth_at_any_size(tmp_path: Path) -> None:
     assert other[0].read_bytes() != paths[0].read_bytes()
     with pytest.raises(ValueError, match="expected sides >= 32"):
         generate_new_fabric(tmp_path / "d", seed=2, count=1, width=16, height=80)
+
+
+# --------------------------------------------------------------------------- MVTec from real photos
+
+PHOTO_ROWS, PHOTO_COLS, PHOTO_CROP = 200, 180, 48
+PHOTO_DEFECTS = tuple(DEFECTS)
+
+
+@pytest.fixture(scope="module")
+def photo_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two "photos" whose green channel is the row and blue the column, over a grain of noise."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for n in range(2):
+        rows, cols = np.mgrid[0:PHOTO_ROWS, 0:PHOTO_COLS]
+        photo = np.stack([rng.integers(60, 200, rows.shape), rows, cols], axis=-1).astype(np.uint8)
+        Image.fromarray(photo).save(folder / f"photo_{n}.png")
+    out = generate_mvtec_from_photos(folder, tmp_path_factory.mktemp("photo-mvtec"), seed=3, train_count=5,
+                                     test_count=2, crop=PHOTO_CROP, image_size=PHOTO_CROP, train_share=0.7)  # fmt: skip
+    return folder, out
+
+
+def test_photo_set_layout_and_split_rows(photo_set: tuple[Path, Path]) -> None:
+    _, out = photo_set
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    expected = [f"train/good/{n:03d}.png" for n in range(5)]
+    expected += [f"test/{d}/{n:03d}.png" for d in ("good", *PHOTO_DEFECTS) for n in range(2)]
+    expected += [f"ground_truth/{d}/{n:03d}_mask.png" for d in PHOTO_DEFECTS for n in range(2)]
+    assert files == sorted(expected)
+    split = int(PHOTO_ROWS * 0.7)
+    for path in out.glob("t*/*/*.png"):
+        img = np.asarray(Image.open(path))
+        assert img.shape == (PHOTO_CROP, PHOTO_CROP, 3), path
+        if path.parts[-3] == "train" or path.parts[-2] == "good":  # unpainted: the green channel is the row
+            rows = img[..., 1]
+            assert (rows.max() < split) if path.parts[-3] == "train" else (rows.min() >= split), path
+            assert (np.diff(rows.astype(int), axis=0) == 1).all(), f"{path}: a crop of the photo at its own scale"
+
+
+@pytest.mark.parametrize("defect", PHOTO_DEFECTS)
+def test_photo_defect_mask_is_what_was_painted(photo_set: tuple[Path, Path], defect: str) -> None:
+    _, out = photo_set
+    for n in range(2):
+        mask = np.asarray(Image.open(out / "ground_truth" / defect / f"{n:03d}_mask.png")) > 0
+        img = np.asarray(Image.open(out / "test" / defect / f"{n:03d}.png")).astype(int)
+        assert mask.sum() >= 12, f"{defect}/{n:03d}: mask too small to see"
+        # unpainted pixels keep their row/column code; the mask covers where the code was lost
+        rows, cols = np.mgrid[0:PHOTO_CROP, 0:PHOTO_CROP]
+        intact = (img[..., 1] - rows == np.median(img[..., 1][~mask] - rows[~mask])) & (
+            img[..., 2] - cols == np.median(img[..., 2][~mask] - cols[~mask]))  # fmt: skip
+        assert intact[~mask].mean() > 0.97, f"{defect}/{n:03d}: pixels outside the mask changed"
+        assert intact[mask].mean() < 0.5, f"{defect}/{n:03d}: the masked pixels look untouched"
+
+
+def test_photo_set_is_deterministic_and_names_a_photo_too_small(photo_set: tuple[Path, Path], tmp_path: Path) -> None:
+    photos, out = photo_set
+    again = generate_mvtec_from_photos(photos, tmp_path / "again", seed=3, train_count=5, test_count=2,
+                                       crop=PHOTO_CROP, image_size=PHOTO_CROP, train_share=0.7)  # fmt: skip
+    assert _digest(again) == _digest(out)
+    with pytest.raises(ValueError, match=r"photo_0.png: test rows of the photo \(train_share 0.9\): expected a band"):
+        generate_mvtec_from_photos(photos, tmp_path / "small", train_count=2, test_count=1, crop=PHOTO_CROP,
+                                   image_size=PHOTO_CROP, train_share=0.9)  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown defect\(s\) \['tear'\]"):
+        generate_mvtec_from_photos(photos, tmp_path / "tear", defects=["hole", "tear"])

@@ -257,3 +257,98 @@ def test_width_scales_the_channels() -> None:
     half = fabric_ae.build_autoencoder((32, 32, 3), 8, width=0.5)
     assert [half.get_layer(f"encoder_{i}_down").filters for i in range(3)] == [16, 32, 64]
     assert half.get_layer("bottleneck").filters == 8 and half.count_params() < full.count_params() / 3
+
+
+def test_training_crops_are_seeded_windows_and_evaluation_takes_the_centre(cfg: Config) -> None:
+    # With train.patch_size below the stored side the family learns from crops at random places
+    # and an epoch is train.patches_per_epoch of them, however few the rows; the network takes any
+    # side, so evaluation and scoring still see whole tiles.
+    import tensorflow as tf
+
+    task = get_task("fabric_ae")
+    tcfg = dataclasses.replace(train_cfg(cfg), patch_size=16, patches_per_epoch=2048, augment_flip=False,
+                               augment_color=0.0)  # fmt: skip
+    meta = task.prepare_meta(manifest(), tcfg)
+    assert (meta["patch_size"], meta["samples_per_epoch"]) == (16, 2048)
+    tile = np.random.default_rng(0).integers(0, 256, (TILE, TILE, 3), dtype=np.uint8)
+    from PIL import Image
+
+    row = {"image": tf.constant(encode_png(Image.fromarray(tile))), "label": tf.constant(0)}
+
+    def crop(seed: int) -> np.ndarray:
+        x, y = task.parse_row({**row, "_augment_seed": tf.constant([seed, 5], tf.int64)}, meta, tcfg, True)
+        assert x is y
+        return np.rint(x.numpy() * 255).astype(np.uint8)
+
+    starts = set()
+    for seed in range(12):
+        out = crop(seed)
+        assert out.shape == (16, 16, 3)
+        np.testing.assert_array_equal(out, crop(seed))
+        found = [(dy, dx) for dy in range(TILE - 15) for dx in range(TILE - 15)
+                 if np.array_equal(out, tile[dy : dy + 16, dx : dx + 16])]  # fmt: skip
+        assert len(found) == 1, seed
+        starts.add(found[0])
+    assert len(starts) >= 10  # the crops wander over the whole tile
+    centre, _ = task.parse_row(row, meta, tcfg, False)
+    np.testing.assert_array_equal(np.rint(centre.numpy() * 255).astype(np.uint8), tile[8:24, 8:24])
+    spec = task.build(tcfg, meta)  # one network at two sides: crops to train, whole tiles to score
+    assert spec.model.input_shape == (None, 16, 16, 3) and spec.inference_model.input_shape == (None, TILE, TILE, 3)
+    assert [id(w) for w in spec.model.weights] == [id(w) for w in spec.inference_model.weights]
+
+
+@pytest.mark.parametrize(("patch", "expected"), [(0, TILE), (64, TILE), (TILE, TILE), (8, 8)])
+def test_patch_side_is_the_tile_unless_smaller(cfg: Config, patch: int, expected: int) -> None:
+    meta = get_task("fabric_ae").prepare_meta(manifest(), dataclasses.replace(train_cfg(cfg), patch_size=patch))
+    assert meta["patch_size"] == expected
+
+
+def test_patch_side_must_suit_the_network(cfg: Config) -> None:
+    with pytest.raises(ValueError, match=r"train.patch_size=20: .* multiple of 8"):
+        get_task("fabric_ae").prepare_meta(manifest(), dataclasses.replace(train_cfg(cfg), patch_size=20))
+
+
+def test_simulated_defects_are_seeded_blobs_with_their_masks() -> None:
+    import tensorflow as tf
+
+    crop = tf.constant(np.random.default_rng(0).random((64, 64, 3)).astype(np.float32))
+    areas, changed = [], []
+    for seed in range(16):
+        out, mask = (t.numpy() for t in fabric_ae.simulate_defect(crop, tf.constant([seed, 9], tf.int64), 1.0))
+        again, _ = fabric_ae.simulate_defect(crop, tf.constant([seed, 9], tf.int64), 1.0)
+        np.testing.assert_array_equal(out, again.numpy())
+        inside = mask[..., 0] > 0
+        assert set(np.unique(mask)) <= {0.0, 1.0} and out.shape == (64, 64, 3)
+        np.testing.assert_array_equal(out[~inside], crop.numpy()[~inside])  # nothing outside the mask moves
+        areas.append(inside.mean())
+        changed.append(np.abs(out[inside] - crop.numpy()[inside]).mean())
+    assert 0.005 <= min(areas) and max(areas) <= 0.13, areas  # 1-12 % of the crop
+    assert min(changed) > 0.02, changed
+    out, mask = fabric_ae.simulate_defect(crop, tf.constant([3, 9], tf.int64), 0.0)
+    np.testing.assert_array_equal(out.numpy(), crop.numpy())
+    assert mask.numpy().max() == 0.0
+
+
+def test_segmenter_reads_the_defect_it_was_shown(cfg: Config) -> None:
+    # simulated_defects > 0: the family trains DRAEM's pair (repair the crop, segment the pasted
+    # defect) and the head's map replaces the reconstruction error as the anomaly map.
+    import tensorflow as tf
+    from PIL import Image
+
+    task = get_task("fabric_ae")
+    tcfg = dataclasses.replace(train_cfg(cfg), patch_size=16, simulated_defects=1.0)
+    meta = task.prepare_meta(manifest(), tcfg)
+    tile = np.random.default_rng(1).integers(0, 256, (TILE, TILE, 3), dtype=np.uint8)
+    row = {"image": tf.constant(encode_png(Image.fromarray(tile))), "label": tf.constant(0),
+           "_augment_seed": tf.constant([4, 2], tf.int64)}  # fmt: skip
+    shown, y = task.parse_row(row, meta, tcfg, True)
+    assert set(y) == {"reconstruction", "defect"} and shown.shape == (16, 16, 3) and y["defect"].shape == (16, 16, 1)
+    moved = np.abs(shown.numpy() - y["reconstruction"].numpy()).max(axis=-1) > 0
+    np.testing.assert_array_equal(moved, y["defect"].numpy()[..., 0] > 0)
+    clean, y = task.parse_row(row, meta, tcfg, False)
+    assert y["defect"].numpy().max() == 0 and np.array_equal(clean.numpy(), y["reconstruction"].numpy())
+    model = task.build(tcfg, meta).inference_model
+    out = model.predict(np.zeros((2, TILE, TILE, 3), np.float32), verbose=0)
+    assert out["reconstruction"].shape == (2, TILE, TILE, 3) and out["defect"].shape == (2, TILE, TILE, 1)
+    scores, heat = fabric_ae.score_and_heatmaps(model, np.zeros((3, TILE, TILE, 3), np.float32), meta["smooth"])
+    assert scores.shape == (3,) and heat.shape == (3, TILE, TILE) and 0 <= heat.min() and heat.max() <= 1

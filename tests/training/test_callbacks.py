@@ -107,8 +107,9 @@ def test_epoch_progress_prints_each_logged_epoch_once_on_the_driver(tracking, ca
         "epoch 2/3: loss 0.4 val_loss 0.5 (2.0 s, 100 img/s)",
     ]
     with progress:
-        tracking.log_metrics(run_id, {"loss": 0.3, "epoch_time_s": 1.5, "images_per_s": 120}, step=2)
-    assert capsys.readouterr().out.splitlines() == ["epoch 3/3: loss 0.3 (1.5 s, 120 img/s)"]
+        tracking.log_metrics(run_id, {"loss": 0.3, "epoch_time_s": 1.5, "eval_time_s": 0.3, "images_per_s": 120},
+                             step=2)  # fmt: skip
+    assert capsys.readouterr().out.splitlines() == ["epoch 3/3: loss 0.3 (1.5 s, 0.3 s evaluating, 120 img/s)"]
     tracking.finish_run(run_id)
 
 

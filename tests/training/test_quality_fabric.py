@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sparkvision.config import Config
+from sparkvision.data import publish
 
 pytestmark = pytest.mark.slow
 
@@ -41,3 +42,68 @@ def test_fabric_model_flags_defective_images(spark, in_process, train_checked, m
     assert m["test_aupro"] >= 0.85, m
     assert m["test_tile_auroc"] >= 0.75, m
     assert m["test_mean_score_defect"] > m["test_mean_score_good"], m
+
+
+GRAVEL_TRAIN, GRAVEL_TEST, GRAVEL_SIDE = 24, 3, 128
+"""Two dozen 128 px crops of a real gravel photo (scikit-image's, CC0) for training, three of each
+painted defect type and of good gravel for testing (``texture_photos``: from rows never trained on)."""
+
+
+@pytest.fixture(scope="module")
+def gravel_parquet(spark, cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import dataclasses
+
+    import skimage
+
+    from sparkvision.data.generators.texture_photos import generate_mvtec_from_photos
+    from sparkvision.data.ingest import ingest
+
+    raw = tmp_path_factory.mktemp("quality-gravel")
+    generate_mvtec_from_photos(Path(skimage.data_dir) / "gravel.png", raw, seed=0, train_count=GRAVEL_TRAIN,
+                               test_count=GRAVEL_TEST, crop=GRAVEL_SIDE, image_size=GRAVEL_SIDE)  # fmt: skip
+    out = tmp_path_factory.mktemp("quality-gravel-parquet") / "fabric"
+    ingest_cfg = dataclasses.replace(cfg.ingest, tile_size=GRAVEL_SIDE, tile_stride=GRAVEL_SIDE, tile_resize=0,
+                                     min_row_groups=2)  # fmt: skip
+    ingest(spark, "mvtec", str(raw), str(out), ingest_cfg, workers=2)
+    return out
+
+
+def test_fabric_model_learns_real_gravel_from_two_dozen_photos(spark, in_process, train_checked, mlflow_server: str,
+                                                               cfg: Config, gravel_parquet: Path,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    """24 photos of one image each: trained on random 32 px crops, ``patches_per_epoch`` of them an epoch
+    (not one step of 24 rows), with simulated defects and the segmentation head; scored on whole images.
+    An untrained network with the same meta, its thresholds chosen on val alike, is the baseline.
+
+    Where the defects are tells the two apart: AUPRO 0.25 trained against 0.02 untrained (measured).
+    Which images hold one does not yet (issue 31): the painted colours and dark holes stand out to a
+    random network too (untrained image AUROC 1.00 on these 18 test images, trained 0.60)."""
+    import dataclasses
+
+    from mlflow import MlflowClient
+
+    from sparkvision.models import get_task
+    from sparkvision.training import data
+
+    result = train_checked(spark, cfg, gravel_parquet, tmp_path, in_process, **{
+        "train.model": "fabric_ae", "train.epochs": "4", "train.steps_per_epoch": "0", "train.batch_size": "16",
+        "train.patch_size": "32", "train.patches_per_epoch": "1024", "train.simulated_defects": "0.5",
+        "train.learning_rate": "0.001", "train.latent_dim": "32"})  # fmt: skip
+    params = MlflowClient().get_run(result["run_id"]).data.params
+    assert int(params["steps_per_epoch"]) == 1024 // 32, params  # 2 workers of 16, however few the rows
+    trained = result["metrics"]
+
+    task = get_task("fabric_ae")
+    meta = {**result["meta"], "calibration": None, "threshold": None, "pixel_threshold": None}
+    tcfg = dataclasses.replace(cfg.train, image_size=GRAVEL_SIDE, latent_dim=32)
+    untrained_model = task.build(tcfg, meta).inference_model  # whole images, as the trained one is scored
+    for split in ("val", "test"):  # val chooses the thresholds, as after training
+        info = data.inspect_split(publish.current(gravel_parquet).location.url, split)
+        untrained = task.evaluate(untrained_model, *task.arrays(data.read_frame(info, None, info.rows), meta), meta)
+    print(
+        f"trained: image AUROC {trained['test_image_auroc']:.3f}, pixel AUROC {trained['test_pixel_auroc']:.3f}, "
+        f"AUPRO {trained['test_aupro']:.3f}; untrained: {untrained['image_auroc']:.3f}, "
+        f"{untrained['pixel_auroc']:.3f}, {untrained['aupro']:.3f}"
+    )
+    assert trained["test_aupro"] >= untrained["aupro"] + 0.15, (trained, untrained)
+    assert trained["test_pixel_auroc"] >= untrained["pixel_auroc"] + 0.1, (trained, untrained)

@@ -205,7 +205,7 @@ Defect = Callable[[Weave, np.ndarray, np.random.Generator], tuple[np.ndarray, np
 """``(weave, clean image, rng) -> (defective image, boolean mask)``."""
 
 
-def _blob(h: int, w: int, rng: np.random.Generator, radius: float, elong: float = 1.0, wobble: float = 0.3,
+def blob_mask(h: int, w: int, rng: np.random.Generator, radius: float, elong: float = 1.0, wobble: float = 0.3,
           centre: tuple[float, float] | None = None) -> np.ndarray:  # fmt: skip
     """Irregular closed polygon as a boolean mask (drawn with PIL, so the mask is the shape)."""
     if centre is None:
@@ -232,19 +232,19 @@ def _scale(g: Weave) -> float:
 
 def defect_hole(g: Weave, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Yarns torn away: the dark backing shows through an irregular opening with a frayed rim."""
-    mask = _blob(g.height, g.width, rng, rng.uniform(7, 16) * _scale(g), rng.uniform(0.8, 1.6), 0.45)
+    mask = blob_mask(g.height, g.width, rng, rng.uniform(7, 16) * _scale(g), rng.uniform(0.8, 1.6), 0.45)
     out = img.copy()
     backing = np.asarray(g.mat.gap_rgb, np.float32) * 0.35
     out[mask] = backing + rng.normal(0, 0.01, (int(mask.sum()), 1)).astype(np.float32)
     # frayed rim: the yarns at the edge of the opening are pulled and darker
-    rim = mask & ~_erode(mask, 2)
+    rim = mask & ~erode_mask(mask, 2)
     out[rim] = img[rim] * 0.45
     return out, mask
 
 
 def defect_stain(g: Weave, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """An oil or dirt stain: the weave stays visible under a darker, tinted, soft-edged blob."""
-    mask = _blob(g.height, g.width, rng, rng.uniform(14, 30) * _scale(g), rng.uniform(0.7, 1.8), 0.35)
+    mask = blob_mask(g.height, g.width, rng, rng.uniform(14, 30) * _scale(g), rng.uniform(0.7, 1.8), 0.35)
     tint = np.array([0.55, 0.45, 0.3], np.float32) * rng.uniform(0.7, 1.1)
     alpha = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(3)), np.float32)
     alpha = (0.35 + 0.4 * alpha / 255)[..., None]
@@ -280,7 +280,7 @@ def defect_knot(g: Weave, img: np.ndarray, rng: np.random.Generator, size: float
     s = _scale(g) * size
     h, w = g.height, g.width
     radius = rng.uniform(5.0, 8.0) * s + g.pitch * 0.3
-    mask = _blob(h, w, rng, radius, rng.uniform(1.6, 2.6), 0.25)
+    mask = blob_mask(h, w, rng, radius, rng.uniform(1.6, 2.6), 0.25)
     ys, xs = np.nonzero(mask)
     cy, cx = ys.mean(), xs.mean()
     dist = np.sqrt((g.rows - cy) ** 2 + (g.cols - cx) ** 2) / (radius * 2.0)
@@ -351,7 +351,7 @@ def defect_color_bleeding(g: Weave, img: np.ndarray, rng: np.random.Generator) -
     return out, mask
 
 
-def _erode(mask: np.ndarray, px: int) -> np.ndarray:
+def erode_mask(mask: np.ndarray, px: int) -> np.ndarray:
     img = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(2 * px + 1))
     return np.asarray(img) > 0
 
@@ -370,7 +370,7 @@ MVTEC_DEFECT_FUNCS: dict[str, Defect] = {
 # --------------------------------------------------------------------------- MVTec AD
 
 
-def _save_png(path: Path, arr: np.ndarray, mode: str) -> None:
+def save_png(path: Path, arr: np.ndarray, mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr, mode).save(path, format="PNG", compress_level=6)
 
@@ -417,16 +417,16 @@ def generate_mvtec(out: Path, seed: int, train_count: int, test_count: int, imag
     size = (image_size, image_size)
     for n in range(train_count):
         img, _ = _fabric_image(mat, size, np.random.default_rng([seed, 1, n]), None, scale)
-        _save_png(out / "train" / "good" / f"{n:03d}.png", img, "RGB")
+        save_png(out / "train" / "good" / f"{n:03d}.png", img, "RGB")
     for n in range(test_count):
         img, _ = _fabric_image(mat, size, np.random.default_rng([seed, 2, n]), None, scale)
-        _save_png(out / "test" / "good" / f"{n:03d}.png", img, "RGB")
+        save_png(out / "test" / "good" / f"{n:03d}.png", img, "RGB")
     for d, name in enumerate(MVTEC_DEFECTS):
         for n in range(test_count):
             rng = np.random.default_rng([seed, 3, d, n])
             img, mask = _fabric_image(mat, size, rng, MVTEC_DEFECT_FUNCS[name], scale)
-            _save_png(out / "test" / name / f"{n:03d}.png", img, "RGB")
-            _save_png(out / "ground_truth" / name / f"{n:03d}_mask.png", mask.astype(np.uint8) * 255, "L")
+            save_png(out / "test" / name / f"{n:03d}.png", img, "RGB")
+            save_png(out / "ground_truth" / name / f"{n:03d}_mask.png", mask.astype(np.uint8) * 255, "L")
     return out
 
 
@@ -467,7 +467,7 @@ def generate_new_fabric(out: Path, seed: int, count: int, width: int, height: in
             defect = MVTEC_DEFECT_FUNCS[MVTEC_DEFECTS[int(rng.integers(len(MVTEC_DEFECTS)))]]
         img, _ = _fabric_image(mat, (height, width), rng, defect, image_size / 256)
         paths.append(out / f"new-{n:03d}.png")
-        _save_png(paths[-1], img, "RGB")
+        save_png(paths[-1], img, "RGB")
     return paths
 
 
@@ -494,7 +494,7 @@ def _aitex_cut_selvage(g: Weave, img: np.ndarray, rng: np.random.Generator) -> t
     r = rng.uniform(0.12, 0.22) * h
     cy = -r * 0.3 if rng.random() < 0.5 else h + r * 0.3
     cx = rng.uniform(0.1, 0.9) * g.width
-    mask = _blob(g.height, g.width, rng, r, rng.uniform(1.5, 3.0), 0.3, centre=(cx, cy))
+    mask = blob_mask(g.height, g.width, rng, r, rng.uniform(1.5, 3.0), 0.3, centre=(cx, cy))
     out = img.copy()
     out[mask] = np.asarray(g.mat.gap_rgb, np.float32) * 0.3
     return out, mask
@@ -556,13 +556,13 @@ def generate_aitex(out: Path, seed: int, count: int, image_size: int) -> Path:
     for n in range(count):
         ss = n % AITEX_FABRIC_CODES
         img, _ = _fabric_image(mats[ss], size, np.random.default_rng([seed, 12, n]), None, scale)
-        _save_png(out / "NODefect_images" / rolls[ss] / f"{n + 1:04d}_000_{ss:02d}.png", _to_gray(img), "L")
+        save_png(out / "NODefect_images" / rolls[ss] / f"{n + 1:04d}_000_{ss:02d}.png", _to_gray(img), "L")
     for n in range(count):
         code = codes[n % len(codes)]
         ss = (n // len(codes) + n) % AITEX_FABRIC_CODES
         rng = np.random.default_rng([seed, 13, n])
         img, mask = _fabric_image(mats[ss], size, rng, AITEX_DEFECT_FUNCS[code], scale)
         stem = f"{n + 1:04d}_{code:03d}_{ss:02d}"
-        _save_png(out / "Defect_images" / f"{stem}.png", _to_gray(img), "L")
-        _save_png(out / "Mask_images" / f"{stem}_mask.png", mask.astype(np.uint8) * 255, "L")
+        save_png(out / "Defect_images" / f"{stem}.png", _to_gray(img), "L")
+        save_png(out / "Mask_images" / f"{stem}_mask.png", mask.astype(np.uint8) * 255, "L")
     return out
