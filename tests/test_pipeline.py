@@ -100,7 +100,7 @@ def tmp_sets(tmp_path: Path) -> list[str]:
             steps:
               - {name: gen, command: generate, args: {dataset: celebb, out: x}}
             """,
-            r"step 'gen': argument 'dataset' of command 'generate': expected one of celeba, fabric, aitex, "
+            r"step 'gen': argument 'dataset' of command 'generate': expected one of celeba, fabric, aitex, photos, "
             r"found 'celebb'; did you mean 'celeba'\?",
             id="bad-choice",
         ),
