@@ -102,8 +102,15 @@ def autoencoder_network(latent_dim: int, width: float = 1.0, channels: int = 3) 
     return apply
 
 
-def build_autoencoder(input_shape: tuple[int, int, int], latent_dim: int, width: float = 1.0,
-                      network: Network | None = None) -> tf.keras.Model:  # fmt: skip
+def network_model(network: Network, side: int, channels: int = 3) -> tf.keras.Model:
+    """``network`` on ``side`` x ``side`` images (input ``image``): models built on one network share weights."""
+    import tensorflow as tf
+
+    inputs = tf.keras.Input(shape=(side, side, channels), name="image")
+    return tf.keras.Model(inputs, network(inputs), name="fabric_ae")
+
+
+def build_autoencoder(input_shape: tuple[int, int, int], latent_dim: int, width: float = 1.0) -> tf.keras.Model:
     """A fully convolutional autoencoder without BatchNorm.
 
     Encoder: per entry of ``ENCODER_FILTERS`` (times ``width``) a 4x4 stride-2 convolution and a 3x3
@@ -119,17 +126,12 @@ def build_autoencoder(input_shape: tuple[int, int, int], latent_dim: int, width:
         input_shape: ``(side, side, channels)``; ``side`` a multiple of 8.
         latent_dim: Channels of the bottleneck.
         width: Channel multiplier.
-        network: The layers to use (shared weights); default new ones.
 
     Raises:
         ValueError: When the side is not a multiple of 8.
     """
-    import tensorflow as tf
-
     common.check_divisible("fabric_ae", input_shape[0], 2 ** len(ENCODER_FILTERS))
-    network = network or autoencoder_network(latent_dim, width, input_shape[2])
-    inputs = tf.keras.Input(shape=input_shape, name="image")
-    return tf.keras.Model(inputs, network(inputs), name="fabric_ae")
+    return network_model(autoencoder_network(latent_dim, width, input_shape[2]), input_shape[0], input_shape[2])
 
 
 def segmenter_network(autoencoder: Network, width: float = 1.0) -> Network:
@@ -156,7 +158,6 @@ def segmenter_network(autoencoder: Network, width: float = 1.0) -> Network:
     skips = {level: layers.Concatenate(name=f"seg_skip{level}") for level in range(len(filters) - 1)}
     decoders = {level: block(filters[level], f"seg_dec{level}") for level in range(len(filters) - 1)}
     head = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="defect")
-    as_float = layers.Activation("linear", dtype="float32", name="repair")
 
     def run(x: tf.Tensor, stack: list[Any]) -> tf.Tensor:
         for layer in stack:
@@ -172,7 +173,7 @@ def segmenter_network(autoencoder: Network, width: float = 1.0) -> Network:
             found.append(x)
         for level in range(len(filters) - 2, -1, -1):
             x = run(skips[level]([ups[level](x), found[level]]), decoders[level])
-        return {"reconstruction": as_float(recon), "defect": head(x)}
+        return {"reconstruction": recon, "defect": head(x)}  # both float32: their last layers say so
 
     return apply
 
@@ -287,8 +288,7 @@ def ssim_l1_loss() -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     @tf.keras.utils.register_keras_serializable(package="sparkvision", name="ssim_l1_loss")
     def ssim_l1_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         y_true = tf.cast(y_true, y_pred.dtype)
-        side = y_pred.shape[1] or y_true.shape[1]  # the model takes any side; batches have one
-        window = ssim_window(int(side)) if side else SSIM_WINDOW
+        window = ssim_window(int(y_pred.shape[1]))
         # SSIM only centres windows a half-window inside the border, so edge pixels would count
         # less than inner ones; reflecting both images gives them their share.
         half = (window - 1) // 2
@@ -557,13 +557,10 @@ class FabricAeTask:
             network = segmenter_network(network, width)
             loss = {"reconstruction": loss, "defect": tf.keras.losses.BinaryFocalCrossentropy(gamma=2.0)}
 
-        def model_at(side: int) -> tf.keras.Model:
-            inputs = tf.keras.Input(shape=(side, side, 3), name="image")
-            return tf.keras.Model(inputs, network(inputs), name="fabric_ae")
-
         size = int(meta["image_size"])
         patch = int(meta.get("patch_size") or size)
-        return ModelSpec(model_at(patch), loss=loss, inference_model=model_at(size) if patch != size else None)
+        return ModelSpec(network_model(network, patch), loss=loss,
+                         inference_model=network_model(network, size) if patch != size else None)  # fmt: skip
 
     def keep_for_training(self, row: dict[str, tf.Tensor]) -> tf.Tensor:
         import tensorflow as tf
